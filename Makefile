@@ -1,0 +1,71 @@
+# The two commands: `make run` and `make test`. Everything they need is installed here.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# A stamp, not node_modules/.bin/anvil: that is a symlink, and make would compare its target's age.
+ANVIL := node_modules/.installed-stamp
+
+# The suite runs on real services (README, "Tests"); these are this machine's defaults.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/vault_orchestrator
+TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
+TEST_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672//
+PYTEST_ARGS ?=
+
+.PHONY: install chromium run test lint check-migrations bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@echo "==> Creating the virtualenv in $(VENV) and installing pinned dependencies"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[dev]' 2>&1 | grep -v "is ignored: it is neither" ; test $${PIPESTATUS[0]} -eq 0
+	@touch $@
+
+# `npm install` with the committed lock, not `npm ci`: npm 11 leaves the other platforms'
+# optional anvil binaries out of the lock and then `npm ci` refuses it as out of sync.
+$(ANVIL): package.json package-lock.json
+	@echo "==> Installing anvil from npm into node_modules/"
+	@npm install --no-audit --no-fund --loglevel=error
+	@node_modules/.bin/anvil --version | head -n 1
+	@touch $@
+
+# The browser tests (tests/test_approval_browser.py) drive Debian's chromium through Playwright;
+# `playwright install` would download a browser build of its own, which this machine cannot fetch.
+# Only `make test` needs it, not `make run`.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+install: $(STAMP) $(ANVIL)
+
+run: install
+	@$(PY) manage.py up
+
+lint: install
+	@echo "==> ruff, mypy, Django checks"
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check --quiet .
+	@$(VENV)/bin/mypy .
+	@DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py check --fail-level WARNING
+	@DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py makemigrations --check --dry-run >/dev/null \
+		|| (echo "Model changes without migrations: run manage.py makemigrations" && exit 1)
+
+test: lint chromium
+	@echo "==> Test suite on PostgreSQL, Redis, real Celery workers and anvil"
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) \
+		$(PY) -m pytest $(PYTEST_ARGS)
+	@echo "==> Engine tests again with RabbitMQ as the broker"
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_RABBITMQ_URL) \
+		$(PY) -m pytest -m engine $(PYTEST_ARGS)
+
+BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/vault_orchestrator_bench
+BENCH_BROKER_URL ?= redis://127.0.0.1:6379/9
+
+bench: install
+	@createdb -h 127.0.0.1 -U postgres vault_orchestrator_bench 2>/dev/null || true
+	DATABASE_URL=$(BENCH_DATABASE_URL) CELERY_BROKER_URL=$(BENCH_BROKER_URL) $(PY) manage.py migrate -v0
+	DATABASE_URL=$(BENCH_DATABASE_URL) CELERY_BROKER_URL=$(BENCH_BROKER_URL) $(PY) manage.py bench engine
+	DATABASE_URL=$(BENCH_DATABASE_URL) CELERY_BROKER_URL=$(BENCH_BROKER_URL) $(PY) manage.py bench relayer
+
+clean:
+	rm -rf $(VENV) node_modules var test-artifacts

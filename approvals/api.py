@@ -1,0 +1,164 @@
+"""REST endpoints for rebalance proposals (API.md, "Vaults, feeds, intents, proposals")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from approvals.models import RebalanceProposal
+from approvals.selectors import is_operator, proposals_visible_to
+from approvals.services import (
+    AlreadyDecided,
+    NotAnApprover,
+    ProposalClosed,
+    ProposalInvalid,
+    proposal_approve,
+    proposal_create,
+    proposal_execution_start,
+    proposal_reject,
+)
+from orchestrator.api.errors import ApiError, Conflict, NotFound
+from orchestrator.api.idempotency import idempotent
+from vaults.api import intent_json
+from vaults.models import Vault
+
+
+def proposal_json(proposal: RebalanceProposal) -> dict[str, Any]:
+    return {
+        "proposalId": proposal.proposal_id,
+        "vaultId": proposal.vault.vault_id,
+        "proposer": proposal.proposer.get_username() if proposal.proposer else None,
+        "source": proposal.source,
+        "approvers": sorted(u.get_username() for u in proposal.approvers.all()),
+        "quorumRequired": proposal.quorum_required,
+        "proposedAllocations": proposal.proposed_allocations,
+        "policyVersion": proposal.policy.version,
+        "status": proposal.status,
+        "expiresAt": proposal.expires_at.isoformat(),
+        "approvals": [
+            {
+                "approver": a.approver.get_username(),
+                "decision": a.decision,
+                "comment": a.comment,
+                "decidedAt": a.decided_at.isoformat(),
+            }
+            for a in proposal.approvals.select_related("approver").order_by("decided_at")
+        ],
+        "intent": intent_json(proposal.intent) if proposal.intent is not None else None,
+        "executionError": proposal.execution_error or None,
+        "createdAt": proposal.created_at.isoformat(),
+    }
+
+
+class ProposalCreateSerializer(serializers.Serializer):
+    vaultId = serializers.CharField()
+    approvers = serializers.ListField(child=serializers.CharField(), min_length=1)
+    quorumRequired = serializers.IntegerField(min_value=1)
+    proposedAllocations = serializers.DictField(child=serializers.CharField())
+    expiresAt = serializers.CharField(required=False)
+
+
+class DecisionSerializer(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+
+
+def _visible(request: Request, proposal_id: str) -> RebalanceProposal:
+    proposal = proposals_visible_to(user=request.user).filter(proposal_id=proposal_id).first()
+    if proposal is None:
+        raise NotFound("No proposal with that id.")
+    return proposal
+
+
+class ProposalListView(APIView):
+    @extend_schema(request=ProposalCreateSerializer, summary="Propose a rebalance (operators)")
+    @idempotent
+    def post(self, request: Request) -> Response:
+        if not is_operator(request.user):
+            raise ApiError("Only operators can propose rebalances.", code="permission_denied", status_code=403)
+        body = ProposalCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        vault = Vault.objects.filter(vault_id=data["vaultId"]).first()
+        if vault is None:
+            raise ApiError("No vault with that id.", code="invalid", fields={"vaultId": "Unknown vault."})
+        users = list(get_user_model().objects.filter(username__in=data["approvers"]))
+        missing = set(data["approvers"]) - {u.get_username() for u in users}
+        if missing:
+            raise ApiError("Unknown approvers.", code="invalid", fields={"approvers": f"Unknown: {sorted(missing)}"})
+        expires = parse_datetime(data["expiresAt"]) if data.get("expiresAt") else None
+        if data.get("expiresAt") and (expires is None or expires.tzinfo is None):
+            raise ApiError("Bad expiry.", code="invalid", fields={"expiresAt": "An RFC 3339 time with a zone."})
+        try:
+            proposal = proposal_create(
+                vault=vault,
+                allocation=data["proposedAllocations"],
+                proposer=request.user,
+                approvers=users,
+                quorum=data["quorumRequired"],
+                expires_at=expires,
+            )
+        except ProposalInvalid as exc:
+            raise ApiError(str(exc), code="invalid_proposal", status_code=422) from None
+        return Response(proposal_json(proposal), status=status.HTTP_201_CREATED)
+
+
+class ProposalDetailView(APIView):
+    @extend_schema(summary="A proposal with its decisions")
+    def get(self, request: Request, proposal_id: str) -> Response:
+        return Response(proposal_json(_visible(request, proposal_id)))
+
+
+class _DecisionView(APIView):
+    decide = staticmethod(proposal_approve)
+
+    @extend_schema(request=DecisionSerializer, summary="Decide on a proposal (a designated approver)")
+    def post(self, request: Request, proposal_id: str) -> Response:
+        proposal = _visible(request, proposal_id)
+        body = DecisionSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            proposal = self.decide(
+                proposal=proposal, approver=request.user, comment=body.validated_data.get("comment", "")
+            )
+        except NotAnApprover as exc:
+            raise ApiError(str(exc), code="not_an_approver", status_code=403) from None
+        except ProposalInvalid as exc:
+            raise ApiError(str(exc), code="own_proposal", status_code=403) from None
+        except AlreadyDecided as exc:
+            raise Conflict(str(exc), code="already_decided") from None
+        except ProposalClosed as exc:
+            raise Conflict(str(exc), code="proposal_closed") from None
+        return Response(proposal_json(proposal))
+
+
+class ProposalApproveView(_DecisionView):
+    decide = staticmethod(proposal_approve)
+
+
+class ProposalRejectView(_DecisionView):
+    decide = staticmethod(proposal_reject)
+
+
+class ProposalExecuteView(APIView):
+    @extend_schema(summary="Execute an approved proposal (starts once; repeats return the same run)")
+    def post(self, request: Request, proposal_id: str) -> Response:
+        proposal = _visible(request, proposal_id)
+        if not (is_operator(request.user) or proposal.approvers.filter(username=request.user.get_username()).exists()):
+            raise ApiError(
+                "Only operators and approvers can execute a proposal.", code="permission_denied", status_code=403
+            )
+        try:
+            run = proposal_execution_start(proposal=proposal)
+        except ProposalClosed as exc:
+            raise Conflict(str(exc), code="not_approved") from None
+        return Response(
+            {"proposalId": proposal.proposal_id, "workflowId": str(run.id), "phase": run.phase},
+            status=status.HTTP_202_ACCEPTED,
+        )

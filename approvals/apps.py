@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+class ApprovalsConfig(AppConfig):
+    name = "approvals"
+
+    def ready(self) -> None:
+        from approvals.groups import on_post_migrate
+
+        # The groups "Approvers" and "Operators" (approvals/groups.py).
+        post_migrate.connect(on_post_migrate, sender=self, dispatch_uid="approvals.groups")

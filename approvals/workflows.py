@@ -1,0 +1,147 @@
+"""Flow B's execution: an approved proposal becomes one ExecutionIntent, relayed on chain.
+
+positions ─► check (against the policy active now) ─► emit (exactly once) ─► relay
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from approvals.models import ProposalStatus, RebalanceProposal
+from approvals.services import EXECUTE_WORKFLOW, _notify, proposal_compliance
+from orchestrator.engine import Blocked, RetryableError, RetryPolicy, Step, StepContext, Wait, Workflow, registry
+from orchestrator.models import Phase, WorkflowRun
+from vaults.models import ExecutionIntent, PolicyStatus, Protocol
+from vaults.services.intents import StalePositions, intent_emit, intent_in_flight, plan_actions
+from vaults.workflows import SETTLE_POLL_SECONDS, _current_pct, intent_progress, positions_snapshot
+
+
+def _proposal(ctx: StepContext) -> RebalanceProposal:
+    return RebalanceProposal.objects.select_related("vault__chain", "vault__account", "feed").get(
+        pk=ctx.input["proposal"]
+    )
+
+
+def read_positions(ctx: StepContext) -> dict[str, Any] | Wait:
+    proposal = _proposal(ctx)
+    vault = proposal.vault
+    if proposal.intent_id is None and intent_in_flight(vault_id=vault.pk) is not None:
+        # Another intent is moving the funds: an approved rebalance waits for it to settle.
+        return Wait(
+            phase=Phase.CONFIRMING,
+            resume_at=timezone.now() + timedelta(seconds=SETTLE_POLL_SECONDS),
+            info={"waiting": "the vault's previous intent"},
+        )
+    return positions_snapshot(
+        rpc_url=vault.chain.rpc_url,
+        account=vault.account.address,
+        asset=vault.asset_address,
+        protocols={p.name: p.address for p in Protocol.objects.filter(chain=vault.chain)},
+        nonce=vault.intent_nonce,
+    )
+
+
+def check(ctx: StepContext) -> dict[str, Any]:
+    """Execution re-runs the compliance check against the policy active at this moment."""
+    proposal = _proposal(ctx)
+    result = proposal_compliance(proposal=proposal, current=_current_pct(ctx.outputs["positions"]))
+    if not result.ok and proposal.intent_id is None:
+        raise Blocked(f"compliance at execution: {result.summary()}")
+    return result.as_dict()
+
+
+def emit(ctx: StepContext) -> dict[str, Any]:
+    """The intent, exactly once: the proposal row is locked and keeps the intent it got."""
+    held = ctx.outputs["positions"]
+    proposal = (
+        RebalanceProposal.objects.select_for_update().select_related("vault__account").get(pk=ctx.input["proposal"])
+    )
+    if proposal.intent_id is not None:
+        return {"intent": str(proposal.intent_id), "note": "emitted before"}
+    vault = proposal.vault
+    policy = vault.policies.get(status=PolicyStatus.ACTIVE)
+    allocation = {k: Decimal(v) for k, v in proposal.proposed_allocations.items()}
+    plan = plan_actions(
+        account=vault.account.address,
+        protocols=held["addresses"],
+        allocation=allocation,
+        idle=int(held["idle"]),
+        positions={k: int(v) for k, v in held["protocols"].items()},
+    )
+    if not plan.actions:
+        raise Blocked("the vault already holds the proposed allocation; nothing to execute")
+    try:
+        intent = intent_emit(
+            vault=vault,
+            policy=policy,
+            allocation=allocation,
+            actions=plan.actions,
+            feed=proposal.feed,
+            deadline=timezone.now() + timedelta(seconds=policy.intent_ttl_seconds),
+            proposal_id=proposal.proposal_id,
+            workflow_run_id=ctx.run_id,
+            planned_at_nonce=held["atIntentNonce"],
+        )
+    except StalePositions as exc:
+        raise RetryableError(f"positions changed while planning: {exc}") from exc
+    proposal.intent = intent
+    proposal.save(update_fields=["intent"])
+    return {
+        "intent": str(intent.id),
+        "nonce": intent.nonce,
+        "valueMoved": str(plan.value_moved),
+        "policyVersion": policy.version,
+    }
+
+
+def relay(ctx: StepContext) -> dict[str, Any] | Wait:
+    intent = ExecutionIntent.objects.select_related("vault__chain", "vault__account", "workflow_run").get(
+        pk=ctx.outputs["emit"]["intent"]
+    )
+    progress = intent_progress(intent)
+    if isinstance(progress, dict):
+        with transaction.atomic():
+            proposal = (
+                RebalanceProposal.objects.select_for_update(of=("self",))
+                .select_related("proposer")
+                .get(pk=ctx.input["proposal"])
+            )
+            if proposal.status != ProposalStatus.EXECUTED:
+                proposal.status = ProposalStatus.EXECUTED
+                proposal.save(update_fields=["status"])
+                if proposal.proposer is not None:
+                    _notify(
+                        [proposal.proposer],
+                        f"{proposal.proposal_id} is executed",
+                        f"Its intent #{intent.nonce} confirmed: {', '.join(progress['transactions'])}",
+                    )
+    return progress
+
+
+def _record_stop(run: WorkflowRun, from_phase: str, to_phase: str) -> None:
+    """A blocked, failed or dead-lettered execution leaves its reason on the proposal."""
+    if to_phase in (Phase.BLOCKED, Phase.FAILED, Phase.DEAD_LETTER):
+        RebalanceProposal.objects.filter(pk=run.input["proposal"]).update(execution_error=run.error[:2000])
+    elif from_phase == Phase.DEAD_LETTER:
+        RebalanceProposal.objects.filter(pk=run.input["proposal"]).update(execution_error="")
+
+
+RETRY = RetryPolicy(max_attempts=6, base_delay=1.0, max_delay=30.0)
+
+FLOW_B = registry.register(
+    Workflow(
+        kind=EXECUTE_WORKFLOW,
+        on_transition=_record_stop,
+        steps=(
+            Step("positions", read_positions, atomic=False, retry=RETRY, timeout=30),
+            Step("check", check, retry=RETRY),
+            Step("emit", emit, retry=RETRY),
+            Step("relay", relay, retry=RETRY),
+        ),
+    )
+)

@@ -1,0 +1,156 @@
+"""Executors and automation configs: registration, EIP-712 signed creation and deletion."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from eth_utils import to_checksum_address
+
+from orchestrator.automations.models import (
+    AutomationConfig,
+    ConfigStatus,
+    Executor,
+    SourceType,
+    SubscriptionStatus,
+    UsedSignature,
+)
+from orchestrator.automations.services.destinations import destination_check
+from orchestrator.automations.services.signatures import kernel_action_signer
+from relayer.keys import SealedSecret, key_manager, secret_open, secret_seal
+from relayer.models import KeyPurpose
+
+
+class AutomationError(Exception):
+    """A refused request; `code` and `status` map to the API error body."""
+
+    def __init__(self, code: str, message: str, *, status: int, fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code, self.status, self.fields = code, status, fields
+
+
+def executor_register(*, owner: Any, address: str, name: str, metadata: dict[str, Any]) -> Executor:
+    return Executor.objects.create(owner=owner, address=to_checksum_address(address), name=name, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class NewConfig:
+    config: AutomationConfig
+    hmac_key: str  # returned to the client once, never stored in the clear
+
+
+def config_create(
+    *,
+    executor: Executor,
+    source_type: str,
+    source_value: Any,
+    base_url: str,
+    verify_payload: bool,
+    relayer_count: int,
+    autosign: bool,
+    signature: str,
+) -> NewConfig:
+    """Checks in API.md's order: the signature must recover to the
+    executor (401 invalid_signature), must not have been used (409 signature_replayed), and the
+    executor must have no active config (409 config_exists). A destination that is not
+    allowed is part of a malformed body (400). Raises AutomationError."""
+    try:
+        destination_check(base_url)
+    except ValueError as exc:
+        raise AutomationError("invalid", str(exc), status=400, fields={"destination.baseURL": str(exc)}) from None
+    if (
+        kernel_action_signer(
+            destination_url=base_url, verify_payload=verify_payload, action="CREATE", signature=signature
+        )
+        != executor.address
+    ):
+        raise AutomationError(
+            "invalid_signature", "The signature does not recover to the executor's address.", status=401
+        )
+    if UsedSignature.objects.filter(signature=signature.lower()).exists():
+        raise AutomationError("signature_replayed", "This signature was used before.", status=409)
+    if AutomationConfig.objects.filter(executor=executor, status=ConfigStatus.ACTIVE).exists():
+        raise AutomationError("config_exists", "This registry already has an active config.", status=409)
+    hmac_key = secrets.token_hex(32)
+    keys = key_manager()
+    try:
+        with transaction.atomic():
+            verifying = keys.create_key(purpose=KeyPurpose.OPERATOR, label=f"verifying key of {executor.registry_id}")
+            executor_key = (
+                keys.create_key(purpose=KeyPurpose.EXECUTOR, label=f"autosign for {executor.registry_id}")
+                if autosign
+                else None
+            )
+            config = AutomationConfig(
+                executor=executor,
+                source_type=source_type,
+                base_url=base_url,
+                verify_payload=verify_payload,
+                relayer_count=relayer_count,
+                autosign=autosign,
+                verifying_key=verifying,
+                executor_key=executor_key,
+                interval_seconds=source_value if source_type == SourceType.INTERVAL else None,
+                filter=source_value if source_type == SourceType.FILTER else None,
+            )
+            sealed = secret_seal(hmac_key.encode(), context=f"config:{config.id}")
+            config.hmac_version, config.hmac_nonce, config.hmac_ciphertext = (
+                sealed.version,
+                sealed.nonce,
+                sealed.ciphertext,
+            )
+            config.save(force_insert=True)
+            config.relayers.set(
+                [
+                    keys.create_key(purpose=KeyPurpose.RELAYER, label=f"relayer {i + 1} of config {config.id}")
+                    for i in range(relayer_count)
+                ]
+            )
+            UsedSignature.objects.create(signature=signature.lower(), action="CREATE", config=config)
+    except IntegrityError:
+        # Lost a race: the same signature or a second active config, committed meanwhile.
+        raise AutomationError(
+            "config_exists",
+            "This registry already has an active config, or the signature was used concurrently.",
+            status=409,
+        ) from None
+    return NewConfig(config=config, hmac_key=hmac_key)
+
+
+def config_hmac_key(config: AutomationConfig) -> str:
+    sealed = SealedSecret(config.hmac_version, bytes(config.hmac_nonce), bytes(config.hmac_ciphertext))
+    return secret_open(sealed, context=f"config:{config.id}").decode()
+
+
+def config_delete(*, config: AutomationConfig, signature: str) -> AutomationConfig:
+    """Needs the executor's signature over the same typed data with action DELETE; cancels the
+    config's subscriptions (their triggers stop at once). Raises AutomationError."""
+    if config.status != ConfigStatus.ACTIVE:
+        raise AutomationError("config_deleted", "This config is already deleted.", status=409)
+    if (
+        kernel_action_signer(
+            destination_url=config.base_url, verify_payload=config.verify_payload, action="DELETE", signature=signature
+        )
+        != config.executor.address
+    ):
+        raise AutomationError(
+            "invalid_signature", "The signature does not recover to the executor's address.", status=401
+        )
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            locked = AutomationConfig.objects.select_for_update().get(pk=config.pk)
+            if locked.status != ConfigStatus.ACTIVE:
+                raise AutomationError("config_deleted", "This config is already deleted.", status=409)
+            UsedSignature.objects.create(signature=signature.lower(), action="DELETE", config=locked)
+            locked.status, locked.deleted_at = ConfigStatus.DELETED, now
+            locked.save(update_fields=["status", "deleted_at"])
+            locked.subscriptions.filter(status=SubscriptionStatus.ACTIVE).update(
+                status=SubscriptionStatus.CANCELLED, cancelled_at=now, next_run_at=None
+            )
+    except IntegrityError:
+        raise AutomationError("signature_replayed", "This signature was used before.", status=409) from None
+    return locked

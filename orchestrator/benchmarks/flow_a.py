@@ -1,0 +1,181 @@
+"""`bench flow-a`: latency from a signed feed's arrival to its signed ExecutionIntent stored.
+
+50 vaults (one oracle each) on an anvil started here, share three ERC-4626 protocols; 500 feeds
+go round-robin over them, one at a time, alternating the protocol they favour so that every
+feed leads to a new intent. The intents are really relayed in the background, as in
+production. Beside it, in the same run: a bare Celery round trip (send a task, see it done)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.utils import timezone
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_account.signers.local import LocalAccount
+
+from orchestrator import processes
+from orchestrator.benchmarks import common
+from orchestrator.benchmarks.tasks import DONE_KEY, bench_done
+from relayer.models import Chain
+from vaults.models import ExecutionIntent, OracleKey, Protocol, Vault
+from vaults.services.bootstrap import chain_bootstrap
+from vaults.services.feeds import FEED_DOMAIN, FEED_TYPES, feed_accept
+from vaults.services.intents import intent_in_flight
+from vaults.services.policies import policy_activate, policy_draft
+
+PROTOCOLS = ("Aave USDC", "Compound USDC", "Morpho USDC")
+FAVOUR = [
+    [("Aave USDC", "0.05", 1), ("Compound USDC", "0.04", 1), ("Morpho USDC", "0.03", 0)],  # Morpho+Aave
+    [("Aave USDC", "0.04", 1), ("Compound USDC", "0.05", 1), ("Morpho USDC", "0.03", 0)],  # Morpho+Compound
+]
+
+
+def _feed(oracle: LocalAccount, variant: int) -> dict[str, Any]:
+    entries = [{"protocol": p, "apy": apy, "tvl": "1000000", "risk": r} for p, apy, r in FAVOUR[variant]]
+    now = timezone.now()
+    message = {"oracle": oracle.address, "timestamp": int(now.timestamp()), "entries": entries}
+    signed = oracle.sign_message(
+        encode_typed_data(domain_data=FEED_DOMAIN, message_types=FEED_TYPES, message_data=message)
+    )
+    return {
+        "oracle": oracle.address,
+        "timestamp": now.isoformat(),
+        "entries": entries,
+        "signature": "0x" + signed.signature.hex().removeprefix("0x"),
+    }
+
+
+def _vaults(chain: Chain, count: int, out: Callable[[str], Any]) -> list[tuple[Vault, LocalAccount]]:
+    run = uuid.uuid4().hex[:6]
+    made = []
+    for i in range(count):
+        vault = chain_bootstrap(
+            chain=chain, vault_id=f"bench-{run}-{i:03d}", protocols=PROTOCOLS, assets=10**12, say=lambda _: None
+        )
+        oracle = Account.create()
+        key = OracleKey.objects.create(address=oracle.address, name=f"bench oracle {run}-{i}")
+        draft = policy_draft(
+            vault=vault,
+            max_exposure_pct=Decimal(50),
+            max_risk_score=5,
+            min_interval_seconds=0,
+            max_feed_age_seconds=300,
+            max_turnover_pct=Decimal(100),
+            approval_threshold=10**30,
+            whitelist=Protocol.objects.filter(chain=chain, name__in=PROTOCOLS),
+            oracles=[key],
+        )
+        policy_activate(policy=draft)
+        made.append((vault, oracle))
+        if (i + 1) % 10 == 0:
+            out(f"  {i + 1}/{count} vaults bootstrapped")
+    return made
+
+
+def _settled(vault_pk: int) -> bool:
+    return intent_in_flight(vault_id=vault_pk) is None
+
+
+def _bare_round_trips(count: int) -> list[float]:
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL, decode_responses=True)
+    client.delete(DONE_KEY)
+    latencies = []
+    for _ in range(count):
+        key = uuid.uuid4().hex
+        started = time.time()
+        bench_done.apply_async(args=(key,), queue="workflows")
+        item = client.blpop([DONE_KEY], timeout=10)
+        if item is None:
+            raise RuntimeError("bare task did not finish")
+        latencies.append((float(item[1].split()[1]) - started) * 1000)
+    return latencies
+
+
+def run(*, feeds: int, vault_count: int, concurrency: int, out: Callable[[str], Any]) -> None:
+    common.require_real_services()
+    port = common.free_port()
+    node = processes.anvil(port=port, log_path=Path(settings.VAR_DIR) / "log" / f"bench-anvil-{port}.log")
+    node.start().wait_ready(timeout=30)
+    url = f"http://127.0.0.1:{port}"
+    chain, _ = Chain.objects.update_or_create(
+        chain_id=31337, defaults={"name": "bench-anvil", "rpc_url": url, "confirmations": 1, "poll_interval": 0.2}
+    )
+    out(f"bench flow-a: {feeds} feeds over {vault_count} vaults on anvil at {url}")
+    out(f"workers: one on 'workflows' and one on 'relay,triggers', prefork concurrency={concurrency} each")
+    latencies: list[float] = []
+    try:
+        vaults = _vaults(chain, vault_count, out)
+        # Two pools, as README's deployment has them: rebalances never queue behind relays.
+        with (
+            common.worker(name="flow-a", concurrency=concurrency, queues="workflows"),
+            common.worker(name="flow-a-relay", concurrency=concurrency, queues="relay,triggers"),
+        ):
+            bare = _bare_round_trips(200)
+            _bare_round_trips(20)
+            for i in range(feeds):
+                vault, oracle = vaults[i % vault_count]
+                # As in production, a vault's next feed meets a settled vault (untimed wait).
+                common.wait_until(
+                    partial(_settled, vault.pk),
+                    timeout=60,
+                    what=f"{vault.vault_id}'s previous intent to settle",
+                )
+                payload = _feed(oracle, (i // vault_count) % 2)
+                started = time.time()
+                feed = feed_accept(payload=payload)
+                intent = None
+
+                def stored(feed_id: Any = feed.id) -> bool:
+                    nonlocal intent
+                    intent = ExecutionIntent.objects.filter(feed_id=feed_id).only("created_at").first()
+                    return intent is not None
+
+                common.wait_until(stored, timeout=30, what=f"the intent for feed {i}")
+                assert intent is not None
+                latencies.append((intent.created_at.timestamp() - started) * 1000)
+                if (i + 1) % 100 == 0:
+                    out(f"  {i + 1}/{feeds} feeds: p50 so far {common.percentile(latencies, 50):.1f} ms")
+    finally:
+        node.stop()
+    rows = [
+        {
+            "path": "feed -> signed intent stored",
+            "n": len(latencies),
+            "p50 ms": common.percentile(latencies, 50),
+            "p99 ms": common.percentile(latencies, 99),
+            "max ms": max(latencies),
+        },
+        {
+            "path": "bare Celery round trip",
+            "n": len(bare),
+            "p50 ms": common.percentile(bare, 50),
+            "p99 ms": common.percentile(bare, 99),
+            "max ms": max(bare),
+        },
+    ]
+    out("")
+    common.table(rows, out)
+    out("")
+    out("target: p50 <= 50 ms, p99 <= 150 ms")
+    out(
+        common.result_line(
+            "flow-a",
+            {
+                "p50_ms": rows[0]["p50 ms"],
+                "p99_ms": rows[0]["p99 ms"],
+                "bare_roundtrip_p50_ms": rows[1]["p50 ms"],
+                "bare_roundtrip_p99_ms": rows[1]["p99 ms"],
+                "feeds": len(latencies),
+                "vaults": vault_count,
+            },
+        )
+    )

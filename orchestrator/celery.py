@@ -1,0 +1,30 @@
+"""The Celery app: JSON only, explicit time limits, one queue per kind of work."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
+
+QUEUES = ("workflows", "triggers", "relay")
+
+app = Celery("orchestrator")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+# Queues let each pool be sized and placed on its own machines (README, "Several machines").
+# Each queue gets its own direct exchange and routing key. A bare Queue(name) inherits the
+# default exchange and key ("workflows"), binding all three to one key: every message would then
+# be copied into every queue.
+app.conf.task_queues = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES)
+app.autodiscover_tasks()
+
+
+@app.on_after_configure.connect
+def _reuse_db_connections(sender: Celery, **_: object) -> None:
+    # The Django fixup reads this literal key (not a namespaced setting); without it every task
+    # opens a new database connection. See CELERY_DB_REUSE_MAX in settings.py.
+    from django.conf import settings
+
+    sender.conf.CELERY_DB_REUSE_MAX = settings.CELERY_DB_REUSE_MAX

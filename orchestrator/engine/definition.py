@@ -1,0 +1,132 @@
+"""Declaring workflows.
+
+    def reserve(ctx): return {"reservation": reserve_funds(ctx.input["amount"])}
+    def release(ctx): release_funds(ctx.outputs["reserve"]["reservation"])
+    def send(ctx): return {"tx": relay(ctx.input, idempotency_key=ctx.idempotency_key)}
+
+    registry.register(Workflow(kind="payout", steps=(
+        Step("reserve", reserve, compensate=release),
+        Step("send", send, retry=RetryPolicy(max_attempts=8), atomic=False),
+    )))
+
+`atomic=True` (the default) runs the step inside the transaction that journals it, under the
+run's row lock: its database writes and its journal entry commit together or not at all, so
+they happen exactly once. Steps that call the network must say `atomic=False`: they run outside
+any transaction under a lease, and make their side effect idempotent with `ctx.idempotency_key`
+(the same for every attempt of that step).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from orchestrator.engine.errors import UnknownWorkflow
+
+logger = logging.getLogger("orchestrator.engine")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: attempt n waits up to base * 2**(n-1), capped."""
+
+    max_attempts: int = 5
+    base_delay: float = 1.0
+    max_delay: float = 300.0
+
+    def delay(self, failed_attempts: int) -> float:
+        try:
+            ceiling = min(self.max_delay, self.base_delay * 2.0 ** max(failed_attempts - 1, 0))
+        except OverflowError:  # 2**n no longer fits a float: far past any cap
+            ceiling = self.max_delay if self.base_delay > 0 else 0.0
+        # "Equal jitter": at least half the backoff, so retries never bunch up at zero.
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    run_id: uuid.UUID
+    kind: str
+    step: str
+    attempt: int
+    correlation_id: str
+    input: dict[str, Any]
+    outputs: dict[str, Any]
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across attempts of this step: the key for its external side effect."""
+        return f"{self.run_id}:{self.step}"
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        return logging.LoggerAdapter(logger, {"run": str(self.run_id), "step": self.step})
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Returned by a step that cannot finish yet (an approval, a confirmation).
+
+    The run moves to `phase`; the same step runs again at `resume_at`, or when an event calls
+    `workflow_resume`. `info` is journaled so the admin shows what it waits for."""
+
+    phase: str
+    resume_at: datetime | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+StepFn = Callable[[StepContext], Any]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    fn: StepFn
+    compensate: StepFn | None = None
+    retry: RetryPolicy = RetryPolicy()
+    atomic: bool = True
+    # Lease for non-atomic steps: after this long without an outcome the step may run again.
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class Workflow:
+    kind: str
+    steps: tuple[Step, ...]
+    queue: str = "workflows"
+    # Let a worker run the next step itself when it is due at once (see step_execute).
+    inline: bool = True
+    # Called inside the transaction that changes a run's phase, with (run, from, to): how a
+    # domain object mirrors its run (a relay marked dead-letter, say). Database work only.
+    on_transition: Callable[[Any, str, str], None] | None = None
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.steps]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"workflow {self.kind}: steps must be non-empty with unique names")
+
+
+class WorkflowRegistry:
+    def __init__(self) -> None:
+        self._workflows: dict[str, Workflow] = {}
+
+    def register(self, workflow: Workflow) -> Workflow:
+        self._workflows[workflow.kind] = workflow
+        return workflow
+
+    def get(self, kind: str) -> Workflow:
+        try:
+            return self._workflows[kind]
+        except KeyError:
+            raise UnknownWorkflow(f"no workflow registered for kind {kind!r}") from None
+
+    def kinds(self) -> list[str]:
+        return sorted(self._workflows)
+
+
+registry = WorkflowRegistry()

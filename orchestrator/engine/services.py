@@ -1,0 +1,652 @@
+"""Moving workflow runs: start, execute one step, resume, replay, sweep.
+
+Invariants:
+- A step's journal entry, the run's new position and the next message are decided in one
+  transaction under the run's row lock; the message is sent only after that commits.
+- A step journaled as done is never executed again: a message for a step that is no longer
+  current is dropped, so duplicate deliveries are harmless.
+- No run depends on a broker message alone: `due_at`/`dispatched_at` say what should happen
+  next, and the sweep re-dispatches anything overdue (lost message, killed worker).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from orchestrator.celery import app as celery_app
+from orchestrator.engine.definition import Step, StepContext, Wait, Workflow, registry
+from orchestrator.engine.errors import Blocked, TerminalError, WorkflowError
+from orchestrator.models import (
+    ACTIVE_PHASES,
+    WAITING_PHASES,
+    Phase,
+    StepKind,
+    StepRun,
+    StepStatus,
+    WorkflowRun,
+    WorkflowTransition,
+)
+from orchestrator.observability import correlation, current_correlation_id, new_correlation_id
+
+logger = logging.getLogger("orchestrator.engine")
+
+STEP_TASK = "orchestrator.workflow_step"
+ENGINE = "engine"
+
+
+class RunNotReplayable(WorkflowError):
+    """Only dead-lettered runs can be replayed."""
+
+
+# --- starting -----------------------------------------------------------------------------
+
+
+def workflow_start(
+    *,
+    kind: str,
+    input: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    correlation_id: str | None = None,
+    deadline_seconds: float | None = None,
+    owner: Any = None,
+) -> tuple[WorkflowRun, bool]:
+    """Creates a run and enqueues its first step after commit.
+
+    Returns (run, created). The same idempotency key returns the existing run and starts
+    nothing. Raises UnknownWorkflow for an unregistered kind."""
+    workflow = registry.get(kind)
+    key = idempotency_key or f"{kind}:{uuid.uuid4()}"
+    cid = correlation_id or (current_correlation_id() if current_correlation_id() != "-" else "")
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            run = WorkflowRun(
+                kind=kind,
+                idempotency_key=key,
+                correlation_id=cid or new_correlation_id(),
+                input=input or {},
+                step_name=workflow.steps[0].name,
+                deadline=now + timedelta(seconds=deadline_seconds) if deadline_seconds else None,
+                owner=owner,
+            )
+            _dispatch(run, workflow, delay=0.0, save=False)
+            run.save(force_insert=True)
+            _transition(run, "", Phase.SUBMITTING, reason="started", actor=ENGINE)
+    except IntegrityError:
+        # Lost the race on the unique idempotency key (or it existed already): same run.
+        return WorkflowRun.objects.get(idempotency_key=key), False
+    return run, True
+
+
+# --- executing one step -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Claim:
+    journal: StepRun
+    lease_until: datetime
+    context: StepContext
+    compensate: bool
+
+
+class _StepRaised(Exception):
+    """Carries a step's exception out of the transaction it ran in: that transaction, with the
+    step's partial writes, rolls back, and the failure is journaled in a fresh one. (Cheaper
+    than a savepoint around every step, which costs two round trips on the happy path.)"""
+
+    def __init__(self, exc: Exception, *, context: StepContext, started: datetime, phase: str) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
+        self.context = context
+        self.started = started
+        self.phase = phase
+
+
+def step_execute(*, run_id: uuid.UUID, index: int, inline_steps: int | None = None) -> str:
+    """Executes the run's current step (or compensation) if `index` is still current.
+
+    When that step leaves the next one due at once, up to `inline_steps` (default
+    WORKFLOW_INLINE_STEPS) further steps run here, each in its own transaction under the row
+    lock exactly as if its message had arrived, instead of a broker round trip per step. The
+    run's dispatched_at is set for each, so a worker dying mid-way is recovered by the sweep
+    like a lost message. Returns the last step's outcome word: done, retry, waiting, failed,
+    dead-letter, or why nothing ran (missing, stale, early, busy, finished, superseded)."""
+    budget = settings.WORKFLOW_INLINE_STEPS if inline_steps is None else inline_steps
+    give_up_at = time.monotonic() + settings.WORKFLOW_INLINE_SECONDS
+    while True:
+        continuation = _Continuation(run_id, steps_left=budget, give_up_at=give_up_at)
+        token = _inline.set(continuation if continuation.may_continue() else None)
+        try:
+            outcome = _step_once(run_id, index)
+        finally:
+            _inline.reset(token)
+        if continuation.next_index is None:
+            return outcome
+        budget = continuation.steps_left - 1
+        index = continuation.next_index
+
+
+@dataclass
+class _Continuation:
+    """Set while a step of `run_id` runs in a worker that may carry on with that run's next
+    step itself. Only that run: a run the step starts (a relay, say) gets its message."""
+
+    run_id: uuid.UUID
+    steps_left: int = 0
+    give_up_at: float = 0.0
+    next_index: int | None = None
+
+    def may_continue(self) -> bool:
+        return self.steps_left > 0 and time.monotonic() < self.give_up_at
+
+
+_inline: contextvars.ContextVar[_Continuation | None] = contextvars.ContextVar("inline", default=None)
+
+
+def _step_once(run_id: uuid.UUID, index: int) -> str:
+    try:
+        claim = _execute_or_claim(run_id, index)
+    except _StepRaised as raised:
+        return _journal_raised(run_id, index, raised)
+    if isinstance(claim, str):
+        return claim
+    return _execute_leased(run_id, index, claim)
+
+
+def _execute_or_claim(run_id: uuid.UUID, index: int) -> str | _Claim:
+    with transaction.atomic():
+        run = WorkflowRun.objects.select_for_update().filter(pk=run_id).first()
+        if run is None:
+            return "missing"
+        with correlation(run.correlation_id):
+            skip = _why_not_runnable(run, index)
+            if skip:
+                return skip
+            workflow = registry.get(run.kind)
+            compensating = run.phase == Phase.COMPENSATING
+            step = _target_step(workflow, run)
+            if step is None:  # nothing left to compensate
+                _finish_compensation(run)
+                return "failed"
+            context = _context(run, step)
+            if step.atomic:
+                outcome = _execute_atomic(run, workflow, step, context, compensating)
+                return _carry_on_atomic(run, workflow, outcome)
+            return _claim_lease(run, step, context, compensating)
+
+
+def _carry_on_atomic(run: WorkflowRun, workflow: Workflow, outcome: str) -> str:
+    """Runs the following steps in the same transaction while they are atomic and due at once.
+
+    Each is still journaled on its own row, inside a savepoint: a step that fails undoes only
+    its own writes and is recorded as failed, and the steps before it commit. Their database
+    effects commit together with their journal entries, so a worker dying in the middle loses
+    them all and they run again: exactly once still holds. This saves a commit and a row lock
+    per step; the batch stops at the inline budget, the time cap, a leased step or a wait."""
+    continuation = _inline.get()
+    while (
+        outcome == "done"
+        and continuation is not None
+        and continuation.run_id == run.id
+        and continuation.next_index == run.current_step
+        and continuation.steps_left > 1
+        and time.monotonic() < continuation.give_up_at
+        and run.phase == Phase.SUBMITTING
+        and workflow.steps[run.current_step].atomic
+    ):
+        continuation.next_index = None
+        continuation.steps_left -= 1
+        step = workflow.steps[run.current_step]
+        context = _context(run, step)
+        journal = _journal(run, step, context, False, timezone.now())
+        try:
+            if run.deadline is not None and journal.started_at > run.deadline:
+                raise TerminalError(f"deadline {run.deadline.isoformat()} passed")
+            with transaction.atomic():
+                result = _call(step, context, False)
+        except Exception as exc:
+            return _record_failure(run, workflow, step, journal, exc, False)
+        outcome = _record_success(run, workflow, step, journal, result, False)
+    return outcome
+
+
+def _journal_raised(run_id: uuid.UUID, index: int, raised: _StepRaised) -> str:
+    with transaction.atomic():
+        run = WorkflowRun.objects.select_for_update().filter(pk=run_id).first()
+        expected = (index, raised.phase, raised.context.attempt - 1)
+        if run is None or (run.current_step, run.phase, run.attempts) != expected:
+            return "superseded"  # another delivery got to the run after our rollback
+        with correlation(run.correlation_id):
+            workflow = registry.get(run.kind)
+            compensating = run.phase == Phase.COMPENSATING
+            step = _target_step(workflow, run)
+            assert step is not None
+            journal = _journal(run, step, raised.context, compensating, raised.started)
+            return _record_failure(run, workflow, step, journal, raised.exc, compensating)
+
+
+def _why_not_runnable(run: WorkflowRun, index: int) -> str:
+    now = timezone.now()
+    if run.phase not in ACTIVE_PHASES and run.phase not in WAITING_PHASES:
+        return "finished"
+    if run.current_step != index:
+        return "stale"  # that step is journaled as done (or compensated) already
+    if run.due_at is None:
+        return "waiting"  # a waiting phase with no timer: only an event resumes it
+    if run.due_at > now + timedelta(seconds=1):
+        return "early"  # a duplicate of a message whose backoff has not elapsed
+    if run.lease_until is not None and run.lease_until > now:
+        return "busy"
+    return ""
+
+
+def _target_step(workflow: Workflow, run: WorkflowRun) -> Step | None:
+    if run.phase != Phase.COMPENSATING:
+        return workflow.steps[run.current_step]
+    # Compensations run newest first over the steps before the one that failed.
+    while run.current_step > 0:
+        candidate = workflow.steps[run.current_step - 1]
+        if candidate.compensate is not None:
+            return candidate
+        run.current_step -= 1
+    return None
+
+
+def _context(run: WorkflowRun, step: Step) -> StepContext:
+    return StepContext(
+        run_id=run.id,
+        kind=run.kind,
+        step=step.name,
+        attempt=run.attempts + 1,
+        correlation_id=run.correlation_id,
+        input=run.input,
+        outputs=dict(run.outputs),
+    )
+
+
+def _call(step: Step, context: StepContext, compensating: bool) -> Any:
+    fn = step.compensate if compensating else step.fn
+    assert fn is not None
+    return fn(context)
+
+
+def _execute_atomic(run: WorkflowRun, workflow: Workflow, step: Step, context: StepContext, compensating: bool) -> str:
+    started = timezone.now()
+    try:
+        if run.deadline is not None and started > run.deadline:
+            raise TerminalError(f"deadline {run.deadline.isoformat()} passed")
+        result = _call(step, context, compensating)
+    except Exception as exc:
+        raise _StepRaised(exc, context=context, started=started, phase=run.phase) from exc
+    journal = _journal(run, step, context, compensating, started)
+    return _record_success(run, workflow, step, journal, result, compensating)
+
+
+def _journal(run: WorkflowRun, step: Step, context: StepContext, compensating: bool, started: datetime) -> StepRun:
+    return StepRun(
+        run=run,
+        index=_journal_index(run, compensating),
+        name=step.name,
+        kind=StepKind.COMPENSATE if compensating else StepKind.FORWARD,
+        attempt=context.attempt,
+        status=StepStatus.RUNNING,
+        input=_step_input(run),
+        started_at=started,
+    )
+
+
+def _claim_lease(run: WorkflowRun, step: Step, context: StepContext, compensating: bool) -> _Claim:
+    now = timezone.now()
+    if run.lease_until is not None:
+        # An earlier attempt's lease ran out: it is superseded. If its worker is still alive,
+        # it finds the lease changed and drops its outcome.
+        StepRun.objects.filter(run=run, status=StepStatus.RUNNING).update(
+            status=StepStatus.FAILED, error="lease expired; superseded by a later attempt", finished_at=now
+        )
+    journal = _journal(run, step, context, compensating, now)
+    journal.save()
+    run.lease_until = now + timedelta(seconds=step.timeout)
+    run.save(update_fields=["lease_until", "current_step", "updated_at"])
+    return _Claim(journal=journal, lease_until=run.lease_until, context=context, compensate=compensating)
+
+
+def _execute_leased(run_id: uuid.UUID, index: int, claim: _Claim) -> str:
+    # Runs outside any transaction: network calls must not hold a row lock or a connection
+    # in a transaction. Concurrent deliveries are kept out by the lease.
+    outcome: tuple[str, Any]
+    with correlation(claim.context.correlation_id):
+        workflow = registry.get(claim.context.kind)
+        workflow_step = next(s for s in workflow.steps if s.name == claim.context.step)
+        try:
+            outcome = ("ok", _call(workflow_step, claim.context, claim.compensate))
+        except Exception as exc:
+            outcome = ("error", exc)
+        with transaction.atomic():
+            run = WorkflowRun.objects.select_for_update().get(pk=run_id)
+            if run.lease_until != claim.lease_until or run.current_step != index:
+                # Our lease expired and another attempt took over; its outcome stands.
+                return "superseded"
+            run.lease_until = None
+            journal = claim.journal
+            if outcome[0] == "ok":
+                return _record_success(run, workflow, workflow_step, journal, outcome[1], claim.compensate)
+            return _record_failure(run, workflow, workflow_step, journal, outcome[1], claim.compensate)
+
+
+def _journal_index(run: WorkflowRun, compensating: bool) -> int:
+    return run.current_step - 1 if compensating else run.current_step
+
+
+def _step_input(run: WorkflowRun) -> dict[str, Any]:
+    # What the step saw: the run input plus the outputs it could read. Kept small on purpose.
+    return {"input": run.input, "previous": sorted(run.outputs)}
+
+
+def _record_success(
+    run: WorkflowRun,
+    workflow: Workflow,
+    step: Step,
+    journal: StepRun,
+    result: Any,
+    compensating: bool,
+) -> str:
+    now = timezone.now()
+    journal.finished_at = now
+    run.attempts = 0
+    if not compensating:
+        run.error = ""  # a compensating run keeps the error that made it fail
+    if isinstance(result, Wait):
+        journal.status = StepStatus.WAITING
+        journal.output = {"phase": result.phase, **result.info}
+        journal.save()
+        if run.phase != result.phase:
+            _transition(run, run.phase, result.phase, reason=str(result.info or "waiting"), actor=ENGINE)
+        if result.resume_at is None:
+            run.due_at = None
+            run.dispatched_at = None
+            _save(run)
+        else:
+            _dispatch(run, workflow, delay=max((result.resume_at - now).total_seconds(), 0.0))
+        return "waiting"
+
+    journal.status = StepStatus.DONE
+    journal.output = result
+    journal.save()
+    if compensating:
+        run.current_step -= 1
+        run.step_name = step.name
+        if _target_step(workflow, run) is None:
+            _finish_compensation(run)
+            return "failed"
+        _dispatch(run, workflow, delay=0.0)
+        return "done"
+
+    run.outputs = {**run.outputs, step.name: result}
+    if run.phase != Phase.SUBMITTING:
+        _transition(run, run.phase, Phase.SUBMITTING, reason=f"{step.name} resumed", actor=ENGINE)
+    run.current_step += 1
+    if run.current_step >= len(workflow.steps):
+        _transition(run, run.phase, Phase.COMPLETED, reason="all steps done", actor=ENGINE)
+        run.due_at = None
+        run.dispatched_at = None
+        run.finished_at = now
+        _save(run)
+        logger.info("workflow %s %s completed", run.kind, run.id)
+        return "done"
+    run.step_name = workflow.steps[run.current_step].name
+    _dispatch(run, workflow, delay=0.0)
+    return "done"
+
+
+def _record_failure(
+    run: WorkflowRun,
+    workflow: Workflow,
+    step: Step,
+    journal: StepRun,
+    exc: Exception,
+    compensating: bool,
+) -> str:
+    journal.finished_at = timezone.now()
+    journal.error = _describe(exc)
+    run.error = f"{step.name}: {_describe(exc)}"
+    terminal = isinstance(exc, TerminalError)
+    if not terminal:
+        run.attempts += 1
+        exhausted = run.attempts >= step.retry.max_attempts
+        journal.status = StepStatus.FAILED if exhausted else StepStatus.RETRY
+        journal.save()
+        if exhausted:
+            logger.error("workflow %s %s dead-lettered at %s: %s", run.kind, run.id, step.name, exc)
+            _transition(run, run.phase, Phase.DEAD_LETTER, reason=run.error, actor=ENGINE)
+            run.due_at = None
+            run.dispatched_at = None
+            _save(run)
+            return "dead-letter"
+        delay = step.retry.delay(run.attempts)
+        logger.warning(
+            "workflow %s %s step %s failed (attempt %s), retrying in %.1fs: %s",
+            run.kind,
+            run.id,
+            step.name,
+            run.attempts,
+            delay,
+            exc,
+        )
+        _dispatch(run, workflow, delay=delay)
+        return "retry"
+
+    journal.status = StepStatus.FAILED
+    journal.save()
+    run.attempts = 0
+    if compensating:
+        # A compensation that cannot succeed is recorded and the others still run.
+        logger.error("workflow %s %s compensation %s failed: %s", run.kind, run.id, step.name, exc)
+        run.current_step -= 1
+        if _target_step(workflow, run) is None:
+            _finish_compensation(run)
+            return "failed"
+        _dispatch(run, workflow, delay=0.0)
+        return "failed"
+    if isinstance(exc, Blocked):
+        logger.warning("workflow %s %s blocked at %s: %s", run.kind, run.id, step.name, exc)
+        _transition(run, run.phase, Phase.BLOCKED, reason=run.error, actor=ENGINE)
+        run.due_at = run.dispatched_at = run.lease_until = None
+        run.finished_at = timezone.now()
+        _save(run)
+        return "blocked"
+    logger.error("workflow %s %s failed at %s: %s", run.kind, run.id, step.name, exc)
+    _transition(run, run.phase, Phase.COMPENSATING, reason=run.error, actor=ENGINE)
+    if _target_step(workflow, run) is None:
+        _finish_compensation(run)
+        return "failed"
+    _dispatch(run, workflow, delay=0.0)
+    return "failed"
+
+
+def _finish_compensation(run: WorkflowRun) -> None:
+    _transition(run, run.phase, Phase.FAILED, reason=run.error or "failed", actor=ENGINE)
+    run.due_at = None
+    run.dispatched_at = None
+    run.lease_until = None
+    run.finished_at = timezone.now()
+    _save(run)
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc) or exc.__class__.__name__
+    if isinstance(exc, WorkflowError):
+        return text
+    # An unexpected exception: keep its type and the last frame, for the operator.
+    frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" at {frame[0].filename}:{frame[0].lineno}" if frame else ""
+    return f"{exc.__class__.__name__}: {text}{where}"
+
+
+# --- moving runs from outside ---------------------------------------------------------------
+
+
+def workflow_resume(*, run_id: uuid.UUID, reason: str = "event", actor: str = ENGINE) -> bool:
+    """Wakes a run waiting in a waiting phase so its current step runs again now.
+
+    Returns False if the run is not waiting (already resumed or finished)."""
+    with transaction.atomic():
+        run = WorkflowRun.objects.select_for_update().filter(pk=run_id).first()
+        if run is None or run.phase not in WAITING_PHASES:
+            return False
+        workflow = registry.get(run.kind)
+        WorkflowTransition.objects.create(
+            run=run,
+            from_phase=run.phase,
+            to_phase=run.phase,
+            step_name=run.step_name,
+            reason=f"resume: {reason}",
+            actor=actor,
+            correlation_id=run.correlation_id,
+        )
+        _dispatch(run, workflow, delay=0.0)
+    return True
+
+
+def workflow_replay(*, run_id: uuid.UUID, actor: str) -> WorkflowRun:
+    """Puts a dead-lettered run back where it stopped, with a fresh retry budget.
+
+    Raises RunNotReplayable unless the run is in dead-letter."""
+    with transaction.atomic():
+        run = WorkflowRun.objects.select_for_update().get(pk=run_id)
+        if run.phase != Phase.DEAD_LETTER:
+            raise RunNotReplayable(f"run {run.id} is {run.phase}, only dead-letter runs replay")
+        workflow = registry.get(run.kind)
+        came_from = (
+            run.transitions.filter(to_phase=Phase.DEAD_LETTER)
+            .order_by("-id")
+            .values_list("from_phase", flat=True)
+            .first()
+        )
+        back_to = Phase.COMPENSATING if came_from == Phase.COMPENSATING else Phase.SUBMITTING
+        run.attempts = 0
+        run.lease_until = None
+        _transition(run, run.phase, back_to, reason="replayed", actor=actor)
+        _dispatch(run, workflow, delay=0.0)
+    logger.info("workflow %s %s replayed by %s", run.kind, run.id, actor)
+    return run
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    due: int
+    stalled: int
+
+
+def workflow_sweep(*, stall_seconds: float | None = None, limit: int | None = None) -> SweepResult:
+    """Dispatches runs whose timer is due and re-dispatches stalled ones.
+
+    A run is stalled when its step was dispatched but has not finished stall_seconds after it
+    was due, and no live lease or row lock says a worker is on it: a lost message, or a worker
+    killed mid-step. SKIP LOCKED lets several beats sweep at once without waiting on each other
+    or on a step in progress."""
+    stall = timedelta(seconds=stall_seconds if stall_seconds is not None else settings.WORKFLOW_STALL_SECONDS)
+    now = timezone.now()
+    due_timer = Q(dispatched_at__isnull=True, due_at__lte=now)
+    stalled = Q(dispatched_at__isnull=False, due_at__lte=now - stall)
+    free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+    counts = {"due": 0, "stalled": 0}
+    with transaction.atomic():
+        runs = list(
+            WorkflowRun.objects.select_for_update(skip_locked=True)
+            .filter(phase__in=[*ACTIVE_PHASES, *WAITING_PHASES])
+            .filter(due_timer | stalled)
+            .filter(free)
+            .order_by("due_at")[: limit or settings.WORKFLOW_SWEEP_BATCH]
+        )
+        for run in runs:
+            kind = "due" if run.dispatched_at is None else "stalled"
+            counts[kind] += 1
+            if kind == "stalled":
+                logger.warning("workflow %s %s stalled at %s, re-dispatching", run.kind, run.id, run.step_name)
+            # The expired lease stays: the next claim sees it and closes that attempt's journal row.
+            _dispatch(run, registry.get(run.kind), delay=0.0)
+    return SweepResult(**counts)
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+_RUN_STATE_FIELDS = [
+    "phase",
+    "outputs",
+    "current_step",
+    "step_name",
+    "attempts",
+    "error",
+    "transaction_id",
+    "due_at",
+    "dispatched_at",
+    "lease_until",
+    "finished_at",
+    "updated_at",
+]
+
+
+def _save(run: WorkflowRun) -> None:
+    # Only the fields the engine moves: input and identity never change after the start.
+    run.save(update_fields=_RUN_STATE_FIELDS)
+
+
+def _transition(run: WorkflowRun, from_phase: str, to_phase: str, *, reason: str, actor: str) -> None:
+    run.phase = to_phase
+    WorkflowTransition.objects.create(
+        run=run,
+        from_phase=from_phase,
+        to_phase=to_phase,
+        step_name=run.step_name,
+        reason=reason[:2000],
+        actor=actor,
+        correlation_id=run.correlation_id,
+    )
+    hook = registry.get(run.kind).on_transition
+    if hook is not None and from_phase != to_phase:
+        hook(run, from_phase, to_phase)
+
+
+def _dispatch(run: WorkflowRun, workflow: Workflow, *, delay: float, save: bool = True) -> None:
+    """Saves the run with its next due time and sends the step message after commit.
+
+    Delays longer than WORKFLOW_MAX_COUNTDOWN_SECONDS are not sent at all: the sweep sends them
+    when due, so no broker ever holds a long countdown."""
+    now = timezone.now()
+    run.due_at = now + timedelta(seconds=delay)
+    send = delay <= settings.WORKFLOW_MAX_COUNTDOWN_SECONDS
+    run.dispatched_at = now if send else None
+    if save:
+        _save(run)
+    continuation = _inline.get()
+    if (
+        continuation is not None
+        and continuation.run_id == run.id
+        and continuation.next_index is None
+        and delay == 0
+        and workflow.inline
+    ):
+        continuation.next_index = run.current_step  # step_execute runs it after this commits
+        return
+    if send:
+        args = [str(run.id), run.current_step]
+        headers = {"correlation_id": run.correlation_id}
+        countdown = delay if delay > 0 else None
+        transaction.on_commit(
+            lambda: celery_app.send_task(
+                STEP_TASK, args=args, queue=workflow.queue, countdown=countdown, headers=headers
+            )
+        )

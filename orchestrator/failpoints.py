@@ -1,0 +1,26 @@
+"""Failpoints: named places where a test can make a worker process die, once.
+
+`failpoint("relay.after_sign")` does nothing unless FAILPOINTS names it (never set in
+production). When it is named, the first process to reach it records that it fired (a file
+created with O_EXCL, so exactly one process fires it) and kills itself with SIGKILL, as the
+OOM killer would: no exception handler, no cleanup, no acknowledgement."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from django.conf import settings
+
+
+def failpoint(name: str) -> None:
+    if name not in settings.FAILPOINTS:
+        return
+    marker = Path(settings.FAILPOINTS_DIR) / name
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)

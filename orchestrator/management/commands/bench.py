@@ -1,0 +1,51 @@
+"""./manage.py bench NAME: benchmarks that start what they need and end with a RESULT line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+
+class Command(BaseCommand):
+    help = "Run a benchmark (engine, relayer, flow-a). Needs PostgreSQL and Redis; `make bench` sets them."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="name", required=True)
+        engine = sub.add_parser("engine", help="Workflow engine vs a bare Celery chain.")
+        engine.add_argument("--sequential", type=int, default=200, help="Runs timed one at a time.")
+        engine.add_argument("--burst", type=int, default=1000, help="Runs started at once.")
+        engine.add_argument("--concurrency", type=int, default=2, help="Worker processes.")
+
+        relayer = sub.add_parser("relayer", help="Relayer path vs a bare web3.py send loop on anvil.")
+        relayer.add_argument("--count", type=int, default=300, help="Transactions per case.")
+        relayer.add_argument("--concurrency", type=int, default=4, help="Worker processes.")
+
+        flow_a = sub.add_parser("flow-a", help="Feed arrival to signed ExecutionIntent, vs a bare Celery round trip.")
+        flow_a.add_argument("--feeds", type=int, default=500)
+        flow_a.add_argument("--vaults", type=int, default=50)
+        flow_a.add_argument("--concurrency", type=int, default=2, help="Processes per worker.")
+
+    def handle(self, *args: Any, name: str, **options: Any) -> None:
+        if name == "engine":
+            from orchestrator.benchmarks import engine
+
+            engine.run(
+                sequential=options["sequential"],
+                burst=options["burst"],
+                concurrency=options["concurrency"],
+                out=self.stdout.write,
+            )
+        elif name == "relayer":
+            from orchestrator.benchmarks import relayer
+
+            relayer.run(count=options["count"], concurrency=options["concurrency"], out=self.stdout.write)
+        elif name == "flow-a":
+            from orchestrator.benchmarks import flow_a
+
+            flow_a.run(
+                feeds=options["feeds"],
+                vault_count=options["vaults"],
+                concurrency=options["concurrency"],
+                out=self.stdout.write,
+            )

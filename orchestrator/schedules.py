@@ -1,0 +1,35 @@
+"""The fixed periodic tasks beat runs (DESIGN.md, "Scheduling at scale").
+
+A handful of dispatchers claim due work from indexed tables; nothing here grows with the
+number of runs or subscriptions. Created after every migrate, so a fresh database has them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+
+def fixed_schedule() -> dict[str, tuple[str, float, str]]:
+    """name -> (task, every seconds, queue)."""
+    return {
+        "workflow sweep": ("orchestrator.workflow_sweep", settings.WORKFLOW_SWEEP_SECONDS, "workflows"),
+        "relayer monitor": ("relayer.monitor", settings.RELAYER_MONITOR_SECONDS, "relay"),
+        "vault rebalance dispatch": ("vaults.rebalance_dispatch", settings.FLOW_A_DISPATCH_SECONDS, "workflows"),
+        "oracle pull": ("vaults.oracles_pull", settings.ORACLE_PULL_SECONDS, "workflows"),
+        "proposal expiry": ("approvals.expire", settings.PROPOSAL_EXPIRY_SWEEP_SECONDS, "workflows"),
+    }
+
+
+def ensure_periodic_tasks(**_: Any) -> None:
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    for name, (task, every, queue) in fixed_schedule().items():
+        # IntervalSchedule counts whole units; sub-second periods round up to one second.
+        schedule, _created = IntervalSchedule.objects.get_or_create(
+            every=max(round(every), 1), period=IntervalSchedule.SECONDS
+        )
+        PeriodicTask.objects.update_or_create(
+            name=name,
+            defaults={"task": task, "interval": schedule, "queue": queue, "enabled": True},
+        )

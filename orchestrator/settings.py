@@ -1,0 +1,258 @@
+"""Django settings. Every tunable comes from the environment (see README, "Configuration")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.config import env_bool, env_db, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
+
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-only-insecure-secret-key-change-me-in-production")
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_celery_beat",
+    "orchestrator",
+    "orchestrator.automations",
+    "relayer",
+    "vaults",
+    "approvals",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "orchestrator.observability.CorrelationIdMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "orchestrator.urls"
+WSGI_APPLICATION = "orchestrator.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# The embedded default is a SQLite file so `make run` needs no database server. PostgreSQL is
+# the system of record in production and in the test suite: row locks (SELECT ... FOR UPDATE)
+# are what serialize workflow steps and nonces, and SQLite ignores them.
+DATABASES = {"default": env_db("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 60, minimum=0)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 5, minimum=1),
+            # A stuck query must not pin a worker forever; steps are short by design.
+            "options": f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 30000, minimum=0)}",
+        }
+    )
+else:
+    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20})
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# --- REST API -------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.TokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "orchestrator.api.errors.api_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Vault Orchestrator API",
+    "DESCRIPTION": "Automation, vault and workflow API. The wire contract is API.md.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI's files come from the sidecar package: the docs page works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+}
+
+# --- Celery ---------------------------------------------------------------------------------
+# Embedded default: kombu's filesystem transport. It needs no server, survives restarts (the
+# messages are files under var/broker) and is safe for several local processes, which is all a
+# single-machine demo needs. Set CELERY_BROKER_URL=redis://... (or amqp://...) for real use.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+_broker_dir = VAR_DIR / "broker"
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = (
+    {
+        "data_folder_in": str(_broker_dir / "messages"),
+        "data_folder_out": str(_broker_dir / "messages"),
+        "control_folder": str(_broker_dir / "control"),
+        "store_processed": False,
+    }
+    if CELERY_BROKER_URL.startswith("filesystem")
+    else {
+        # Redis redelivers unacknowledged messages after this; it must exceed the longest task.
+        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60),
+    }
+)
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 300, minimum=1)
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 270, minimum=1)
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_PREFETCH_MULTIPLIER", 4, minimum=1)
+CELERY_TASK_DEFAULT_QUEUE = "workflows"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fixup closes the database connection around every task unless this is set:
+# a new PostgreSQL connection per workflow step costs more than the step. Reuse each worker
+# connection for this many tasks (CONN_MAX_AGE still retires old ones).
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=0)
+CELERY_TIMEZONE = "UTC"
+
+# --- Workflow engine ------------------------------------------------------------------------
+# A run in an active phase with no progress for this long is re-enqueued by the sweep.
+WORKFLOW_STALL_SECONDS = env_float("WORKFLOW_STALL_SECONDS", 120.0, minimum=1)
+# How often beat runs the sweep (due timers and stalled runs).
+WORKFLOW_SWEEP_SECONDS = env_float("WORKFLOW_SWEEP_SECONDS", 5.0, minimum=0.5)
+# Delays longer than this are kept in the database and woken by the sweep, never as a Celery
+# countdown: with Redis, a countdown longer than the visibility timeout is delivered repeatedly.
+WORKFLOW_MAX_COUNTDOWN_SECONDS = env_float("WORKFLOW_MAX_COUNTDOWN_SECONDS", 60.0, minimum=0)
+# A worker that finishes a step whose successor is due at once runs up to this many further
+# steps itself (each still one journaled transaction under the row lock) rather than paying a
+# broker round trip per step; 0 sends every step through the broker. The time cap keeps one
+# long workflow from holding a worker while other runs wait.
+WORKFLOW_INLINE_STEPS = env_int("WORKFLOW_INLINE_STEPS", 16, minimum=0)
+WORKFLOW_INLINE_SECONDS = env_float("WORKFLOW_INLINE_SECONDS", 2.0, minimum=0)
+# /readyz fails when beat's last heartbeat (sent with every sweep) is older than this.
+BEAT_HEARTBEAT_MAX_AGE_SECONDS = env_float("BEAT_HEARTBEAT_MAX_AGE_SECONDS", 60.0, minimum=1)
+WORKFLOW_SWEEP_BATCH = env_int("WORKFLOW_SWEEP_BATCH", 500, minimum=1)
+
+# --- Relayer and keys -----------------------------------------------------------------------
+# "2:<base64 32 bytes>,1:<base64 ...>": the highest version encrypts, older ones decrypt until
+# `manage.py keys rotate-master`. Unset: a development key is generated under VAR_DIR.
+KEY_MASTER_KEYS = env_str("KEY_MASTER_KEYS", "")
+RPC_TIMEOUT_SECONDS = env_float("RPC_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+# eth_feeHistory answers are reused per chain for this long (one call per chain, not per tx).
+RELAYER_FEE_CACHE_SECONDS = env_float("RELAYER_FEE_CACHE_SECONDS", 2.0, minimum=0)
+RELAYER_MAX_ATTEMPTS = env_int("RELAYER_MAX_ATTEMPTS", 8, minimum=1)
+RELAYER_RETRY_BASE_SECONDS = env_float("RELAYER_RETRY_BASE_SECONDS", 1.0, minimum=0.01)
+RELAYER_RETRY_MAX_SECONDS = env_float("RELAYER_RETRY_MAX_SECONDS", 60.0, minimum=0.01)
+RELAYER_MONITOR_SECONDS = env_float("RELAYER_MONITOR_SECONDS", 5.0, minimum=0.5)
+RELAYER_LOW_BALANCE_WEI = env_int("RELAYER_LOW_BALANCE_WEI", 10**16, minimum=0)
+# Names of failpoints to trigger once (tests only): the worker process kills itself there.
+FAILPOINTS = env_list("FAILPOINTS", [])
+FAILPOINTS_DIR = env_str("FAILPOINTS_DIR", str(VAR_DIR / "failpoints"))
+# How long a relay step (an RPC call) may run before another worker may take it over.
+RELAYER_STEP_LEASE_SECONDS = env_float("RELAYER_STEP_LEASE_SECONDS", 60.0, minimum=1)
+
+# --- Vaults and approvals -------------------------------------------------------------------
+FEED_MAX_AGE_SECONDS = env_int("FEED_MAX_AGE_SECONDS", 300, minimum=1)
+FEED_CLOCK_SKEW_SECONDS = env_int("FEED_CLOCK_SKEW_SECONDS", 30, minimum=0)
+FLOW_A_DISPATCH_SECONDS = env_float("FLOW_A_DISPATCH_SECONDS", 10.0, minimum=1)
+ORACLE_PULL_SECONDS = env_float("ORACLE_PULL_SECONDS", 30.0, minimum=1)
+# Serve a signed demo feed at /demo/oracle/feed (make run only; never in production).
+DEMO_ORACLE = env_bool("DEMO_ORACLE", False)
+PROPOSAL_EXPIRY_SWEEP_SECONDS = env_float("PROPOSAL_EXPIRY_SWEEP_SECONDS", 60.0, minimum=1)
+# Links in notifications point here.
+PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "vault-orchestrator@localhost")
+PROPOSAL_TTL_SECONDS = env_int("PROPOSAL_TTL_SECONDS", 3 * 24 * 3600, minimum=60)
+
+# --- Automations (seed 001) -----------------------------------------------------------------
+# Plain-http hook destinations, and ones that resolve to loopback, private or link-local
+# addresses (SSRF), are refused unless these are on (development and tests only).
+AUTOMATION_ALLOW_INSECURE_DESTINATIONS = env_bool("AUTOMATION_ALLOW_INSECURE_DESTINATIONS", DEBUG)
+AUTOMATION_ALLOW_PRIVATE_DESTINATIONS = env_bool("AUTOMATION_ALLOW_PRIVATE_DESTINATIONS", DEBUG)
+
+# --- Chain (local anvil for development and tests) ------------------------------------------
+ANVIL_PORT = env_int("ANVIL_PORT", 8545, minimum=1, maximum=65535)
+CHAIN_RPC_URL = env_str("CHAIN_RPC_URL", f"http://127.0.0.1:{ANVIL_PORT}")
+# The chain row `manage.py chain seed` (and every migrate) creates for CHAIN_RPC_URL.
+CHAIN_ID = env_int("CHAIN_ID", 31337, minimum=1)
+CHAIN_NAME = env_str("CHAIN_NAME", "anvil")
+CHAIN_CONFIRMATIONS = env_int("CHAIN_CONFIRMATIONS", 1, minimum=0)
+CHAIN_POLL_SECONDS = env_float("CHAIN_POLL_SECONDS", 1.0, minimum=0.05)
+CHAIN_STUCK_SECONDS = env_float("CHAIN_STUCK_SECONDS", 30.0, minimum=0.1)
+
+# --- Logging --------------------------------------------------------------------------------
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    from django.core.exceptions import ImproperlyConfigured
+
+    # Otherwise logging.config fails with "Unable to configure logger 'celery'", naming nothing.
+    raise ImproperlyConfigured(
+        f"Environment variable LOG_LEVEL={LOG_LEVEL!r} must be DEBUG, INFO, WARNING, ERROR or CRITICAL."
+    )
+LOG_FORMAT = env_str("LOG_FORMAT", "text")
+if LOG_FORMAT not in {"text", "json"}:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"Environment variable LOG_FORMAT={LOG_FORMAT!r} must be text or json.")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"correlation": {"()": "orchestrator.observability.CorrelationIdFilter"}},
+    "formatters": {
+        "text": {
+            "format": "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s",
+        },
+        "json": {"()": "orchestrator.observability.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["correlation"],
+        },
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "httpx": {"level": "WARNING"},  # one INFO line per request drowns the rest
+        "celery": {"level": LOG_LEVEL},
+    },
+}

@@ -1,0 +1,204 @@
+"""The key manager: keys generated with eth-account, encrypted at rest, used only to sign.
+
+`KeyManager` is the one interface the rest of the system uses; `LocalKeyManager` keeps keys in
+the database under AES-256-GCM. A KMS or HashiCorp Vault backend would implement the same
+methods and keep the private key outside this process altogether.
+
+Master keys come from the environment: KEY_MASTER_KEYS="2:<base64 32 bytes>,1:<base64 ...>"
+(the highest version encrypts; older ones only decrypt until `manage.py keys rotate-master`
+has re-encrypted everything). Without it, a development master key is generated once under
+VAR_DIR; never run that way with real funds.
+
+A private key never leaves this module: not in a return value, a log line, an exception
+message, an admin page or a repr."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
+from django.utils import timezone
+from eth_account import Account
+from eth_account.datastructures import SignedTransaction
+from eth_account.messages import encode_defunct, encode_typed_data
+
+from relayer.models import KeyPurpose, SigningKey
+
+logger = logging.getLogger("relayer.keys")
+
+
+class KeyManagerError(Exception):
+    """Key material unavailable: unknown key, wrong master key, tampered ciphertext."""
+
+
+@dataclass(frozen=True)
+class MasterKeys:
+    current: int
+    keys: dict[int, bytes]
+
+    def aead(self, version: int) -> AESGCM:
+        try:
+            return AESGCM(self.keys[version])
+        except KeyError:
+            raise KeyManagerError(f"master key version {version} is not configured") from None
+
+
+def _parse_master_keys(raw: str) -> MasterKeys:
+    keys: dict[int, bytes] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        version, _, encoded = part.partition(":")
+        try:
+            key = base64.b64decode(encoded, validate=True)
+            number = int(version)
+        except ValueError:
+            raise ImproperlyConfigured("KEY_MASTER_KEYS must look like '2:<base64>,1:<base64>'") from None
+        if len(key) != 32 or number < 1:
+            raise ImproperlyConfigured("KEY_MASTER_KEYS: each key is 32 bytes (base64) with a version >= 1")
+        if number in keys:
+            # One would silently replace the other, and keys under it would stop decrypting.
+            raise ImproperlyConfigured(f"KEY_MASTER_KEYS names version {number} twice")
+        keys[number] = key
+    if not keys:
+        raise ImproperlyConfigured("KEY_MASTER_KEYS holds no key")
+    return MasterKeys(current=max(keys), keys=keys)
+
+
+def new_master_key_entry(version: int) -> str:
+    return f"{version}:{base64.b64encode(secrets.token_bytes(32)).decode()}"
+
+
+@cache
+def master_keys() -> MasterKeys:
+    raw = settings.KEY_MASTER_KEYS
+    if raw:
+        return _parse_master_keys(raw)
+    path = Path(settings.VAR_DIR) / "master-keys"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(new_master_key_entry(1))
+        logger.warning("KEY_MASTER_KEYS is not set: generated a development master key in %s", path)
+    return _parse_master_keys(path.read_text())
+
+
+def _aad(address: str, purpose: str) -> bytes:
+    return f"vault-orchestrator:{address.lower()}:{purpose}".encode()
+
+
+@dataclass(frozen=True)
+class SealedSecret:
+    """A secret other than a private key (an HMAC key, say), encrypted like the keys are."""
+
+    version: int
+    nonce: bytes
+    ciphertext: bytes
+
+
+def secret_seal(plaintext: bytes, *, context: str) -> SealedSecret:
+    """Encrypts under the current master key; `context` (what the secret is for, e.g. the
+    config id) is bound in as associated data, so the ciphertext only opens for that owner."""
+    masters = master_keys()
+    nonce = secrets.token_bytes(12)
+    aad = f"vault-orchestrator:secret:{context}".encode()
+    return SealedSecret(masters.current, nonce, masters.aead(masters.current).encrypt(nonce, plaintext, aad))
+
+
+def secret_open(sealed: SealedSecret, *, context: str) -> bytes:
+    """Raises KeyManagerError when the master key is missing or the row was tampered with."""
+    aad = f"vault-orchestrator:secret:{context}".encode()
+    try:
+        return master_keys().aead(sealed.version).decrypt(bytes(sealed.nonce), bytes(sealed.ciphertext), aad)
+    except (InvalidTag, ValueError):
+        raise KeyManagerError(f"secret for {context} does not decrypt: wrong master key or tampered row") from None
+
+
+class KeyManager(Protocol):
+    def create_key(self, *, purpose: str, label: str = "") -> SigningKey: ...
+
+    def sign_transaction(self, *, key: SigningKey, tx: dict[str, Any]) -> SignedTransaction: ...
+
+    def sign_typed_data(
+        self, *, key: SigningKey, domain: dict[str, Any], types: dict[str, Any], message: dict[str, Any]
+    ) -> str: ...
+
+    def sign_message(self, *, key: SigningKey, text: str) -> str: ...
+
+
+class LocalKeyManager:
+    backend = "local"
+
+    def create_key(self, *, purpose: str, label: str = "") -> SigningKey:
+        if purpose not in KeyPurpose.values:
+            raise KeyManagerError(f"unknown key purpose {purpose!r}")
+        account = Account.create()
+        masters = master_keys()
+        nonce = secrets.token_bytes(12)
+        ciphertext = masters.aead(masters.current).encrypt(nonce, bytes(account.key), _aad(account.address, purpose))
+        return SigningKey.objects.create(
+            address=account.address,
+            purpose=purpose,
+            label=label[:200],
+            backend=self.backend,
+            master_key_version=masters.current,
+            nonce=nonce,
+            ciphertext=ciphertext,
+        )
+
+    def _private_key(self, key: SigningKey) -> bytes:
+        try:
+            return (
+                master_keys()
+                .aead(key.master_key_version)
+                .decrypt(bytes(key.nonce), bytes(key.ciphertext), _aad(key.address, key.purpose))
+            )
+        except (InvalidTag, ValueError):  # ValueError: a nonce of the wrong length
+            raise KeyManagerError(f"key {key.address} does not decrypt: wrong master key or tampered row") from None
+
+    def sign_transaction(self, *, key: SigningKey, tx: dict[str, Any]) -> SignedTransaction:
+        return Account.sign_transaction(tx, self._private_key(key))
+
+    def sign_typed_data(
+        self, *, key: SigningKey, domain: dict[str, Any], types: dict[str, Any], message: dict[str, Any]
+    ) -> str:
+        signable = encode_typed_data(domain_data=domain, message_types=types, message_data=message)
+        return "0x" + Account.sign_message(signable, self._private_key(key)).signature.hex().removeprefix("0x")
+
+    def sign_message(self, *, key: SigningKey, text: str) -> str:
+        signed = Account.sign_message(encode_defunct(text=text), self._private_key(key))
+        return "0x" + signed.signature.hex().removeprefix("0x")
+
+    def rotate_master(self) -> int:
+        """Re-encrypts every key not under the current master key version. Returns how many."""
+        masters = master_keys()
+        rotated = 0
+        stale = SigningKey.objects.filter(backend=self.backend).exclude(master_key_version=masters.current)
+        for key_id in stale.values_list("id", flat=True):
+            with transaction.atomic():
+                key = SigningKey.objects.select_for_update().get(pk=key_id)
+                if key.master_key_version == masters.current:
+                    continue
+                plaintext = self._private_key(key)
+                nonce = secrets.token_bytes(12)
+                key.ciphertext = masters.aead(masters.current).encrypt(nonce, plaintext, _aad(key.address, key.purpose))
+                key.nonce = nonce
+                key.master_key_version = masters.current
+                key.rotated_at = timezone.now()
+                key.save(update_fields=["ciphertext", "nonce", "master_key_version", "rotated_at"])
+                rotated += 1
+        return rotated
+
+
+def key_manager() -> LocalKeyManager:
+    return LocalKeyManager()

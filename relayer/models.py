@@ -1,0 +1,175 @@
+"""Signing keys (encrypted at rest), chains, nonce cursors and relayed transactions."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+
+
+def wei_field(**kwargs: Any) -> models.DecimalField:
+    """An amount of wei: any uint256 fits in 78 decimal digits."""
+    return models.DecimalField(max_digits=78, decimal_places=0, **kwargs)
+
+
+class KeyPurpose(models.TextChoices):
+    RELAYER = "relayer", "Relayer"
+    EXECUTOR = "executor", "Executor"
+    OPERATOR = "operator", "Operator"
+    ORACLE = "oracle", "Oracle"
+
+
+class SigningKey(models.Model):
+    """A private key, only ever stored encrypted (AES-256-GCM under a versioned master key).
+
+    The address and purpose are bound into the ciphertext as associated data, so a
+    ciphertext copied onto another row does not decrypt."""
+
+    address = models.CharField(max_length=42, unique=True)
+    purpose = models.CharField(max_length=12, choices=KeyPurpose.choices, db_index=True)
+    label = models.CharField(max_length=200, blank=True)
+    backend = models.CharField(max_length=20, default="local")
+    master_key_version = models.PositiveIntegerField()
+    nonce = models.BinaryField(max_length=12, editable=False)
+    ciphertext = models.BinaryField(editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    rotated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["purpose", "address"]
+
+    def __str__(self) -> str:
+        return f"{self.purpose} {self.address}"
+
+    def __repr__(self) -> str:  # never the key material, even by accident in a debugger
+        return f"<SigningKey {self.purpose} {self.address}>"
+
+
+class Chain(models.Model):
+    chain_id = models.PositiveBigIntegerField(primary_key=True)
+    name = models.CharField(max_length=100)
+    rpc_url = models.CharField(max_length=500)
+    confirmations = models.PositiveIntegerField(default=1, help_text="Blocks on top of the receipt's block.")
+    poll_interval = models.FloatField(default=2.0, help_text="Seconds between receipt checks.")
+    max_fee_cap_wei = wei_field(default=500 * 10**9, help_text="maxFeePerGas never exceeds this.")
+    priority_fee_wei = wei_field(default=10**9, help_text="Default tip when history has none.")
+    stuck_after = models.FloatField(default=30.0, help_text="Seconds unmined before a fee bump.")
+    max_bumps = models.PositiveIntegerField(default=5)
+    log_range_cap = models.PositiveIntegerField(default=2000, help_text="Most blocks per eth_getLogs.")
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["chain_id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.chain_id})"
+
+
+class NonceCursor(models.Model):
+    """The next nonce of one signer on one chain. Locked (SELECT ... FOR UPDATE) in the same
+    transaction that assigns a nonce and stores the signed transaction."""
+
+    signer = models.ForeignKey(SigningKey, on_delete=models.PROTECT, related_name="cursors")
+    chain = models.ForeignKey(Chain, on_delete=models.PROTECT, related_name="cursors")
+    next_nonce = models.PositiveBigIntegerField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["signer", "chain"], name="one_cursor_per_signer_chain")]
+
+    def __str__(self) -> str:
+        return f"{self.signer.address}@{self.chain_id}: {self.next_nonce}"
+
+
+class TxPhase(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SUBMITTING = "submitting", "Submitting"
+    CONFIRMING = "confirming", "Confirming"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    DEAD_LETTER = "dead-letter", "Dead letter"
+
+
+class RelayTransaction(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    idempotency_key = models.CharField(max_length=255, unique=True)
+    signer = models.ForeignKey(SigningKey, on_delete=models.PROTECT, related_name="transactions")
+    chain = models.ForeignKey(Chain, on_delete=models.PROTECT, related_name="transactions")
+    to = models.CharField(max_length=42)
+    value = wei_field(default=0)
+    data = models.TextField(default="0x", blank=True)
+    gas_limit = models.PositiveBigIntegerField(null=True, blank=True)
+    max_fee_per_gas = wei_field(null=True, blank=True)
+    max_priority_fee_per_gas = wei_field(null=True, blank=True)
+    nonce = models.PositiveBigIntegerField(null=True, blank=True)
+    phase = models.CharField(max_length=12, choices=TxPhase.choices, default=TxPhase.PENDING, db_index=True)
+    # The transaction currently expected to mine (the latest broadcast); every one is in attempts.
+    tx_hash = models.CharField(max_length=66, blank=True, db_index=True)
+    raw_tx = models.TextField(blank=True)
+    bumps = models.PositiveIntegerField(default=0)
+    last_broadcast_at = models.DateTimeField(null=True, blank=True)
+    block_number = models.PositiveBigIntegerField(null=True, blank=True)
+    block_hash = models.CharField(max_length=66, blank=True)
+    receipt_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    gas_used = models.PositiveBigIntegerField(null=True, blank=True)
+    mined_hash = models.CharField(max_length=66, blank=True, help_text="Which broadcast hash mined.")
+    error = models.TextField(blank=True)
+    # Never signed after this (an intent's deadline): a late request fails instead of sending.
+    not_after = models.DateTimeField(null=True, blank=True)
+    correlation_id = models.CharField(max_length=64, db_index=True)
+    # What asked for it: a kind ("intent", "automation", ...) and that object's id.
+    requested_by_kind = models.CharField(max_length=50, blank=True)
+    requested_by_id = models.CharField(max_length=100, blank=True)
+    workflow_run = models.ForeignKey(
+        "orchestrator.WorkflowRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["chain", "signer", "nonce"], name="relay_signer_nonce_idx"),
+            models.Index(fields=["requested_by_kind", "requested_by_id"], name="relay_requested_by_idx"),
+        ]
+        constraints = [
+            # Two requests never hold the same nonce for one signer on one chain.
+            models.UniqueConstraint(
+                fields=["chain", "signer", "nonce"],
+                condition=Q(nonce__isnull=False),
+                name="one_request_per_nonce",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"relay {self.id} ({self.phase})"
+
+
+class BroadcastKind(models.TextChoices):
+    ORIGINAL = "original", "Original"
+    REPLACEMENT = "replacement", "Fee bump"
+    FILLER = "filler", "Nonce filler (zero-value self-transfer)"
+
+
+class Broadcast(models.Model):
+    """Every signed transaction ever sent for a request, stored before it is sent."""
+
+    transaction = models.ForeignKey(RelayTransaction, on_delete=models.CASCADE, related_name="broadcasts")
+    kind = models.CharField(max_length=12, choices=BroadcastKind.choices)
+    tx_hash = models.CharField(max_length=66, unique=True)
+    raw_tx = models.TextField()
+    nonce = models.PositiveBigIntegerField()
+    max_fee_per_gas = wei_field()
+    max_priority_fee_per_gas = wei_field()
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    send_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["transaction", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.tx_hash}"

@@ -1,0 +1,24 @@
+"""Chains: the local one is seeded from the environment; others are added in the admin."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from relayer.models import Chain
+
+
+def chain_seed_from_env(*, overwrite: bool) -> Chain:
+    """Creates the chain CHAIN_ID at CHAIN_RPC_URL. With overwrite, also resets an existing row
+    to the environment's values (an admin's edits are otherwise kept across migrations)."""
+    values = {
+        "name": settings.CHAIN_NAME,
+        "rpc_url": settings.CHAIN_RPC_URL,
+        "confirmations": settings.CHAIN_CONFIRMATIONS,
+        "poll_interval": settings.CHAIN_POLL_SECONDS,
+        "stuck_after": settings.CHAIN_STUCK_SECONDS,
+    }
+    if overwrite:
+        chain, _ = Chain.objects.update_or_create(chain_id=settings.CHAIN_ID, defaults=values)
+    else:
+        chain, _ = Chain.objects.get_or_create(chain_id=settings.CHAIN_ID, defaults=values)
+    return chain

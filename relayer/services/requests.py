@@ -1,0 +1,104 @@
+"""Asking for a relay: validate, record, start the relay workflow (all or nothing)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from eth_utils import is_address, is_checksum_address, to_checksum_address
+
+from orchestrator.engine.services import workflow_start
+from relayer.models import Chain, RelayTransaction, SigningKey
+
+RELAY_WORKFLOW = "relay.transaction"
+
+
+# What to call when a relay finishes, by the kind of object that asked for it
+# (requested_by[0]): fn(relay_transaction). Called after the finishing transaction commits.
+FINISH_LISTENERS: dict[str, Callable[[RelayTransaction], None]] = {}
+
+
+def on_relay_finished(kind: str) -> Callable[[Callable[[RelayTransaction], None]], Callable[[RelayTransaction], None]]:
+    """Registers a listener, so a workflow waiting on relays is woken instead of polling."""
+
+    def register(fn: Callable[[RelayTransaction], None]) -> Callable[[RelayTransaction], None]:
+        FINISH_LISTENERS[kind] = fn
+        return fn
+
+    return register
+
+
+class InvalidRelayRequest(ValueError):
+    """The request is malformed: bad address (or checksum), negative value, data that is not hex."""
+
+
+class RelayConflict(Exception):
+    """The idempotency key was used before for a different transaction."""
+
+
+def _normalise(to: str, value: int, data: str) -> tuple[str, int, str]:
+    if not isinstance(to, str) or not is_address(to):
+        raise InvalidRelayRequest(f"'to' is not an address: {to!r}")
+    digits = to.removeprefix("0x")
+    if digits != digits.lower() and digits != digits.upper() and not is_checksum_address(to):
+        # Mixed case is an EIP-55 checksum, and a wrong one is most likely a typo.
+        raise InvalidRelayRequest(f"'to' has an invalid EIP-55 checksum: {to!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value >= 2**256:
+        raise InvalidRelayRequest("'value' must be a whole number of wei between 0 and 2**256-1")
+    data = (data or "0x").lower()
+    body = data.removeprefix("0x")
+    if not data.startswith("0x") or len(body) % 2 or any(c not in "0123456789abcdef" for c in body):
+        raise InvalidRelayRequest("'data' must be 0x-prefixed hex bytes")
+    return to_checksum_address(to), value, data
+
+
+def relay_request(
+    *,
+    signer: SigningKey,
+    chain: Chain,
+    to: str,
+    idempotency_key: str,
+    value: int = 0,
+    data: str = "0x",
+    requested_by: tuple[str, str] = ("", ""),
+    correlation_id: str | None = None,
+    owner: Any = None,
+    not_after: datetime | None = None,
+) -> RelayTransaction:
+    """Records a transaction to relay and starts its workflow after commit.
+
+    The same idempotency key returns the same RelayTransaction and sends nothing twice.
+    Raises InvalidRelayRequest for bad input and RelayConflict when the key was used for a
+    different transaction."""
+    to, value, data = _normalise(to, value, data)
+    wanted = {"signer_id": signer.pk, "chain_id": chain.pk, "to": to, "value": value, "data": data}
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                tx = RelayTransaction.objects.create(
+                    idempotency_key=idempotency_key,
+                    requested_by_kind=requested_by[0],
+                    requested_by_id=str(requested_by[1]),
+                    correlation_id=correlation_id or "",
+                    not_after=not_after,
+                    **wanted,
+                )
+        except IntegrityError:
+            existing = RelayTransaction.objects.get(idempotency_key=idempotency_key)
+            seen = {k: getattr(existing, k) for k in wanted}
+            if seen != wanted:
+                raise RelayConflict(f"idempotency key {idempotency_key!r} was used for another transaction") from None
+            return existing
+        run, _ = workflow_start(
+            kind=RELAY_WORKFLOW,
+            input={"tx": str(tx.id)},
+            idempotency_key=f"relay:{tx.id}",
+            correlation_id=correlation_id,
+            owner=owner,
+        )
+        tx.workflow_run = run
+        tx.correlation_id = run.correlation_id
+        tx.save(update_fields=["workflow_run", "correlation_id", "updated_at"])
+    return tx

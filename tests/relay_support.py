@@ -1,0 +1,76 @@
+"""Helpers for relayer tests: chains, funded signers, a reverting contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eth_abi import encode
+from web3 import Web3
+
+from relayer.keys import key_manager
+from relayer.models import Chain, SigningKey
+
+
+def make_chain(rpc_url: str, **overrides: Any) -> Chain:
+    values: dict[str, Any] = {
+        "name": "anvil-test",
+        "rpc_url": rpc_url,
+        "confirmations": 1,
+        "poll_interval": 0.2,
+        "stuck_after": 2.0,
+    }
+    values.update(overrides)
+    chain, _ = Chain.objects.update_or_create(chain_id=31337, defaults=values)
+    return chain
+
+
+def rpc(rpc_url: str, method: str, *params: Any) -> Any:
+    response = Web3(Web3.HTTPProvider(rpc_url)).provider.make_request(method, list(params))
+    assert "error" not in response, response
+    return response.get("result")
+
+
+def funded_signer(rpc_url: str, eth: int = 10) -> SigningKey:
+    key = key_manager().create_key(purpose="relayer", label="test")
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+    automine = rpc(rpc_url, "anvil_getAutomine")
+    tx = w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": key.address, "value": w3.to_wei(eth, "ether")})
+    if not automine:
+        rpc(rpc_url, "evm_mine")
+    w3.eth.wait_for_transaction_receipt(tx, timeout=10)
+    return key
+
+
+def deploy_reverter(rpc_url: str, reason: str = "nope") -> str:
+    """A contract whose every call reverts with Error(reason): hand-assembled, no compiler."""
+    payload = bytes.fromhex("08c379a0") + encode(["string"], [reason])
+    size = len(payload)
+    prefix = 15  # PUSH2 size, PUSH2 offset, PUSH1 0, CODECOPY, PUSH2 size, PUSH1 0, REVERT|RETURN
+    runtime = (
+        bytes([0x61])
+        + size.to_bytes(2, "big")
+        + bytes([0x61])
+        + prefix.to_bytes(2, "big")
+        + bytes([0x60, 0x00, 0x39, 0x61])
+        + size.to_bytes(2, "big")
+        + bytes([0x60, 0x00, 0xFD])
+        + payload
+    )
+    init = (
+        bytes([0x61])
+        + len(runtime).to_bytes(2, "big")
+        + bytes([0x61])
+        + prefix.to_bytes(2, "big")
+        + bytes([0x60, 0x00, 0x39, 0x61])
+        + len(runtime).to_bytes(2, "big")
+        + bytes([0x60, 0x00, 0xF3])
+    )
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+    tx = w3.eth.send_transaction({"from": w3.eth.accounts[0], "data": init + runtime})
+    address = w3.eth.wait_for_transaction_receipt(tx, timeout=10)["contractAddress"]
+    assert address is not None
+    return str(address)
+
+
+def nonce_on_chain(rpc_url: str, address: str) -> int:
+    return int(Web3(Web3.HTTPProvider(rpc_url)).eth.get_transaction_count(address, "latest"))

@@ -1,0 +1,188 @@
+"""Start-up configuration from the environment, and the engine's declarations that are checked
+when they are made (retry backoff, workflow shape)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator import config
+from orchestrator.engine import RetryPolicy, Step, Workflow, registry
+from orchestrator.engine.definition import WorkflowRegistry
+from orchestrator.engine.errors import UnknownWorkflow
+
+SETUP = "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE','orchestrator.settings'); django.setup()"
+POSTGRES = "postgres://postgres@127.0.0.1:5432/never_connected"
+REDIS = "redis://127.0.0.1:6379/13"
+
+
+def start_up(**overrides: str) -> subprocess.CompletedProcess[str]:
+    """Loads the real settings in a fresh interpreter with the given environment."""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env.update({"DATABASE_URL": POSTGRES, "CELERY_BROKER_URL": REDIS})
+    env.update(overrides)
+    return subprocess.run(
+        [sys.executable, "-c", SETUP],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_it_starts_with_the_defaults_and_with_good_values() -> None:
+    result = start_up(
+        DB_CONN_MAX_AGE="0",
+        WORKFLOW_STALL_SECONDS="30.5",
+        DJANGO_DEBUG="off",
+        LOG_FORMAT="json",
+        LOG_LEVEL="debug",
+        ANVIL_PORT="65535",
+    )
+    assert result.returncode == 0, result.stderr
+    assert start_up().returncode == 0
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("DB_CONN_MAX_AGE", "abc"),
+        ("DB_CONN_MAX_AGE", "-1"),
+        ("DB_CONNECT_TIMEOUT", "soon"),
+        ("DB_STATEMENT_TIMEOUT_MS", "1.5"),
+        ("WORKFLOW_STALL_SECONDS", "-5"),
+        ("WORKFLOW_STALL_SECONDS", "abc"),
+        ("WORKFLOW_STALL_SECONDS", "nan"),
+        ("WORKFLOW_STALL_SECONDS", "inf"),
+        ("WORKFLOW_SWEEP_SECONDS", "0.1"),
+        ("WORKFLOW_MAX_COUNTDOWN_SECONDS", "-1"),
+        ("WORKFLOW_SWEEP_BATCH", "0"),
+        ("DJANGO_DEBUG", "maybe"),
+        ("LOG_FORMAT", "xml"),
+        ("LOG_LEVEL", "loud"),
+        ("DATABASE_URL", "garbage"),
+        ("DATABASE_URL", ""),
+        ("DATABASE_URL", "postgres://u@host:notaport/db"),
+        ("CELERY_TASK_TIME_LIMIT", "0"),
+        ("CELERY_PREFETCH_MULTIPLIER", "many"),
+        ("CELERY_VISIBILITY_TIMEOUT", "59"),
+        ("ANVIL_PORT", "99999"),
+    ],
+)
+def test_it_stops_start_up_naming_the_variable_with_a_bad_value(name: str, value: str) -> None:
+    result = start_up(**{name: value})
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("django.core.exceptions.ImproperlyConfigured"), result.stderr
+    assert name in last_line, result.stderr
+
+
+# --- the readers, in process ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw,expected", [("", True), ("1", True), ("Yes", True), ("on", True), ("0", False), (" OFF ", False)]
+)
+def test_it_reads_booleans_in_the_usual_spellings(monkeypatch: pytest.MonkeyPatch, raw: str, expected: bool) -> None:
+    monkeypatch.setenv("TEST_FLAG", raw)
+    assert config.env_bool("TEST_FLAG", True) is expected
+
+
+def test_it_uses_the_default_when_a_variable_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_NUMBER", raising=False)
+    assert config.env_int("TEST_NUMBER", 7, minimum=1, maximum=10) == 7
+    assert config.env_float("TEST_NUMBER", 2.5, minimum=1) == 2.5
+    assert config.env_str("TEST_NUMBER", "x") == "x"
+
+
+def test_it_enforces_the_bounds_of_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_NUMBER", "11")
+    with pytest.raises(ImproperlyConfigured, match="TEST_NUMBER=11 must be <= 10"):
+        config.env_int("TEST_NUMBER", 7, maximum=10)
+    monkeypatch.setenv("TEST_NUMBER", "0.5")
+    with pytest.raises(ImproperlyConfigured, match=r"TEST_NUMBER=0\.5 must be >= 1"):
+        config.env_float("TEST_NUMBER", 2.0, minimum=1)
+    monkeypatch.setenv("TEST_NUMBER", "10")
+    assert config.env_int("TEST_NUMBER", 7, minimum=10, maximum=10) == 10
+
+
+@pytest.mark.filterwarnings("ignore:Engine not recognized from url")
+def test_it_reads_a_database_url_and_refuses_one_without_a_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_DB", "postgres://app:secret@db.internal:6432/orders")
+    db = config.env_db("TEST_DB", "sqlite:///x")
+    assert (db["ENGINE"], db["HOST"], db["PORT"], db["NAME"]) == (
+        "django.db.backends.postgresql",
+        "db.internal",
+        6432,
+        "orders",
+    )
+    monkeypatch.setenv("TEST_DB", "db.internal/orders")
+    with pytest.raises(ImproperlyConfigured, match="TEST_DB is not a database URL"):
+        config.env_db("TEST_DB", "sqlite:///x")
+
+
+# --- retry backoff --------------------------------------------------------------------------
+
+
+@given(
+    base=st.floats(min_value=0, max_value=1000, allow_nan=False),
+    cap=st.floats(min_value=0, max_value=10_000, allow_nan=False),
+    failed=st.integers(min_value=0, max_value=1000),
+)
+def test_it_keeps_each_retry_delay_between_half_the_ceiling_and_the_ceiling(
+    base: float, cap: float, failed: int
+) -> None:
+    policy = RetryPolicy(base_delay=base, max_delay=cap)
+    ceiling = min(cap, base * 2 ** max(failed - 1, 0))
+    delay = policy.delay(failed)
+    assert ceiling / 2 <= delay <= ceiling
+    assert delay <= cap
+
+
+def test_it_doubles_the_ceiling_per_failed_attempt_until_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.engine import definition
+
+    policy = RetryPolicy(base_delay=1.0, max_delay=10.0)
+    monkeypatch.setattr(definition.random, "uniform", lambda low, high: high)  # the longest wait
+    assert [policy.delay(n) for n in range(1, 7)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    monkeypatch.setattr(definition.random, "uniform", lambda low, high: low)  # the shortest wait
+    assert [policy.delay(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_it_keeps_the_cap_after_very_many_failed_attempts() -> None:
+    policy = RetryPolicy(max_attempts=5000, base_delay=1.0, max_delay=300.0)
+    assert 150.0 <= policy.delay(1100) <= 300.0
+
+
+# --- workflow declarations ------------------------------------------------------------------
+
+
+def _noop(ctx: object) -> None:
+    return None
+
+
+def test_it_rejects_a_workflow_with_duplicate_step_names() -> None:
+    with pytest.raises(ValueError, match="unique names"):
+        Workflow(kind="test.duplicates", steps=(Step("charge", _noop), Step("charge", _noop)))
+
+
+def test_it_rejects_a_workflow_without_steps() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        Workflow(kind="test.empty", steps=())
+
+
+def test_it_raises_unknown_workflow_for_an_unregistered_kind() -> None:
+    own = WorkflowRegistry()
+    own.register(Workflow(kind="test.one", steps=(Step("only", _noop),)))
+    assert own.kinds() == ["test.one"]
+    with pytest.raises(UnknownWorkflow):
+        own.get("test.other")
+    assert "test.effects" in registry.kinds()

@@ -1,0 +1,147 @@
+"""Admin for vaults: on-chain allocation and active policy at a glance; policy versions with a
+diff; feeds and intents read-only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+
+from orchestrator.admin_base import ReadOnlyAdmin
+from relayer.rpc import web3_for
+from vaults.models import ExecutionIntent, OracleKey, PolicyStatus, Protocol, SignedFeed, Vault, VaultPolicy
+from vaults.services.policies import PolicyFrozen, policy_activate, policy_diff
+
+
+def onchain_allocation(vault: Vault) -> list[tuple[str, str]]:
+    from vaults.onchain import positions
+
+    protocols = {p.name: p.address for p in Protocol.objects.filter(chain=vault.chain)}
+    held = positions(
+        w3=web3_for(vault.chain.rpc_url), account=vault.account.address, asset=vault.asset_address, protocols=protocols
+    )
+    if not held.total:
+        return [("idle", "0")]
+    rows = [(name, f"{amount * 100 / held.total:.2f}%") for name, amount in sorted(held.by_protocol.items())]
+    return [*rows, ("idle", f"{held.idle * 100 / held.total:.2f}%")]
+
+
+@admin.register(Vault)
+class VaultAdmin(admin.ModelAdmin):
+    list_display = (
+        "vault_id",
+        "name",
+        "chain",
+        "active_policy",
+        "allocation",
+        "intent_nonce",
+        "last_rebalance_at",
+        "auto_rebalance",
+    )
+    list_filter = ("chain", "auto_rebalance")
+    search_fields = ("vault_id", "name")
+    filter_horizontal = ("approvers",)
+    readonly_fields = ("intent_nonce", "last_rebalance_at", "created_at", "allocation")
+
+    @admin.display(description="active policy")
+    def active_policy(self, obj: Vault) -> str:
+        policy = obj.policies.filter(status=PolicyStatus.ACTIVE).first()
+        return f"v{policy.version}" if policy else "none"
+
+    @admin.display(description="on-chain allocation")
+    def allocation(self, obj: Vault) -> str:
+        try:
+            rows = onchain_allocation(obj)
+        except Exception as exc:  # the page must render whatever the chain does
+            return f"unavailable ({exc.__class__.__name__})"
+        return format_html_join(mark_safe("<br>"), "{}: {}", rows)
+
+
+@admin.register(VaultPolicy)
+class VaultPolicyAdmin(admin.ModelAdmin):
+    list_display = (
+        "vault",
+        "version",
+        "status",
+        "max_exposure_pct",
+        "max_risk_score",
+        "approval_threshold",
+        "activated_at",
+    )
+    list_filter = ("status", "vault")
+    filter_horizontal = ("whitelist", "oracles")
+    actions = ["activate"]
+    readonly_fields = ("changes",)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: VaultPolicy | None = None) -> Any:
+        if obj is not None and obj.status != PolicyStatus.DRAFT:
+            # Immutable once active: every field is shown, none can change.
+            return [f.name for f in VaultPolicy._meta.fields] + ["whitelist", "oracles", "changes"]
+        return ["status", "activated_at", "created_by", "changes"]
+
+    def save_model(self, request: HttpRequest, obj: VaultPolicy, form: Any, change: bool) -> None:
+        if obj.pk is None:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+    @admin.display(description="changes from the previous version")
+    def changes(self, obj: VaultPolicy) -> str:
+        if obj.pk is None:
+            return "-"
+        previous = obj.vault.policies.filter(version__lt=obj.version).order_by("-version").first()
+        rows = policy_diff(old=previous, new=obj)
+        if not rows:
+            return "no changes"
+        return format_html(
+            "<table><tr><th>setting</th><th>v{}</th><th>v{}</th></tr>{}</table>",
+            previous.version if previous else "-",
+            obj.version,
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+        )
+
+    @admin.action(description="Activate the selected draft (retires the active version)")
+    def activate(self, request: HttpRequest, queryset: QuerySet[VaultPolicy]) -> None:
+        for policy in queryset:
+            try:
+                policy_activate(policy=policy)
+                self.message_user(request, f"{policy.vault} v{policy.version} is now active.", messages.SUCCESS)
+            except PolicyFrozen as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+
+
+@admin.register(Protocol)
+class ProtocolAdmin(admin.ModelAdmin):
+    list_display = ("name", "address", "chain")
+    list_filter = ("chain",)
+
+
+@admin.register(OracleKey)
+class OracleKeyAdmin(admin.ModelAdmin):
+    list_display = ("name", "address", "active", "pull_url")
+    list_filter = ("active",)
+
+
+@admin.register(SignedFeed)
+class SignedFeedAdmin(ReadOnlyAdmin):
+    list_display = ("timestamp", "oracle", "entry_count", "received_at", "digest")
+    list_filter = ("oracle",)
+    search_fields = ("digest",)
+
+    @admin.display(description="entries")
+    def entry_count(self, obj: SignedFeed) -> int:
+        return len(obj.entries)
+
+
+@admin.register(ExecutionIntent)
+class ExecutionIntentAdmin(ReadOnlyAdmin):
+    list_display = ("vault", "nonce", "status", "action_count", "deadline", "issuer", "policy", "created_at")
+    list_filter = ("status", "vault")
+    search_fields = ("id", "digest", "proposal_id")
+
+    @admin.display(description="actions")
+    def action_count(self, obj: ExecutionIntent) -> int:
+        return len(obj.actions)

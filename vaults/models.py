@@ -1,0 +1,188 @@
+"""Vaults, their versioned policies, oracle keys, signed feeds and execution intents (seed 000)."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+
+def percent_field(**kwargs: Any) -> models.DecimalField:
+    return models.DecimalField(
+        max_digits=7, decimal_places=4, validators=[MinValueValidator(0), MaxValueValidator(100)], **kwargs
+    )
+
+
+def amount_field(**kwargs: Any) -> models.DecimalField:
+    """Token amounts in base units (uint256)."""
+    return models.DecimalField(max_digits=78, decimal_places=0, **kwargs)
+
+
+class OracleKey(models.Model):
+    """An oracle agent allowed to sign market feeds, optionally polled at `pull_url`."""
+
+    address = models.CharField(max_length=42, unique=True)
+    name = models.CharField(max_length=100)
+    active = models.BooleanField(default=True)
+    pull_url = models.URLField(blank=True, help_text="Fetched on schedule (pull mode); empty for push only.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.address})"
+
+
+class Vault(models.Model):
+    vault_id = models.CharField(max_length=64, unique=True, help_text='Like "vault-eth-001".')
+    name = models.CharField(max_length=200, blank=True)
+    chain = models.ForeignKey("relayer.Chain", on_delete=models.PROTECT, related_name="vaults")
+    # The account that holds the funds: a relayer key, so intents are sent from it.
+    account = models.ForeignKey(
+        "relayer.SigningKey",
+        on_delete=models.PROTECT,
+        related_name="vaults_held",
+        help_text="Holds the funds.",
+    )
+    operator = models.ForeignKey(
+        "relayer.SigningKey",
+        on_delete=models.PROTECT,
+        related_name="vaults_operated",
+        help_text="Signs the vault's ExecutionIntents.",
+    )
+    asset_address = models.CharField(max_length=42, help_text="The ERC-20 the vault allocates.")
+    strategy = models.CharField(max_length=50, default="risk-adjusted-yield")
+    auto_rebalance = models.BooleanField(default=True, help_text="Flow A runs for this vault.")
+    intent_nonce = models.PositiveBigIntegerField(default=0, help_text="Nonce of the last intent issued.")
+    last_rebalance_at = models.DateTimeField(null=True, blank=True)
+    # Who decides the rebalances Flow A sends to approval (Flow B), and how many must agree.
+    approvers = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="approver_of_vaults")
+    approval_quorum = models.PositiveSmallIntegerField(default=2)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["vault_id"]
+
+    def __str__(self) -> str:
+        return self.vault_id
+
+
+class Protocol(models.Model):
+    """A place the vault can allocate to: here an ERC-4626 vault on the same chain."""
+
+    name = models.CharField(max_length=100, help_text='Like "Aave USDC"; the name feeds use.')
+    address = models.CharField(max_length=42)
+    chain = models.ForeignKey("relayer.Chain", on_delete=models.PROTECT, related_name="protocols")
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["chain", "name"], name="protocol_name_per_chain")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PolicyStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    ACTIVE = "active", "Active"
+    RETIRED = "retired", "Retired"
+
+
+class VaultPolicy(models.Model):
+    """One version of a vault's policy. Immutable once activated; one active per vault."""
+
+    vault = models.ForeignKey(Vault, on_delete=models.CASCADE, related_name="policies")
+    version = models.PositiveIntegerField()
+    status = models.CharField(max_length=10, choices=PolicyStatus.choices, default=PolicyStatus.DRAFT)
+    max_exposure_pct = percent_field(help_text="Largest share of the vault in one position, in %.")
+    whitelist = models.ManyToManyField(Protocol, related_name="policies", blank=True)
+    max_risk_score = models.PositiveSmallIntegerField(help_text="Protocols riskier than this get nothing.")
+    min_interval_seconds = models.PositiveIntegerField(default=3600, help_text="Between two rebalances.")
+    window_start_hour = models.PositiveSmallIntegerField(default=0, validators=[MaxValueValidator(23)])
+    window_end_hour = models.PositiveSmallIntegerField(
+        default=24,
+        validators=[MaxValueValidator(24)],
+        help_text="UTC hours [start, end) when rebalances may run.",
+    )
+    max_feed_age_seconds = models.PositiveIntegerField(default=300)
+    max_turnover_pct = percent_field(default=Decimal(100), help_text="Largest share of the vault moved at once.")
+    approval_threshold = amount_field(help_text="Value moved (asset base units) above which Flow B decides.")
+    intent_ttl_seconds = models.PositiveIntegerField(default=3600, help_text="Intent deadline: feed time + this.")
+    oracles = models.ManyToManyField(OracleKey, related_name="policies", blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["vault", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["vault", "version"], name="policy_version_unique"),
+            models.UniqueConstraint(fields=["vault"], condition=Q(status="active"), name="one_active_policy"),
+        ]
+        verbose_name_plural = "vault policies"
+
+    def __str__(self) -> str:
+        return f"{self.vault.vault_id} v{self.version} ({self.status})"
+
+
+class SignedFeed(models.Model):
+    """A market feed that passed verification. Refused feeds are stored nowhere."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    oracle = models.ForeignKey(OracleKey, on_delete=models.PROTECT, related_name="feeds")
+    timestamp = models.DateTimeField(db_index=True)
+    entries = models.JSONField()
+    signature = models.CharField(max_length=140)
+    digest = models.CharField(max_length=66, unique=True, help_text="EIP-712 hash: a feed is accepted once.")
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-timestamp"]
+
+    def __str__(self) -> str:
+        return f"feed {self.timestamp:%Y-%m-%d %H:%M:%S} from {self.oracle.name}"
+
+
+class IntentStatus(models.TextChoices):
+    SIGNED = "signed", "Signed"
+    RELAYING = "relaying", "Relaying"
+    EXECUTED = "executed", "Executed"
+    EXPIRED = "expired", "Expired"
+    FAILED = "failed", "Failed"
+
+
+class ExecutionIntent(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    vault = models.ForeignKey(Vault, on_delete=models.PROTECT, related_name="intents")
+    nonce = models.PositiveBigIntegerField()
+    actions = models.JSONField(help_text="[{kind: deposit|withdraw, protocol, address, amount, calldata}]")
+    allocation = models.JSONField(help_text="Target allocation in %, by protocol.")
+    deadline = models.DateTimeField()
+    issuer = models.CharField(max_length=42, help_text="The operator address that signed it.")
+    policy = models.ForeignKey(VaultPolicy, on_delete=models.PROTECT, related_name="intents")
+    feed = models.ForeignKey(SignedFeed, null=True, blank=True, on_delete=models.PROTECT, related_name="intents")
+    proposal_id = models.CharField(max_length=64, blank=True, help_text="Set when Flow B approved it.")
+    digest = models.CharField(max_length=66)
+    signature = models.CharField(max_length=140)
+    status = models.CharField(max_length=10, choices=IntentStatus.choices, default=IntentStatus.SIGNED)
+    error = models.TextField(blank=True)
+    workflow_run = models.ForeignKey(
+        "orchestrator.WorkflowRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    executed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["vault", "-nonce"]
+        constraints = [models.UniqueConstraint(fields=["vault", "nonce"], name="intent_nonce_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.vault.vault_id} intent #{self.nonce} ({self.status})"

@@ -1,0 +1,218 @@
+"""ExecutionIntents: the signed instruction to move a vault to a target allocation.
+
+An intent is EIP-712 typed data signed by the vault's operator key:
+
+    domain  {"name": "Vault Orchestrator Intent", "version": "1", "chainId": <vault chain>}
+    types   ExecutionIntent(string vaultId, uint256 nonce, Action[] actions, uint256 deadline,
+                            address issuer, uint256 policyVersion)
+            Action(string kind, address protocol, uint256 amount, bytes data)
+
+Nonces are strictly increasing per vault: taken under the vault's row lock, unique in SQL."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_DOWN, Decimal
+from typing import Any
+
+from django.utils import timezone
+from eth_account.messages import encode_typed_data
+
+from relayer.keys import key_manager
+from relayer.models import RelayTransaction, TxPhase
+from relayer.services.requests import relay_request
+from vaults.models import ExecutionIntent, IntentStatus, SignedFeed, Vault, VaultPolicy
+from vaults.services.feeds import typed_data_hash
+
+logger = logging.getLogger("vaults.intents")
+
+INTENT_TYPES = {
+    "ExecutionIntent": [
+        {"name": "vaultId", "type": "string"},
+        {"name": "nonce", "type": "uint256"},
+        {"name": "actions", "type": "Action[]"},
+        {"name": "deadline", "type": "uint256"},
+        {"name": "issuer", "type": "address"},
+        {"name": "policyVersion", "type": "uint256"},
+    ],
+    "Action": [
+        {"name": "kind", "type": "string"},
+        {"name": "protocol", "type": "address"},
+        {"name": "amount", "type": "uint256"},
+        {"name": "data", "type": "bytes"},
+    ],
+}
+
+
+class StalePositions(Exception):
+    """Another intent was issued for the vault after the positions a plan was made from."""
+
+
+IN_FLIGHT = (IntentStatus.SIGNED, IntentStatus.RELAYING)
+
+
+def intent_in_flight(*, vault_id: int) -> ExecutionIntent | None:
+    """The vault's intent still being executed, if any: until it settles, on-chain positions
+    are in motion and no new plan can be made from them."""
+    return ExecutionIntent.objects.filter(vault_id=vault_id, status__in=IN_FLIGHT).order_by("-nonce").first()
+
+
+class IntentExpired(Exception):
+    """The intent's deadline passed before it was relayed; it never will be."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a target allocation means in token amounts, from the current positions."""
+
+    actions: list[dict[str, Any]]
+    value_moved: int
+
+
+def plan_actions(
+    *, account: str, protocols: dict[str, str], allocation: dict[str, Decimal], idle: int, positions: dict[str, int]
+) -> Plan:
+    """Withdrawals first (they free the funds), then deposits, each sized so the account ends
+    at the target allocation of its total value, rounded down to whole base units.
+    `protocols` maps names to protocol vault addresses."""
+    from vaults.onchain import deposit_calldata, withdraw_calldata
+
+    total = idle + sum(positions.values())
+    withdrawals, deposits = [], []
+    for name in sorted(set(allocation) | set(positions)):
+        if name not in protocols:
+            continue
+        target = int((Decimal(total) * allocation.get(name, Decimal(0)) / 100).to_integral_value(ROUND_DOWN))
+        delta = target - positions.get(name, 0)
+        address = protocols[name]
+        if delta < 0:
+            withdrawals.append(
+                {
+                    "kind": "withdraw",
+                    "protocol": name,
+                    "address": address,
+                    "amount": str(-delta),
+                    "calldata": withdraw_calldata(-delta, account, account),
+                }
+            )
+        elif delta > 0:
+            deposits.append(
+                {
+                    "kind": "deposit",
+                    "protocol": name,
+                    "address": address,
+                    "amount": str(delta),
+                    "calldata": deposit_calldata(delta, account),
+                }
+            )
+    moved = max(sum(int(a["amount"]) for a in withdrawals), sum(int(a["amount"]) for a in deposits))
+    return Plan(actions=withdrawals + deposits, value_moved=moved)
+
+
+def _typed(intent: ExecutionIntent) -> dict[str, Any]:
+    return {
+        "vaultId": intent.vault.vault_id,
+        "nonce": intent.nonce,
+        "actions": [
+            {"kind": a["kind"], "protocol": a["address"], "amount": int(a["amount"]), "data": a["calldata"]}
+            for a in intent.actions
+        ],
+        "deadline": int(intent.deadline.timestamp()),
+        "issuer": intent.issuer,
+        "policyVersion": intent.policy.version,
+    }
+
+
+def intent_domain(vault: Vault) -> dict[str, Any]:
+    return {"name": "Vault Orchestrator Intent", "version": "1", "chainId": vault.chain.chain_id}
+
+
+def intent_emit(
+    *,
+    vault: Vault,
+    policy: VaultPolicy,
+    allocation: dict[str, Decimal],
+    actions: list[dict[str, Any]],
+    deadline: datetime,
+    feed: SignedFeed | None = None,
+    proposal_id: str = "",
+    workflow_run_id: Any = None,
+    planned_at_nonce: int | None = None,
+) -> ExecutionIntent:
+    """Takes the vault's next nonce, signs the intent with the operator key and stores it.
+    Must run in a transaction: the vault row stays locked until it commits. With
+    `planned_at_nonce` (the vault's intent nonce when the positions were read), raises
+    StalePositions if another intent was issued since: the plan was made from old positions."""
+    locked = Vault.objects.select_for_update().select_related("operator", "chain").get(pk=vault.pk)
+    if planned_at_nonce is not None and locked.intent_nonce != planned_at_nonce:
+        raise StalePositions(
+            f"intent #{locked.intent_nonce} was issued after the positions were read (at #{planned_at_nonce})"
+        )
+    locked.intent_nonce += 1
+    locked.last_rebalance_at = timezone.now()
+    locked.save(update_fields=["intent_nonce", "last_rebalance_at"])
+    intent = ExecutionIntent(
+        vault=locked,
+        nonce=locked.intent_nonce,
+        actions=actions,
+        allocation={k: str(v) for k, v in allocation.items()},
+        deadline=deadline,
+        issuer=locked.operator.address,
+        policy=policy,
+        feed=feed,
+        proposal_id=proposal_id,
+        workflow_run_id=workflow_run_id,
+    )
+    domain, message = intent_domain(locked), _typed(intent)
+    signable = encode_typed_data(domain_data=domain, message_types=INTENT_TYPES, message_data=message)
+    intent.digest = typed_data_hash(signable)
+    intent.signature = key_manager().sign_typed_data(
+        key=locked.operator, domain=domain, types=INTENT_TYPES, message=message
+    )
+    intent.save()
+    logger.info("vault %s intent #%s signed: %s action(s)", locked.vault_id, intent.nonce, len(actions))
+    return intent
+
+
+def _request_action(intent: ExecutionIntent, index: int) -> RelayTransaction:
+    vault, action = intent.vault, intent.actions[index]
+    return relay_request(
+        signer=vault.account,
+        chain=vault.chain,
+        to=action["address"],
+        data=action["calldata"],
+        idempotency_key=f"intent:{intent.id}:{index}",
+        requested_by=("intent", str(intent.id)),
+        correlation_id=intent.workflow_run.correlation_id if intent.workflow_run else None,
+        not_after=intent.deadline,
+    )
+
+
+def intent_advance(*, intent: ExecutionIntent, now: datetime | None = None) -> str | None:
+    """Moves the intent one action further. Actions go to the relayer one at a time, in order:
+    each is simulated against the state the previous one left (a deposit needs the funds its
+    withdrawal frees). Returns the intent's final status (executed, failed) or None while
+    actions are under way. Raises IntentExpired, marking it expired, when the next action
+    would be requested past the deadline: nothing is relayed past it."""
+    relays = {
+        int(r.idempotency_key.rsplit(":", 1)[1]): r
+        for r in RelayTransaction.objects.filter(requested_by_kind="intent", requested_by_id=str(intent.id))
+    }
+    failed = [r for r in relays.values() if r.phase in (TxPhase.FAILED, TxPhase.DEAD_LETTER)]
+    if failed:
+        ExecutionIntent.objects.filter(pk=intent.pk).update(status=IntentStatus.FAILED, error=failed[0].error[:2000])
+        return IntentStatus.FAILED
+    done = [i for i, r in relays.items() if r.phase == TxPhase.COMPLETED]
+    if len(done) == len(intent.actions):
+        ExecutionIntent.objects.filter(pk=intent.pk).update(status=IntentStatus.EXECUTED, executed_at=timezone.now())
+        return IntentStatus.EXECUTED
+    following = len(relays)
+    if following == len(done):  # everything asked for so far is confirmed: ask for the next
+        if (now or timezone.now()) > intent.deadline:
+            ExecutionIntent.objects.filter(pk=intent.pk).update(status=IntentStatus.EXPIRED, error="deadline passed")
+            raise IntentExpired(f"intent #{intent.nonce} expired at {intent.deadline.isoformat()}")
+        _request_action(intent, following)
+        ExecutionIntent.objects.filter(pk=intent.pk, status=IntentStatus.SIGNED).update(status=IntentStatus.RELAYING)
+    return None

@@ -1,0 +1,282 @@
+"""Flow A: the automated, policy-driven rebalance (seed 000), as an engine workflow.
+
+feed ─► verify ─► positions ─► allocate ─► check ─► decide ─┬─► intent ─► relay (action by action)
+                                                            └─► proposal (Flow B), nothing relayed
+Each step's output is journaled: the feed and policy version used, the on-chain positions, the
+allocation, every compliance result, the intent or proposal, the transactions."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.utils import timezone
+
+from orchestrator.engine import (
+    Blocked,
+    RetryableError,
+    RetryPolicy,
+    Step,
+    StepContext,
+    TerminalError,
+    Wait,
+    Workflow,
+    registry,
+)
+from orchestrator.engine.services import workflow_resume
+from orchestrator.models import Phase
+from relayer.models import RelayTransaction
+from relayer.rpc import TRANSPORT_ERRORS, web3_for
+from relayer.services.requests import on_relay_finished
+from vaults.models import (
+    ExecutionIntent,
+    IntentStatus,
+    PolicyStatus,
+    Protocol,
+    SignedFeed,
+    Vault,
+    VaultPolicy,
+)
+from vaults.services.compliance import PolicyRules, compliance_check
+from vaults.services.feeds import ParsedFeed, feed_entries, feed_signer
+from vaults.services.intents import (
+    IntentExpired,
+    StalePositions,
+    intent_advance,
+    intent_emit,
+    intent_in_flight,
+    plan_actions,
+)
+from vaults.services.rebalance import REBALANCE_WORKFLOW
+from vaults.services.strategy import Limits, NoCompliantAllocation, Opportunity, allocate
+
+# Relays wake the waiting run when they finish (on_relay_finished below); this poll is only
+# the fallback for a lost wake-up.
+SETTLE_POLL_SECONDS = 10.0
+
+
+def _vault(ctx: StepContext) -> Vault:
+    return Vault.objects.select_related("chain", "account", "operator").get(pk=ctx.input["vault"])
+
+
+def _feed(ctx: StepContext) -> SignedFeed:
+    return SignedFeed.objects.select_related("oracle").get(pk=ctx.input["feed"])
+
+
+def _policy(ctx: StepContext) -> VaultPolicy:
+    return VaultPolicy.objects.get(pk=ctx.outputs["verify"]["policy"])
+
+
+def verify(ctx: StepContext) -> dict[str, Any]:
+    """Checks the feed against the vault's active policy and snapshots what later steps need:
+    the feed and the policy are immutable, so they are read once, here, and journaled."""
+    vault, feed = _vault(ctx), _feed(ctx)
+    policy = VaultPolicy.objects.filter(vault=vault, status=PolicyStatus.ACTIVE).first()
+    if policy is None:
+        raise Blocked(f"{vault.vault_id} has no active policy")
+    if not policy.oracles.filter(pk=feed.oracle_id).exists():
+        raise Blocked(f"oracle {feed.oracle.address} is not trusted by policy v{policy.version}")
+    parsed = ParsedFeed(feed.oracle.address, feed.timestamp, feed.entries, feed.signature)
+    if feed_signer(parsed) != feed.oracle.address:
+        raise TerminalError("the feed's signature no longer verifies")
+    return {
+        "feed": str(feed.id),
+        "feedDigest": feed.digest,
+        "feedTime": feed.timestamp.isoformat(),
+        "entries": feed.entries,
+        "policy": policy.pk,
+        "policyVersion": policy.version,
+        "rules": PolicyRules.of(policy).as_json(),
+        "approvalThreshold": str(policy.approval_threshold),
+        "intentTtlSeconds": policy.intent_ttl_seconds,
+        "strategy": vault.strategy,
+        "rpcUrl": vault.chain.rpc_url,
+        "account": vault.account.address,
+        "asset": vault.asset_address,
+        "protocols": {p.name: p.address for p in Protocol.objects.filter(chain=vault.chain)},
+    }
+
+
+def positions_snapshot(
+    *, rpc_url: str, account: str, asset: str, protocols: dict[str, str], nonce: int
+) -> dict[str, Any]:
+    """The on-chain positions as a journaled step output (Flow A and Flow B), with the vault's
+    intent nonce at the time: a plan made from them is refused if another intent came since."""
+    from vaults.onchain import positions
+
+    try:
+        found = positions(w3=web3_for(rpc_url), account=account, asset=asset, protocols=protocols)
+    except TRANSPORT_ERRORS as exc:
+        raise RetryableError(f"chain at {rpc_url} unreachable reading positions") from exc
+    return {
+        "idle": str(found.idle),
+        "protocols": {k: str(v) for k, v in found.by_protocol.items()},
+        "total": str(found.total),
+        "atIntentNonce": nonce,
+        "addresses": protocols,
+    }
+
+
+def read_positions(ctx: StepContext) -> dict[str, Any]:
+    seen = ctx.outputs["verify"]
+    busy = intent_in_flight(vault_id=ctx.input["vault"])
+    if busy is not None:
+        # Its transactions are moving the funds right now: a plan made from these positions
+        # would be wrong. The next feed (or beat) rebalances once it has settled.
+        raise Blocked(f"intent #{busy.nonce} of this vault is still executing")
+    nonce = Vault.objects.values_list("intent_nonce", flat=True).get(pk=ctx.input["vault"])
+    return positions_snapshot(
+        rpc_url=seen["rpcUrl"], account=seen["account"], asset=seen["asset"], protocols=seen["protocols"], nonce=nonce
+    )
+
+
+def allocate_target(ctx: StepContext) -> dict[str, Any]:
+    seen = ctx.outputs["verify"]
+    rules = PolicyRules.from_json(seen["rules"])
+    limits = Limits(whitelist=rules.whitelist, max_exposure_pct=rules.max_exposure_pct, max_risk=rules.max_risk)
+    opportunities = [Opportunity(e.protocol, e.apy, e.risk) for e in feed_entries(seen["entries"])]
+    try:
+        allocation = allocate(name=seen["strategy"], opportunities=opportunities, limits=limits)
+    except NoCompliantAllocation as exc:
+        raise Blocked(f"no compliant allocation: {exc}") from exc
+    return {"strategy": seen["strategy"], "allocation": {k: str(v) for k, v in allocation.items()}}
+
+
+def _current_pct(held: dict[str, Any]) -> dict[str, Decimal]:
+    total = Decimal(held["total"])
+    if total == 0:
+        return {}
+    current = {name: Decimal(v) * 100 / total for name, v in held["protocols"].items()}
+    current["idle"] = Decimal(held["idle"]) * 100 / total
+    return current
+
+
+def check(ctx: StepContext) -> dict[str, Any]:
+    seen = ctx.outputs["verify"]
+    last_rebalance_at = Vault.objects.values_list("last_rebalance_at", flat=True).get(pk=ctx.input["vault"])
+    result = compliance_check(
+        rules=PolicyRules.from_json(seen["rules"]),
+        allocation={k: Decimal(v) for k, v in ctx.outputs["allocate"]["allocation"].items()},
+        risks={e.protocol: e.risk for e in feed_entries(seen["entries"])},
+        current=_current_pct(ctx.outputs["positions"]),
+        feed_time=datetime.fromisoformat(seen["feedTime"]),
+        last_rebalance_at=last_rebalance_at,
+        now=timezone.now(),
+    )
+    if not result.ok:
+        raise Blocked(f"compliance: {result.summary()}")
+    return result.as_dict()
+
+
+def decide(ctx: StepContext) -> dict[str, Any]:
+    seen, held = ctx.outputs["verify"], ctx.outputs["positions"]
+    allocation = {k: Decimal(v) for k, v in ctx.outputs["allocate"]["allocation"].items()}
+    plan = plan_actions(
+        account=seen["account"],
+        protocols=seen["protocols"],
+        allocation=allocation,
+        idle=int(held["idle"]),
+        positions={k: int(v) for k, v in held["protocols"].items()},
+    )
+    if not plan.actions:
+        return {"decision": "none", "reason": "already at the target allocation"}
+    vault, feed, policy = _vault(ctx), _feed(ctx), _policy(ctx)
+    if plan.value_moved > policy.approval_threshold:
+        from approvals.services import ProposalInvalid, proposal_create
+
+        try:
+            proposal = proposal_create(vault=vault, policy=policy, allocation=allocation, feed=feed, proposer=None)
+        except ProposalInvalid as exc:
+            raise Blocked(f"the rebalance needs approval but no proposal can be made: {exc}") from exc
+        return {
+            "decision": "proposal",
+            "proposal": proposal.proposal_id,
+            "valueMoved": str(plan.value_moved),
+            "approvalThreshold": str(policy.approval_threshold),
+        }
+    try:
+        intent = intent_emit(
+            vault=vault,
+            policy=policy,
+            allocation=allocation,
+            actions=plan.actions,
+            feed=feed,
+            deadline=feed.timestamp + timedelta(seconds=policy.intent_ttl_seconds),
+            workflow_run_id=ctx.run_id,
+            planned_at_nonce=held["atIntentNonce"],
+        )
+    except StalePositions as exc:
+        raise Blocked(str(exc)) from exc
+    return {
+        "decision": "intent",
+        "intent": str(intent.id),
+        "nonce": intent.nonce,
+        "valueMoved": str(plan.value_moved),
+        "signature": intent.signature,
+    }
+
+
+def _intent(ctx: StepContext) -> ExecutionIntent | None:
+    decided = ctx.outputs["decide"]
+    if decided["decision"] != "intent":
+        return None
+    return ExecutionIntent.objects.select_related("vault__chain", "vault__account", "workflow_run").get(
+        pk=decided["intent"]
+    )
+
+
+def intent_progress(intent: ExecutionIntent) -> dict[str, Any] | Wait:
+    """One look at an intent being executed (Flow A and Flow B share it): request the next
+    action when the previous one confirmed, wait while they are under way."""
+    try:
+        status = intent_advance(intent=intent)
+    except IntentExpired as exc:
+        raise Blocked(str(exc)) from exc
+    if status is None:
+        return Wait(
+            phase=Phase.CONFIRMING,
+            resume_at=timezone.now() + timedelta(seconds=SETTLE_POLL_SECONDS),
+            info={"waiting": "intent transactions"},
+        )
+    if status == IntentStatus.FAILED:
+        raise TerminalError(f"intent #{intent.nonce} failed: {ExecutionIntent.objects.get(pk=intent.pk).error}")
+    hashes = list(
+        RelayTransaction.objects.filter(requested_by_kind="intent", requested_by_id=str(intent.id))
+        .order_by("nonce")
+        .values_list("mined_hash", flat=True)
+    )
+    return {"status": status, "transactions": hashes}
+
+
+def relay(ctx: StepContext) -> dict[str, Any] | Wait:
+    """Hands the intent's actions to the relayer one by one, waiting for each to confirm."""
+    intent = _intent(ctx)
+    if intent is None:
+        return {"status": ctx.outputs["decide"]["decision"]}
+    return intent_progress(intent)
+
+
+@on_relay_finished("intent")
+def _intent_relay_finished(tx: RelayTransaction) -> None:
+    """An intent's transaction finished: wake the run executing the intent (Flow A or B)."""
+    run_id = ExecutionIntent.objects.filter(pk=tx.requested_by_id).values_list("workflow_run_id", flat=True).first()
+    if run_id is not None:
+        workflow_resume(run_id=run_id, reason=f"relay {tx.id} {tx.phase}")
+
+
+RETRY = RetryPolicy(max_attempts=6, base_delay=1.0, max_delay=30.0)
+
+FLOW_A = registry.register(
+    Workflow(
+        kind=REBALANCE_WORKFLOW,
+        steps=(
+            Step("verify", verify, retry=RETRY),
+            Step("positions", read_positions, atomic=False, retry=RETRY, timeout=30),
+            Step("allocate", allocate_target, retry=RETRY),
+            Step("check", check, retry=RETRY),
+            Step("decide", decide, retry=RETRY),
+            Step("relay", relay, retry=RETRY),
+        ),
+    )
+)
