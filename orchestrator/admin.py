@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.models import LogEntry
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -122,3 +123,15 @@ class WorkflowTransitionAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "run", "from_phase", "to_phase", "step_name", "actor", "correlation_id")
     list_filter = ("to_phase", "actor")
     search_fields = ("run__id", "correlation_id")
+    date_hierarchy = "created_at"
+
+
+@admin.register(LogEntry)
+class LogEntryAdmin(ReadOnlyAdmin):
+    """Django's record of every change made in this admin, and of every replay or discard made
+    from the operations dashboard: part of the audit log, so nobody edits it here either."""
+
+    list_display = ("action_time", "user", "content_type", "object_repr", "action_flag", "change_message")
+    list_filter = ("action_flag", "content_type")
+    search_fields = ("object_repr", "object_id", "user__username", "change_message")
+    date_hierarchy = "action_time"

@@ -25,6 +25,28 @@ def queue_depth(name: str) -> int:
     return int(count)
 
 
+def queue_depths(*, timeout: int = 2) -> dict[str, int]:
+    """Messages waiting in every queue, over one connection.
+
+    Raises kombu's OperationalError within about `timeout` seconds when the broker does not
+    answer: a scrape or a dashboard must not hang on kombu's default retry-for-ever."""
+    depths: dict[str, int] = {}
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=timeout)
+        for name in QUEUES:
+            # A channel per queue: AMQP closes a channel whose passive declare failed.
+            queue_channel: Any = conn.channel()
+            try:
+                _name, count, _consumers = queue_channel.queue_declare(name, passive=True)
+            except ChannelError:
+                count = 0  # Redis drops an empty queue's key: nothing waits in it
+            finally:
+                with suppress(Exception):
+                    queue_channel.close()
+            depths[name] = int(count)
+    return depths
+
+
 def queues_purge() -> None:
     with app.connection_for_write() as conn:
         for name in QUEUES:

@@ -7,6 +7,8 @@ import os
 from celery import Celery
 from kombu import Exchange, Queue
 
+from orchestrator.heartbeats import WorkerHeartbeat
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
 
 QUEUES = ("workflows", "triggers", "relay")
@@ -19,6 +21,8 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # be copied into every queue.
 app.conf.task_queues = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES)
 app.autodiscover_tasks()
+# Every worker keeps its own heartbeat row fresh (/metrics, the operations dashboard).
+app.steps["worker"].add(WorkerHeartbeat)
 
 
 @app.on_after_configure.connect

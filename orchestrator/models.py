@@ -167,7 +167,8 @@ class IdempotencyRecord(models.Model):
 class Heartbeat(models.Model):
     """The last time a process of a kind (beat, worker) proved it was alive."""
 
-    name = models.CharField(max_length=50, primary_key=True)
+    # "beat", or "worker:<celery hostname>" (one row per worker, see orchestrator/heartbeats.py).
+    name = models.CharField(max_length=200, primary_key=True)
     at = models.DateTimeField()
 
     def __str__(self) -> str:

@@ -17,6 +17,8 @@ def fixed_schedule() -> dict[str, tuple[str, float, str]]:
         "relayer monitor": ("relayer.monitor", settings.RELAYER_MONITOR_SECONDS, "relay"),
         "vault rebalance dispatch": ("vaults.rebalance_dispatch", settings.FLOW_A_DISPATCH_SECONDS, "workflows"),
         "oracle pull": ("vaults.oracles_pull", settings.ORACLE_PULL_SECONDS, "workflows"),
+        "automation dispatch": ("automations.dispatch", settings.AUTOMATION_DISPATCH_SECONDS, "triggers"),
+        "automation log poll": ("automations.poll_logs", settings.AUTOMATION_POLL_SECONDS, "triggers"),
         "proposal expiry": ("approvals.expire", settings.PROPOSAL_EXPIRY_SWEEP_SECONDS, "workflows"),
     }
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Prefetch
+from django.conf import settings
+from django.db.models import Count, Prefetch, Q, QuerySet
+from django.utils import timezone
 
-from orchestrator.models import StepRun, WorkflowRun
+from orchestrator.models import ACTIVE_PHASES, WAITING_PHASES, Phase, StepRun, WorkflowRun
 
 
 def run_for_user(*, run_id: uuid.UUID, user: Any) -> WorkflowRun | None:
@@ -21,4 +24,32 @@ def run_for_user(*, run_id: uuid.UUID, user: Any) -> WorkflowRun | None:
 
 def runs_by_kind_and_phase() -> list[dict[str, Any]]:
     rows = WorkflowRun.objects.values("kind", "phase").annotate(count=Count("id")).order_by("kind", "phase")
+    return [dict(row) for row in rows]
+
+
+def runs_stalled(*, now: datetime | None = None) -> QuerySet[WorkflowRun]:
+    """Runs whose step was due more than WORKFLOW_STALL_SECONDS ago and that no live lease says a
+    worker is on. Wider than what the sweep re-dispatches: a due timer nobody picked up (beat is
+    down) counts too, because to an operator that run is just as stuck."""
+    now = now or timezone.now()
+    stall = now - timedelta(seconds=settings.WORKFLOW_STALL_SECONDS)
+    return (
+        WorkflowRun.objects.filter(phase__in=[*ACTIVE_PHASES, *WAITING_PHASES], due_at__lte=stall)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .order_by("due_at")
+    )
+
+
+def runs_dead_lettered() -> QuerySet[WorkflowRun]:
+    return WorkflowRun.objects.filter(phase=Phase.DEAD_LETTER).order_by("-updated_at")
+
+
+def runs_active_by_kind_and_phase() -> list[dict[str, Any]]:
+    """Counts of runs that still have work ahead (active or waiting), for the dashboard."""
+    rows = (
+        WorkflowRun.objects.filter(phase__in=[*ACTIVE_PHASES, *WAITING_PHASES])
+        .values("kind", "phase")
+        .annotate(count=Count("id"))
+        .order_by("kind", "phase")
+    )
     return [dict(row) for row in rows]

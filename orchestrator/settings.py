@@ -168,6 +168,8 @@ WORKFLOW_INLINE_STEPS = env_int("WORKFLOW_INLINE_STEPS", 16, minimum=0)
 WORKFLOW_INLINE_SECONDS = env_float("WORKFLOW_INLINE_SECONDS", 2.0, minimum=0)
 # /readyz fails when beat's last heartbeat (sent with every sweep) is older than this.
 BEAT_HEARTBEAT_MAX_AGE_SECONDS = env_float("BEAT_HEARTBEAT_MAX_AGE_SECONDS", 60.0, minimum=1)
+# Every worker writes its heartbeat row this often; /metrics counts a worker alive for 3 periods.
+WORKER_HEARTBEAT_SECONDS = env_float("WORKER_HEARTBEAT_SECONDS", 10.0, minimum=0.5)
 WORKFLOW_SWEEP_BATCH = env_int("WORKFLOW_SWEEP_BATCH", 500, minimum=1)
 
 # --- Relayer and keys -----------------------------------------------------------------------
@@ -207,6 +209,24 @@ PROPOSAL_TTL_SECONDS = env_int("PROPOSAL_TTL_SECONDS", 3 * 24 * 3600, minimum=60
 # addresses (SSRF), are refused unless these are on (development and tests only).
 AUTOMATION_ALLOW_INSECURE_DESTINATIONS = env_bool("AUTOMATION_ALLOW_INSECURE_DESTINATIONS", DEBUG)
 AUTOMATION_ALLOW_PRIVATE_DESTINATIONS = env_bool("AUTOMATION_ALLOW_PRIVATE_DESTINATIONS", DEBUG)
+# Hook calls: per-call timeout, the largest answer read, and retries of timeouts and 5xx.
+AUTOMATION_HOOK_TIMEOUT_SECONDS = env_float("AUTOMATION_HOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+AUTOMATION_HOOK_MAX_BYTES = env_int("AUTOMATION_HOOK_MAX_BYTES", 65536, minimum=1024)
+AUTOMATION_HOOK_MAX_ATTEMPTS = env_int("AUTOMATION_HOOK_MAX_ATTEMPTS", 5, minimum=1)
+AUTOMATION_HOOK_RETRY_BASE_SECONDS = env_float("AUTOMATION_HOOK_RETRY_BASE_SECONDS", 2.0, minimum=0.01)
+AUTOMATION_HOOK_RETRY_MAX_SECONDS = env_float("AUTOMATION_HOOK_RETRY_MAX_SECONDS", 120.0, minimum=0.01)
+# Concurrent hook calls per delivery task, and firings per dispatcher batch.
+AUTOMATION_DELIVERY_BATCH = env_int("AUTOMATION_DELIVERY_BATCH", 100, minimum=1)
+AUTOMATION_DISPATCH_BATCH = env_int("AUTOMATION_DISPATCH_BATCH", 500, minimum=1)
+# How long a delivery holds its firings before the sweep may hand them to another worker (a
+# killed worker's firings are sent again after this). Must exceed the hook timeout.
+AUTOMATION_DELIVERY_LEASE_SECONDS = env_float("AUTOMATION_DELIVERY_LEASE_SECONDS", 60.0, minimum=1)
+# Beat periods of the interval dispatcher (also hands stale firings to a new worker) and the
+# FILTER log poller.
+AUTOMATION_DISPATCH_SECONDS = env_float("AUTOMATION_DISPATCH_SECONDS", 1.0, minimum=1)
+AUTOMATION_POLL_SECONDS = env_float("AUTOMATION_POLL_SECONDS", 2.0, minimum=1)
+# A reorg deeper than a chain's confirmation depth rewinds the log poller this many blocks.
+AUTOMATION_REORG_REWIND_BLOCKS = env_int("AUTOMATION_REORG_REWIND_BLOCKS", 64, minimum=1)
 
 # --- Chain (local anvil for development and tests) ------------------------------------------
 ANVIL_PORT = env_int("ANVIL_PORT", 8545, minimum=1, maximum=65535)

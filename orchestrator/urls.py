@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from approvals.api import (
@@ -20,8 +20,10 @@ from orchestrator.automations.api import (
     SubscriptionCancelView,
     SubscriptionDetailView,
     SubscriptionListView,
+    SubscriptionLogsView,
 )
-from orchestrator.health import metrics, readyz
+from orchestrator.health import readyz
+from orchestrator.metrics import metrics
 from vaults.api import FeedView, VaultDetailView, VaultIntentsView, VaultListView
 
 
@@ -31,6 +33,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 urlpatterns = [
+    # Before the admin: its catch-all would answer these paths first.
+    path("admin/operations/", include("orchestrator.operations.urls")),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
@@ -46,6 +50,7 @@ urlpatterns = [
     path("v1/subscriptions", SubscriptionListView.as_view(), name="subscriptions"),
     path("v1/subscriptions/<str:sub_id>", SubscriptionDetailView.as_view(), name="subscription-detail"),
     path("v1/subscriptions/<str:sub_id>/cancel", SubscriptionCancelView.as_view(), name="subscription-cancel"),
+    path("v1/<str:sub_id>/logs", SubscriptionLogsView.as_view(), name="subscription-logs"),
     path("v1/proposals", ProposalListView.as_view(), name="proposals"),
     path("v1/proposals/<str:proposal_id>", ProposalDetailView.as_view(), name="proposal-detail"),
     path("v1/proposals/<str:proposal_id>/approve", ProposalApproveView.as_view(), name="proposal-approve"),

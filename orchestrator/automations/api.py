@@ -17,8 +17,10 @@ from rest_framework.views import APIView
 from orchestrator.api.errors import ApiError, NotFound
 from orchestrator.api.idempotency import idempotent
 from orchestrator.automations.models import AutomationConfig, Executor, SourceType, Subscription
+from orchestrator.automations.selectors import subscription_logs
 from orchestrator.automations.services.configs import AutomationError, config_create, config_delete, executor_register
 from orchestrator.automations.services.subscriptions import subscription_cancel, subscription_create
+from orchestrator.automations.wire import config_json, executor_json, log_entry_json, subscription_json
 
 HEX_SIGNATURE = re.compile(r"^0x[0-9a-fA-F]{130}$")
 TOPIC = re.compile(r"^0x[0-9a-fA-F]{64}$")
@@ -46,52 +48,6 @@ class AddressField(serializers.CharField):
         if not is_address(value):
             raise serializers.ValidationError("Not an address.")
         return to_checksum_address(value)
-
-
-def executor_json(executor: Executor) -> dict[str, Any]:
-    return {
-        "registryID": str(executor.registry_id),
-        "address": executor.address,
-        "name": executor.name,
-        "metadata": executor.metadata,
-        "createdAt": executor.created_at.isoformat(),
-    }
-
-
-def config_json(config: AutomationConfig) -> dict[str, Any]:
-    value: Any = config.interval_seconds if config.source_type == SourceType.INTERVAL else config.filter
-    return {
-        "id": str(config.id),
-        "registryID": str(config.executor.registry_id),
-        "executorAddress": config.executor_key.address if config.executor_key else config.executor.address,
-        "relayerAddress": sorted(k.address for k in config.relayers.all()),
-        "verifyingAddress": config.verifying_key.address,
-        "source": {"type": config.source_type, "value": value},
-        "destination": {"baseURL": config.base_url},
-        "verifyPayload": config.verify_payload,
-        "relayerCount": config.relayer_count,
-        "autosign": config.autosign,
-        "status": config.status,
-        "createdAt": config.created_at.isoformat(),
-    }
-
-
-def subscription_json(sub: Subscription) -> dict[str, Any]:
-    return {
-        "id": str(sub.id),
-        "registryId": str(sub.config.executor.registry_id),
-        "chainId": sub.chain_id,
-        "subAccountAddress": sub.sub_account_address,
-        "status": sub.status,
-        "duration": sub.config.interval_seconds or 0,
-        "tokenInputs": sub.token_inputs,
-        "tokenLimits": sub.token_limits,
-        "metadata": sub.metadata,
-        "feeToken": sub.fee_token,
-        "feeAmount": sub.fee_amount,
-        "commitHash": sub.commit_hash,
-        "createdAt": sub.created_at.isoformat(),
-    }
 
 
 class ExecutorSerializer(serializers.Serializer):
@@ -178,6 +134,8 @@ class ConfigSerializer(serializers.Serializer):
     verifyPayload = serializers.BooleanField()
     relayerCount = serializers.IntegerField(min_value=1, max_value=16, default=1)
     autosign = serializers.BooleanField(default=False)
+    # Not in the seed: an optional allowlist of the addresses tasks may call.
+    allowedTargets = serializers.ListField(child=AddressField(), required=False, default=list, max_length=100)
     signature = serializers.RegexField(HEX_SIGNATURE, error_messages={"invalid": "A 65-byte 0x-hex signature."})
 
 
@@ -198,6 +156,7 @@ class ConfigListView(APIView):
                 verify_payload=data["verifyPayload"],
                 relayer_count=data["relayerCount"],
                 autosign=data["autosign"],
+                allowed_targets=data["allowedTargets"],
                 signature=data["signature"],
             )
         except AutomationError as exc:
@@ -307,6 +266,23 @@ class SubscriptionDetailView(APIView):
     @extend_schema(summary="A subscription")
     def get(self, request: Request, sub_id: str) -> Response:
         return Response(subscription_json(_own_subscription(request, sub_id)))
+
+
+class LogsQuerySerializer(serializers.Serializer):
+    offset = serializers.IntegerField(min_value=0, default=0)
+    limit = serializers.IntegerField(min_value=0, max_value=100, default=10)
+
+
+class SubscriptionLogsView(APIView):
+    @extend_schema(parameters=[LogsQuerySerializer], summary="A subscription's execution log, newest first")
+    def get(self, request: Request, sub_id: str) -> Response:
+        sub = _own_subscription(request, sub_id)
+        query = LogsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        page = subscription_logs(
+            subscription=sub, offset=query.validated_data["offset"], limit=query.validated_data["limit"]
+        )
+        return Response({"data": [log_entry_json(f) for f in page]})
 
 
 class SubscriptionCancelView(APIView):

@@ -1,4 +1,5 @@
-"""The automation API's records (seed 001): executors, configs, subscriptions."""
+"""The automation API's records (seed 001): executors, configs, subscriptions, and the firings
+that make up each subscription's execution log."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class Executor(models.Model):
@@ -45,6 +47,9 @@ class AutomationConfig(models.Model):
     base_url = models.CharField(max_length=500, help_text="Exactly as sent and signed.")
     verify_payload = models.BooleanField(default=True)
     relayer_count = models.PositiveSmallIntegerField(default=1)
+    allowed_targets = models.JSONField(
+        default=list, blank=True, help_text="If not empty, tasks may only call these addresses."
+    )
     autosign = models.BooleanField(default=False)
     # The HMAC key, sealed by the key manager; shown to the client once, in the create response.
     hmac_version = models.PositiveIntegerField()
@@ -110,6 +115,8 @@ class Subscription(models.Model):
     status = models.PositiveSmallIntegerField(choices=SubscriptionStatus.choices, default=SubscriptionStatus.ACTIVE)
     # INTERVAL scheduling: the dispatcher claims rows whose next_run_at has come.
     next_run_at = models.DateTimeField(null=True, blank=True)
+    # FILTER: logs from this block on match ("latest" resolves to the head when subscribing).
+    from_block = models.PositiveBigIntegerField(null=True, blank=True)
     execution_count = models.PositiveIntegerField(default=0)
     prev_execution_at = models.DateTimeField(null=True, blank=True)
     prev_execution_id = models.CharField(max_length=64, blank=True)
@@ -125,3 +132,91 @@ class Subscription(models.Model):
 
     def __str__(self) -> str:
         return f"subscription {self.id} ({self.get_status_display()})"
+
+
+ZERO_HASH = "0x" + "0" * 64
+
+
+class FiringStatus(models.TextChoices):
+    """What happened to one firing (API.md, logs: metadata.outcome.status)."""
+
+    PENDING = "pending", "Pending"
+    RELAYED = "relayed", "Relayed"
+    SKIPPED = "skipped", "Skipped"
+    REFUSED = "refused", "Refused"
+    FAILED = "failed", "Failed"
+
+
+class ReportStatus(models.TextChoices):
+    """The post-execution hook (/kernel/executed) of one firing."""
+
+    NONE = "", "Not due"
+    PENDING = "pending", "Pending"
+    DELIVERED = "delivered", "Delivered"
+    SKIPPED = "skipped", "Skipped (404)"
+    FAILED = "failed", "Failed"
+
+
+class Firing(models.Model):
+    """One firing of a subscription's trigger: one entry in its execution log.
+
+    Created exactly once per firing key (subscription + due time, or subscription + tx hash +
+    log index) by the dispatcher or the log poller, with the exact /kernel/trigger body. While
+    the hook still has to be sent, `next_attempt_at` is set; a worker takes the row by setting
+    `lease_token` and `lease_until`, and the sweep hands rows whose lease ran out to another."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    subscription = models.ForeignKey(Subscription, on_delete=models.PROTECT, related_name="firings")
+    key = models.CharField(max_length=200, unique=True)
+    request_id = models.CharField(max_length=120, unique=True)
+    trigger_type = models.CharField(max_length=8, choices=SourceType.choices)
+    due_at = models.DateTimeField(help_text="When it was due (INTERVAL) or when the log was seen (FILTER).")
+    request = models.JSONField(help_text="The exact body sent to /kernel/trigger.")
+    response = models.JSONField(null=True, blank=True, help_text="The executor's answer as received.")
+    post_execution_state = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=8, choices=FiringStatus.choices, default=FiringStatus.PENDING)
+    reason = models.TextField(blank=True)
+    # Delivery of /kernel/trigger.
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    lease_token = models.UUIDField(null=True, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True, help_text="First time the hook was sent.")
+    answered_at = models.DateTimeField(null=True, blank=True)
+    hook_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Latency of the answered call.")
+    # What the answer led to.
+    relay_transaction = models.ForeignKey(
+        "relayer.RelayTransaction", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    workflow_run = models.ForeignKey(
+        "orchestrator.WorkflowRun", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    output_tx_hash = models.CharField(max_length=66, default=ZERO_HASH)
+    report_status = models.CharField(max_length=10, choices=ReportStatus.choices, default="", blank=True)
+    correlation_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["subscription", "-created_at", "-id"], name="firing_log_idx"),
+            models.Index(
+                fields=["lease_until"], condition=Q(next_attempt_at__isnull=False), name="firing_undelivered_idx"
+            ),
+            models.Index(fields=["status", "-created_at"], name="firing_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"firing {self.request_id} ({self.status})"
+
+
+class LogCursor(models.Model):
+    """How far the FILTER poller has scanned one chain: the last confirmed block it read."""
+
+    chain = models.OneToOneField("relayer.Chain", on_delete=models.CASCADE, primary_key=True, related_name="+")
+    block_number = models.PositiveBigIntegerField()
+    block_hash = models.CharField(max_length=66, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"log cursor {self.chain_id} at {self.block_number}"

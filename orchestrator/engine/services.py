@@ -50,6 +50,10 @@ class RunNotReplayable(WorkflowError):
     """Only dead-lettered runs can be replayed."""
 
 
+class RunNotDiscardable(WorkflowError):
+    """Only dead-lettered runs can be discarded, and only with a reason."""
+
+
 # --- starting -----------------------------------------------------------------------------
 
 
@@ -371,6 +375,7 @@ def _record_success(
         journal.status = StepStatus.WAITING
         journal.output = {"phase": result.phase, **result.info}
         journal.save()
+        _log_step_done(run, journal)
         if run.phase != result.phase:
             _transition(run, run.phase, result.phase, reason=str(result.info or "waiting"), actor=ENGINE)
         if result.resume_at is None:
@@ -384,6 +389,7 @@ def _record_success(
     journal.status = StepStatus.DONE
     journal.output = result
     journal.save()
+    _log_step_done(run, journal)
     if compensating:
         run.current_step -= 1
         run.step_name = step.name
@@ -408,6 +414,22 @@ def _record_success(
     run.step_name = workflow.steps[run.current_step].name
     _dispatch(run, workflow, delay=0.0)
     return "done"
+
+
+def _log_step_done(run: WorkflowRun, journal: StepRun) -> None:
+    # One line per step, logged under the run's correlation id (the caller has set it), so
+    # grepping a run's id in the logs finds every step it took; failures log their own lines.
+    ms = journal.duration_ms or 0.0
+    logger.info(
+        "workflow %s %s step %s %s #%s %s in %.1f ms",
+        run.kind,
+        run.id,
+        journal.index,
+        journal.name if journal.kind == StepKind.FORWARD else f"{journal.name} (compensation)",
+        journal.attempt,
+        journal.status,
+        ms,
+    )
 
 
 def _record_failure(
@@ -539,7 +561,30 @@ def workflow_replay(*, run_id: uuid.UUID, actor: str) -> WorkflowRun:
         run.lease_until = None
         _transition(run, run.phase, back_to, reason="replayed", actor=actor)
         _dispatch(run, workflow, delay=0.0)
-    logger.info("workflow %s %s replayed by %s", run.kind, run.id, actor)
+    with correlation(run.correlation_id):
+        logger.info("workflow %s %s replayed by %s", run.kind, run.id, actor)
+    return run
+
+
+def workflow_discard(*, run_id: uuid.UUID, actor: str, reason: str) -> WorkflowRun:
+    """Gives up on a dead-lettered run: it ends in `failed`, with the reason in its transition.
+
+    No compensation runs: a discard is an operator's decision about a run whose effects they
+    have looked at (and perhaps settled by hand), not a fault. Raises RunNotDiscardable unless
+    the run is in dead-letter and a reason is given."""
+    reason = reason.strip()
+    if not reason:
+        raise RunNotDiscardable("a discard needs a reason")
+    with transaction.atomic():
+        run = WorkflowRun.objects.select_for_update().get(pk=run_id)
+        if run.phase != Phase.DEAD_LETTER:
+            raise RunNotDiscardable(f"run {run.id} is {run.phase}, only dead-letter runs are discarded")
+        with correlation(run.correlation_id):
+            _transition(run, run.phase, Phase.FAILED, reason=f"discarded: {reason}", actor=actor)
+            run.due_at = run.dispatched_at = run.lease_until = None
+            run.finished_at = timezone.now()
+            _save(run)
+            logger.info("workflow %s %s discarded by %s: %s", run.kind, run.id, actor, reason)
     return run
 
 

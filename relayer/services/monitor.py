@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
+from orchestrator.observability import correlation
 from relayer.models import Broadcast, BroadcastKind, Chain, RelayTransaction, SigningKey, TxPhase
 from relayer.rpc import (
     TRANSPORT_ERRORS,
@@ -43,21 +44,23 @@ def nonce_gaps_fill(*, limit: int = 100) -> MonitorResult:
         phase=TxPhase.FAILED, nonce__isnull=False, mined_hash="", chain__enabled=True
     ).select_related("signer", "chain")[:limit]
     for tx in candidates:
-        try:
-            if _nonce_spent(tx):
+        # Logged under the relay's own correlation id: the filler belongs to that execution.
+        with correlation(tx.correlation_id or "-"):
+            try:
+                if _nonce_spent(tx):
+                    continue
+                broadcast = _claim_filler(tx)
+                if broadcast is None:
+                    continue
+                send_stored(tx, broadcast)
+            except TRANSPORT_ERRORS:
+                logger.warning("relayer monitor: chain %s unreachable; will retry", tx.chain_id)
                 continue
-            broadcast = _claim_filler(tx)
-            if broadcast is None:
-                continue
-            send_stored(tx, broadcast)
-        except TRANSPORT_ERRORS:
-            logger.warning("relayer monitor: chain %s unreachable; will retry", tx.chain_id)
-            continue
-        if broadcast.sent_at is None:
-            filled += 1
-            logger.info("relay %s: nonce %s filled by %s", tx.id, tx.nonce, broadcast.tx_hash)
-        else:
-            resent += 1
+            if broadcast.sent_at is None:
+                filled += 1
+                logger.info("relay %s: nonce %s filled by %s", tx.id, tx.nonce, broadcast.tx_hash)
+            else:
+                resent += 1
     return MonitorResult(filled=filled, resent=resent)
 
 

@@ -52,6 +52,7 @@ def config_create(
     relayer_count: int,
     autosign: bool,
     signature: str,
+    allowed_targets: list[str] | None = None,
 ) -> NewConfig:
     """Checks in API.md's order: the signature must recover to the
     executor (401 invalid_signature), must not have been used (409 signature_replayed), and the
@@ -91,6 +92,7 @@ def config_create(
                 verify_payload=verify_payload,
                 relayer_count=relayer_count,
                 autosign=autosign,
+                allowed_targets=allowed_targets or [],
                 verifying_key=verifying,
                 executor_key=executor_key,
                 interval_seconds=source_value if source_type == SourceType.INTERVAL else None,

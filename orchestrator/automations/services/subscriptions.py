@@ -17,6 +17,7 @@ from orchestrator.automations.models import (
     SubscriptionStatus,
 )
 from orchestrator.automations.services.configs import AutomationError
+from orchestrator.automations.services.filters import filter_start_block
 
 
 def subscription_create(
@@ -32,11 +33,16 @@ def subscription_create(
     fee_amount: str,
 ) -> Subscription:
     """Needs an active config for the registry (422 no_active_config). An INTERVAL subscription
-    is first due one interval from now."""
+    is first due one interval from now; a FILTER one matches logs from its filter's fromBlock
+    ("latest": the block after the current head)."""
     if config is None or config.status != ConfigStatus.ACTIVE:
         raise AutomationError("no_active_config", "The registry has no active config.", status=422)
     now = timezone.now()
+    from_block = None
+    if config.source_type == SourceType.FILTER and config.filter:
+        from_block = filter_start_block(config.filter["chainId"], config.filter.get("fromBlock", "latest"))
     return Subscription.objects.create(
+        from_block=from_block,
         owner=owner,
         config=config,
         chain_id=chain_id,

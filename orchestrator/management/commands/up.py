@@ -40,7 +40,7 @@ from orchestrator.config import env_int
 from orchestrator.processes import ManagedProcess, ProcessFailed
 
 HOST = "127.0.0.1"
-STEPS = 7
+STEPS = 8
 ADMIN_USERNAME = "admin"
 API_CLIENT = "demo-client"
 # Generous: the first start of a worker on a cold machine imports a lot (web3, Django).
@@ -232,6 +232,9 @@ class Running:
     chain_note: str = "CHAIN_RPC_URL, not managed here (--no-anvil)"
     admin_password: str | None = None
     token: str = ""
+    # "approver1 / <password>" per demo approver, and the proposal waiting for them.
+    approvers: list[str] = field(default_factory=list)
+    proposal: str = ""
     logs: list[Path] = field(default_factory=list)
 
 
@@ -328,6 +331,8 @@ class Command(BaseCommand):
             notes: list[str] = []
             vault = demo_setup(web_port=port, say=notes.append)
             outcome.text = f"{vault.vault_id} ({len(notes)} change(s))"
+        with progress.step("Creating the demo approvers and a proposal waiting for them") as outcome:
+            running.approvers, running.proposal, outcome.text = self._demo_approvers(vault)
         # The children open their own connections; holding ours would keep a SQLite lock or
         # a PostgreSQL connection busy for as long as `up` runs.
         connections.close_all()
@@ -407,6 +412,21 @@ class Command(BaseCommand):
         client_note = "client created" if err.getvalue().startswith("Created") else "client exists"
         return password, token, f"{admin_note}, {client_note}"
 
+    def _demo_approvers(self, vault: Any) -> tuple[list[str], str, str]:
+        """Returns ("user / password" lines, the waiting proposal's id, a note)."""
+        from approvals.demo import demo_approvers_setup
+
+        admin = get_user_model().objects.get(username=ADMIN_USERNAME)
+        demo = demo_approvers_setup(vault=vault, proposer=admin)
+        unchanged = "(unchanged; reset it with `manage.py changepassword {}`)"
+        logins = [f"{name} / {password or unchanged.format(name)}" for name, password in demo.passwords.items()]
+        waiting = demo.proposal
+        quorum = f"{waiting.quorum_required} of {waiting.approvers.count()}"
+        created = sum(1 for password in demo.passwords.values() if password)
+        state = "proposed" if demo.proposal_created else "pending"
+        note = f"{created} approver(s) created, {waiting.proposal_id} {state}"
+        return logins, f"{waiting.proposal_id}, waiting for {quorum} approvers", note
+
     def _web(self, layout: Layout, port: int, env: dict[str, str]) -> ManagedProcess:
         if port_in_use(port):
             # Checked again (it may have been taken since the preflight): another server
@@ -470,6 +490,9 @@ class Command(BaseCommand):
             ("Chain RPC", f"{running.chain}  ({running.chain_note})"),
             ("Admin login", f"{ADMIN_USERNAME} / {password}"),
             ("API token", f"{running.token}  (client {API_CLIENT!r}; header `Authorization: Token ...`)"),
+            *(("Approver login" if i == 0 else "", login) for i, login in enumerate(running.approvers)),
+            ("Proposal", f"{running.proposal}: {web}/admin/approvals/rebalanceproposal/"),
+            ("Operations", f"{web}/admin/operations/"),
             ("Database", self._database()),
             ("Broker", self._broker(layout)),
             ("Logs", f"{layout.log_dir}/ ({', '.join(path.name for path in running.logs)})"),

@@ -1,4 +1,4 @@
-"""./manage.py workflows list|show ID|replay ID|sweep"""
+"""./manage.py workflows list|show ID|replay ID|discard ID --reason TEXT|sweep"""
 
 from __future__ import annotations
 
@@ -7,7 +7,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from orchestrator.engine.services import RunNotReplayable, workflow_replay, workflow_sweep
+from orchestrator.engine.services import (
+    RunNotDiscardable,
+    RunNotReplayable,
+    workflow_discard,
+    workflow_replay,
+    workflow_sweep,
+)
 from orchestrator.models import WorkflowRun
 from orchestrator.selectors import runs_by_kind_and_phase
 
@@ -22,6 +28,9 @@ class Command(BaseCommand):
         show.add_argument("run_id")
         replay = sub.add_parser("replay", help="Replay a dead-lettered run.")
         replay.add_argument("run_id")
+        discard = sub.add_parser("discard", help="Give up on a dead-lettered run: it ends as failed.")
+        discard.add_argument("run_id")
+        discard.add_argument("--reason", required=True, help="Why; kept in the run's transition (the audit log).")
         sub.add_parser("sweep", help="Dispatch due and stalled runs now (what beat does).")
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
@@ -40,6 +49,13 @@ class Command(BaseCommand):
             except RunNotReplayable as exc:
                 raise CommandError(str(exc)) from exc
             self.stdout.write(self.style.SUCCESS(f"Replayed {run.id}; it continues at {run.step_name}."))
+        elif action == "discard":
+            run = self._run(options["run_id"])
+            try:
+                workflow_discard(run_id=run.id, actor="cli", reason=options["reason"])
+            except RunNotDiscardable as exc:
+                raise CommandError(str(exc)) from exc
+            self.stdout.write(self.style.SUCCESS(f"Discarded {run.id}; it is now failed."))
         elif action == "sweep":
             result = workflow_sweep()
             self.stdout.write(f"due={result.due} stalled={result.stalled}")

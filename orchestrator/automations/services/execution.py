@@ -1,0 +1,186 @@
+"""The steps after an executor answered with a task (or was refused): the policy check, the
+relay, and the post-execution hook (API.md, "Post-execution hook")."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from orchestrator.automations.models import Firing, FiringStatus, ReportStatus, Subscription
+from orchestrator.automations.services.configs import config_hmac_key
+from orchestrator.automations.services.destinations import DestinationRefused, destination_check
+from orchestrator.automations.services.hooks import HookCall, hmac_hex, hook_url, hooks_post
+from orchestrator.automations.services.policy import task_policy_check
+from orchestrator.automations.wire import rfc3339
+from orchestrator.engine import RetryableError, StepContext, Wait
+from orchestrator.models import Phase
+from relayer.keys import key_manager
+from relayer.models import Chain, RelayTransaction, SigningKey, TxPhase
+from relayer.rpc import TRANSPORT_ERRORS, RpcUnavailable, web3_for
+from relayer.services.requests import InvalidRelayRequest, relay_request
+
+logger = logging.getLogger("orchestrator.automations")
+
+NO_TIME = "0001-01-01T00:00:00Z"  # the seed's createdAt when there is no relay
+# Fallback wake-up while a relay is under way; the relay's finish listener normally wakes it.
+RELAY_POLL_SECONDS = 30
+
+
+def _firing(ctx: StepContext) -> Firing:
+    return Firing.objects.select_related(
+        "subscription__config__executor", "subscription__config__verifying_key", "relay_transaction__signer"
+    ).get(pk=ctx.input["firing"])
+
+
+def _refusal(code: str, message: str) -> dict[str, Any]:
+    return {"refused": {"type": code, "message": message}}
+
+
+def execution_check(ctx: StepContext) -> dict[str, Any]:
+    """The automation policy, on a task whose answer passed review. Refusals are outcomes, not
+    errors; an RPC that does not answer is retried."""
+    verdict = ctx.input["verdict"]
+    if verdict["outcome"] != "task":
+        return _refusal(verdict["code"], verdict["reason"])
+    sub = _firing(ctx).subscription
+    chain = Chain.objects.filter(chain_id=sub.chain_id, enabled=True).first()
+    if chain is None:
+        return _refusal("unknown_chain", f"chain {sub.chain_id} is not configured here")
+    try:
+        violations = task_policy_check(subscription=sub, task=verdict["task"], w3=web3_for(chain.rpc_url))
+    except TRANSPORT_ERRORS as exc:
+        raise RpcUnavailable(f"chain {chain.chain_id} RPC: {exc}") from exc
+    except Exception as exc:  # a token whose decimals() reverts or answers garbage
+        return _refusal("token_unreadable", f"could not read the token's decimals: {exc}"[:300])
+    if violations:
+        return _refusal(violations[0].code, "; ".join(v.message for v in violations))
+    return {"refused": None}
+
+
+def _relayer_for(sub: Subscription) -> SigningKey:
+    """The config's relayer keys, shared out by subscription (the same one every time)."""
+    keys = sorted(sub.config.relayers.all(), key=lambda k: k.address)
+    return keys[sub.id.int % len(keys)]
+
+
+def execution_relay(ctx: StepContext) -> dict[str, Any] | Wait:
+    """Asks the relayer once (the firing is the idempotency key) and waits for it to finish."""
+    firing = _firing(ctx)
+    refused = ctx.outputs["check"]["refused"]
+    if refused is None:
+        sub, task = firing.subscription, ctx.input["verdict"]["task"]
+        try:
+            tx = relay_request(
+                signer=_relayer_for(sub),
+                chain=Chain.objects.get(chain_id=sub.chain_id),
+                to=task["to"],
+                value=int(task["value"]),
+                data=task["data"],
+                idempotency_key=f"firing:{firing.pk}",
+                requested_by=("firing", str(firing.pk)),
+                correlation_id=firing.correlation_id,
+            )
+        except InvalidRelayRequest as exc:
+            refused = {"type": "invalid_task", "message": str(exc)}
+    if refused is not None:
+        reason = f"{refused['type']}: {refused['message']}"
+        Firing.objects.filter(pk=firing.pk).update(status=FiringStatus.REFUSED, reason=reason)
+        return {"successful": False, "error": refused, "tx": None}
+    Firing.objects.filter(pk=firing.pk).update(relay_transaction=tx)
+    if tx.phase == TxPhase.COMPLETED:
+        Firing.objects.filter(pk=firing.pk).update(
+            status=FiringStatus.RELAYED, reason="", output_tx_hash=tx.mined_hash or tx.tx_hash
+        )
+        return {"successful": True, "error": None, "tx": str(tx.id)}
+    if tx.phase in (TxPhase.FAILED, TxPhase.DEAD_LETTER):
+        Firing.objects.filter(pk=firing.pk).update(status=FiringStatus.FAILED, reason=f"relay failed: {tx.error}")
+        return {"successful": False, "error": {"type": "relay_failed", "message": tx.error}, "tx": str(tx.id)}
+    return Wait(
+        phase=Phase.CONFIRMING,
+        resume_at=timezone.now() + timedelta(seconds=RELAY_POLL_SECONDS),
+        info={"waiting": "relay", "tx": str(tx.id)},
+    )
+
+
+def executed_body(firing: Firing, outcome: dict[str, Any], hmac_key: str) -> dict[str, Any]:
+    """The seed's /kernel/executed body. Its requestID is derived from the firing, so every
+    retry of this hook carries the same one."""
+    request_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"executed:{firing.pk}"))
+    tx: RelayTransaction | None = firing.relay_transaction
+    mined = (tx.mined_hash or tx.tx_hash or None) if tx and tx.phase == TxPhase.COMPLETED else None
+    error = outcome["error"] or {"type": "", "message": ""}
+    return {
+        "requestID": request_id,
+        "successful": outcome["successful"],
+        "error": error,
+        "executionRequestID": firing.request_id,
+        "relayResponse": {
+            "taskId": str(tx.id) if tx else "",
+            "metadata": {
+                "request": {
+                    "taskId": str(tx.id) if tx else "",
+                    "to": tx.to if tx else "",
+                    "callData": tx.data if tx else "",
+                    "requestedAt": int(tx.created_at.timestamp()) if tx else 0,
+                    "timeout": 0,
+                    "signer": tx.signer.address if tx else "",
+                    "chainID": str(firing.subscription.chain_id),
+                    "useSafeGasEstimate": False,
+                    "maxGasLimit": (tx.gas_limit or 0) if tx else 0,
+                    "enableAccessList": False,
+                    "backendId": "vault-orchestrator",
+                    "webhook": "",
+                },
+                "response": {
+                    "isSuccessful": outcome["successful"],
+                    "error": error["message"],
+                    "transactionHash": mined,
+                },
+            },
+            "outputTransactionHash": mined,
+            "status": tx.phase if tx else "refused",
+            "createdAt": rfc3339(tx.created_at) if tx else NO_TIME,
+        },
+        "signature": hmac_hex(hmac_key, request_id),
+    }
+
+
+def execution_report(ctx: StepContext) -> dict[str, Any]:
+    """POST /kernel/executed: a 404 skips it for good; a 200 may carry {"log": ...}, stored as
+    the firing's postExecutionState; timeouts and 5xx are retried with backoff."""
+    firing = _firing(ctx)
+    config = firing.subscription.config
+    hmac_key = config_hmac_key(config)
+    body = executed_body(firing, ctx.outputs["relay"], hmac_key)
+    try:
+        destination_check(config.base_url)
+    except DestinationRefused as exc:
+        raise RetryableError(f"destination refused: {exc}") from exc
+    Firing.objects.filter(pk=firing.pk).update(report_status=ReportStatus.PENDING)
+    call = HookCall(
+        url=hook_url(config.base_url, "executed"),
+        body=body,
+        request_id=body["requestID"],
+        hmac_key=hmac_key,
+        verifying_signature=key_manager().sign_message(key=config.verifying_key, text=body["requestID"]),
+        correlation_id=firing.correlation_id,
+    )
+    answer = hooks_post([call])[0]
+    if answer.retryable:
+        raise RetryableError(f"/kernel/executed: {answer.error or f'HTTP {answer.status}'}")
+    if answer.status == 404:
+        Firing.objects.filter(pk=firing.pk).update(report_status=ReportStatus.SKIPPED)
+        return {"report": "skipped", "requestID": body["requestID"]}
+    if not 200 <= (answer.status or 0) < 300 or answer.error:
+        Firing.objects.filter(pk=firing.pk).update(report_status=ReportStatus.FAILED)
+        logger.warning("firing %s: /kernel/executed answered %s %s", firing.request_id, answer.status, answer.error)
+        return {"report": "failed", "status": answer.status, "requestID": body["requestID"]}
+    fields: dict[str, Any] = {"report_status": ReportStatus.DELIVERED}
+    if isinstance(answer.answer, dict) and "log" in answer.answer:
+        fields["post_execution_state"] = answer.answer["log"]
+    Firing.objects.filter(pk=firing.pk).update(**fields)
+    return {"report": "delivered", "requestID": body["requestID"]}

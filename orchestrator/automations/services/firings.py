@@ -1,0 +1,207 @@
+"""Firing triggers: due INTERVAL subscriptions claimed in batches, each firing created once.
+
+Catch-up rule (README, "Triggers"): a subscription fires at its due times, created_at +
+k * interval. If the system was down across several due times, it fires once, for the
+earliest missed one, and its next due time is the first one still in the future: missed
+windows are not replayed one by one, and the cadence keeps its phase.
+
+Exactly once: the dispatcher locks due subscription rows (SKIP LOCKED, so two beats share the
+work instead of waiting), creates their firings and moves next_run_at in one transaction. Each
+firing has a unique key (subscription + due time); a second beat or a retried dispatch that
+somehow raced would hit the constraint and roll back, never fire twice."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from orchestrator.automations.models import AutomationConfig, Firing, SourceType, Subscription, SubscriptionStatus
+from orchestrator.automations.services.configs import config_hmac_key
+from orchestrator.automations.services.hooks import hmac_hex
+from orchestrator.automations.wire import rfc3339, subscription_json
+from orchestrator.observability import new_correlation_id
+
+logger = logging.getLogger("orchestrator.automations")
+
+# Set by the tasks module: enqueues one delivery task for (firing ids, handoff token).
+Deliver = Callable[[list[str], str], None]
+
+
+def next_due(due: datetime, interval: int, now: datetime) -> datetime:
+    """The first due time after `now` on the subscription's cadence (the catch-up rule)."""
+    step = timedelta(seconds=interval)
+    missed = max(int((now - due) / step), 0)
+    return due + step * (missed + 1)
+
+
+def request_id_new(due: datetime) -> str:
+    """Unique per firing, in the seed's style: <uuid>-<due time>."""
+    return f"{uuid.uuid4()}-{due.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+
+
+class HmacKeys:
+    """Opens each config's sealed HMAC key once per batch."""
+
+    def __init__(self) -> None:
+        self._keys: dict[uuid.UUID, str] = {}
+
+    def __call__(self, config: AutomationConfig) -> str:
+        if config.pk not in self._keys:
+            self._keys[config.pk] = config_hmac_key(config)
+        return self._keys[config.pk]
+
+
+def firing_new(
+    *,
+    subscription: Subscription,
+    trigger_type: str,
+    trigger_data: Any,
+    key: str,
+    due_at: datetime,
+    hmac_key: str,
+    now: datetime,
+) -> Firing:
+    """A firing with the exact /kernel/trigger body (API.md), and the subscription's context
+    moved on: the caller saves both in one transaction."""
+    config = subscription.config
+    request_id = request_id_new(due_at)
+    body = {
+        "context": {
+            "executionCount": subscription.execution_count,
+            "prevExecutionAt": rfc3339(subscription.prev_execution_at) if subscription.prev_execution_at else None,
+            "prevExecutionID": subscription.prev_execution_id or None,
+        },
+        "params": {
+            "executorAddress": config.executor_key.address if config.executor_key else config.executor.address,
+            "subAccountAddress": subscription.sub_account_address,
+            "executorID": str(config.executor.registry_id),
+            "chainID": subscription.chain_id,
+            "subscription": subscription_json(subscription),
+        },
+        "requestID": request_id,
+        "signature": hmac_hex(hmac_key, request_id),
+        "trigger": {"type": trigger_type, "data": trigger_data},
+    }
+    subscription.execution_count += 1
+    subscription.prev_execution_at, subscription.prev_execution_id = now, request_id
+    return Firing(
+        subscription=subscription,
+        key=key,
+        request_id=request_id,
+        trigger_type=trigger_type,
+        due_at=due_at,
+        request=body,
+        next_attempt_at=now,
+        correlation_id=new_correlation_id(),
+        created_at=now,
+    )
+
+
+@dataclass
+class Handoff:
+    """Firings created or re-handed in one transaction, for delivery after it commits."""
+
+    token: str
+    ids: list[str]
+
+
+def handoff_prepare(firings: Iterable[Firing], now: datetime) -> Handoff:
+    token = str(uuid.uuid4())
+    for firing in firings:
+        firing.lease_token, firing.lease_until = uuid.UUID(token), _handoff_until(now)
+    return Handoff(token, [str(f.id) for f in firings])
+
+
+def _handoff_until(now: datetime) -> datetime:
+    """A firing handed to a delivery task is that task's until then; after it the sweep may hand
+    it to another (the message was lost, or its worker died before taking it)."""
+    return now + timedelta(seconds=settings.AUTOMATION_DELIVERY_LEASE_SECONDS)
+
+
+def deliver_after_commit(handoff: Handoff, deliver: Deliver) -> None:
+    size = settings.AUTOMATION_DELIVERY_BATCH
+
+    def enqueue() -> None:
+        for start in range(0, len(handoff.ids), size):
+            deliver(handoff.ids[start : start + size], handoff.token)
+
+    if handoff.ids:
+        transaction.on_commit(enqueue)
+
+
+def intervals_dispatch(*, deliver: Deliver, now: datetime | None = None, max_batches: int = 100) -> int:
+    """Fires every INTERVAL subscription due by `now`, a batch per transaction. Returns how many."""
+    fired = 0
+    for _ in range(max_batches):
+        count = _dispatch_batch(deliver=deliver, now=now or timezone.now())
+        fired += count
+        if count < settings.AUTOMATION_DISPATCH_BATCH:
+            break
+    return fired
+
+
+def _dispatch_batch(*, deliver: Deliver, now: datetime) -> int:
+    keys = HmacKeys()
+    with transaction.atomic():
+        due = list(
+            Subscription.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("config__executor", "config__executor_key")
+            .filter(status=SubscriptionStatus.ACTIVE, next_run_at__lte=now, config__source_type=SourceType.INTERVAL)
+            .order_by("next_run_at")[: settings.AUTOMATION_DISPATCH_BATCH]
+        )
+        if not due:
+            return 0
+        firings = []
+        for sub in due:
+            when = sub.next_run_at
+            assert when is not None  # the filter above
+            firings.append(
+                firing_new(
+                    subscription=sub,
+                    trigger_type=SourceType.INTERVAL,
+                    trigger_data=rfc3339(when),
+                    key=f"{sub.id}:interval:{rfc3339(when)}",
+                    due_at=when,
+                    hmac_key=keys(sub.config),
+                    now=now,
+                )
+            )
+            sub.next_run_at = next_due(when, sub.config.interval_seconds or 1, now)
+        handoff = handoff_prepare(firings, now)
+        Firing.objects.bulk_create(firings)
+        Subscription.objects.bulk_update(
+            due, ["next_run_at", "execution_count", "prev_execution_at", "prev_execution_id"]
+        )
+        deliver_after_commit(handoff, deliver)
+    logger.info("fired %d interval subscriptions", len(firings))
+    return len(firings)
+
+
+def firings_handoff_stale(*, deliver: Deliver, now: datetime | None = None, limit: int = 1000) -> int:
+    """Hands firings whose hook is still to be sent, and that no worker holds (their lease ran
+    out, or their retry is due), to a new delivery task. Returns how many."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        stale = list(
+            Firing.objects.select_for_update(skip_locked=True)
+            .filter(next_attempt_at__isnull=False, next_attempt_at__lte=now, lease_until__lt=now)
+            .order_by("lease_until")
+            .only("id")[:limit]
+        )
+        if not stale:
+            return 0
+        handoff = handoff_prepare(stale, now)
+        Firing.objects.filter(pk__in=[f.pk for f in stale]).update(
+            lease_token=uuid.UUID(handoff.token), lease_until=_handoff_until(now)
+        )
+        deliver_after_commit(handoff, deliver)
+    logger.info("handed %d undelivered firings to delivery again", len(stale))
+    return len(stale)

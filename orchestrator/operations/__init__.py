@@ -1,0 +1,1 @@
+"""What operators use beyond the model admins: the operations dashboard and the audit log."""
