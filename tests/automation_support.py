@@ -104,4 +104,4 @@ def beat_start(env: dict[str, str]) -> processes.ManagedProcess:
 def fund(rpc_url: str, *addresses: str, eth: int = 10) -> None:
     w3 = Web3(Web3.HTTPProvider(rpc_url))
     for address in addresses:
-        w3.provider.make_request("anvil_setBalance", [address, hex(eth * 10**18)])  # type: ignore[arg-type]
+        w3.provider.make_request("anvil_setBalance", [address, hex(eth * 10**18)])

@@ -56,14 +56,15 @@ def audit_range(since: str, until: str | None = None) -> tuple[datetime, datetim
 def _parse(raw: str, *, end: bool) -> datetime:
     raw = raw.strip()
     try:
-        moment = parse_datetime(raw)
-        day = None if moment is not None else parse_date(raw)
+        # The date first: parse_datetime would also read "2026-01-31" (as its midnight).
+        day = parse_date(raw)
+        moment = None if day is not None else parse_datetime(raw)
     except ValueError:
-        moment = day = None
-    if moment is not None:
-        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        day = moment = None
     if day is not None:
         return _start_of(day + timedelta(days=1) if end else day)
+    if moment is not None:
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
     raise BadAuditRange(f"{raw!r} is not a date (2026-01-31) or a date and time (2026-01-31T12:00:00Z)")
 
 
