@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 
 class Command(BaseCommand):
-    help = "Run a benchmark (engine, relayer, flow-a). Needs PostgreSQL and Redis; `make bench` sets them."
+    help = "Run a benchmark (engine, relayer, flow-a, triggers). Needs PostgreSQL and Redis; `make bench` sets them."
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="name", required=True)
@@ -25,6 +25,15 @@ class Command(BaseCommand):
         flow_a.add_argument("--feeds", type=int, default=500)
         flow_a.add_argument("--vaults", type=int, default=50)
         flow_a.add_argument("--concurrency", type=int, default=2, help="Processes per worker.")
+
+        triggers = sub.add_parser("triggers", help="INTERVAL firings at scale vs one PeriodicTask per subscription.")
+        triggers.add_argument("--sizes", default="1000,10000", help="Comma-separated subscription counts.")
+        triggers.add_argument(
+            "--duration", type=int, default=180, help="Seconds per case (at least 180 for the issue)."
+        )
+        triggers.add_argument("--interval", type=int, default=30, help="Seconds between firings of one subscription.")
+        triggers.add_argument("--registered", type=int, default=100_000, help="Registered, for the dispatch cost.")
+        triggers.add_argument("--due", type=int, default=1000, help="Due among them, for the dispatch cost.")
 
     def handle(self, *args: Any, name: str, **options: Any) -> None:
         if name == "engine":
@@ -47,5 +56,16 @@ class Command(BaseCommand):
                 feeds=options["feeds"],
                 vault_count=options["vaults"],
                 concurrency=options["concurrency"],
+                out=self.stdout.write,
+            )
+        elif name == "triggers":
+            from orchestrator.benchmarks import triggers
+
+            triggers.run(
+                sizes=[int(n) for n in options["sizes"].split(",")],
+                duration=options["duration"],
+                interval=options["interval"],
+                registered=options["registered"],
+                due=options["due"],
                 out=self.stdout.write,
             )
