@@ -224,6 +224,9 @@ AUTOMATION_DELIVERY_LEASE_SECONDS = env_float("AUTOMATION_DELIVERY_LEASE_SECONDS
 # Beat periods of the interval dispatcher (also hands stale firings to a new worker) and the
 # FILTER log poller.
 AUTOMATION_DISPATCH_SECONDS = env_float("AUTOMATION_DISPATCH_SECONDS", 1.0, minimum=1)
+# The dispatcher claims subscriptions due this far ahead and delivers them when due, so a
+# firing is not late by the beat tick's period. More than AUTOMATION_DISPATCH_SECONDS.
+AUTOMATION_LOOKAHEAD_SECONDS = env_float("AUTOMATION_LOOKAHEAD_SECONDS", 2.0, minimum=0)
 AUTOMATION_POLL_SECONDS = env_float("AUTOMATION_POLL_SECONDS", 2.0, minimum=1)
 # A reorg deeper than a chain's confirmation depth rewinds the log poller this many blocks.
 AUTOMATION_REORG_REWIND_BLOCKS = env_int("AUTOMATION_REORG_REWIND_BLOCKS", 64, minimum=1)

@@ -137,7 +137,7 @@ def test_a_reorg_deeper_than_the_confirmations_rewinds_and_fires_nothing_twice(
     automation_create(server, source=filter_source(token, recipient)).subscribe()
     handed: list[list[str]] = []
 
-    def deliver(ids: list[str], token_: str) -> None:
+    def deliver(ids: list[str], token_: str, eta: Any) -> None:
         handed.append(ids)
 
     snapshot = rpc(url, "evm_snapshot")

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.test import Client
 from eth_account import Account
 from web3 import Web3
 
@@ -140,6 +141,11 @@ def test_interval_firings_are_signed_answered_relayed_reported_and_logged(
     assert skipped["metadata"]["outcome"]["status"] == "skipped"
     assert skipped["outputTxHash"] == ZERO_HASH and skipped["metadata"]["postExecutionState"] is None
     assert skipped["subId"] == sub["id"] and skipped["chainId"] == 31337 and skipped["message"] == "trigger"
+
+    scrape = Client().get("/metrics").content.decode()
+    assert 'automation_trigger_firings_total{outcome="relayed",trigger="INTERVAL"} 1.0' in scrape
+    assert 'automation_post_execution_reports_total{outcome="delivered"} 1.0' in scrape
+    assert "automation_trigger_lateness_seconds_count" in scrape and "automation_hook_latency_seconds_bucket" in scrape
 
     response = automation.client.post(f"/v1/subscriptions/{sub['id']}/cancel", format="json")
     assert response.status_code == 200 and response.json()["status"] == 3

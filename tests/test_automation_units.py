@@ -16,7 +16,7 @@ from eth_account import Account
 from orchestrator.automations.models import Firing, FiringStatus, Subscription
 from orchestrator.automations.services.answers import answer_review
 from orchestrator.automations.services.delivery import firings_deliver
-from orchestrator.automations.services.firings import intervals_dispatch, next_due
+from orchestrator.automations.services.firings import delivery_chunks, intervals_dispatch, next_due
 from orchestrator.automations.services.hooks import hmac_hex
 from tests.automation_support import Automation, api_client, automation_create
 from tests.executor_server import Executor, ExecutorServer
@@ -61,7 +61,7 @@ def test_two_dispatchers_at_once_fire_every_due_subscription_exactly_once(server
 
     def dispatcher() -> None:
         try:
-            counts.append(intervals_dispatch(deliver=lambda ids, token: handed.extend(ids)))
+            counts.append(intervals_dispatch(deliver=lambda ids, token, eta: handed.extend(ids)))
         finally:
             connection.close()
 
@@ -74,7 +74,7 @@ def test_two_dispatchers_at_once_fire_every_due_subscription_exactly_once(server
     assert sorted(handed) == sorted(str(pk) for pk in Firing.objects.values_list("pk", flat=True))
     assert Firing.objects.values("subscription").distinct().count() == 300
     assert not Subscription.objects.filter(next_run_at__lte=timezone.now()).exists()
-    assert intervals_dispatch(deliver=lambda ids, token: None) == 0
+    assert intervals_dispatch(deliver=lambda ids, token, eta: None) == 0
 
 
 @pytest.mark.django_db
@@ -82,13 +82,36 @@ def test_the_first_firing_of_a_subscription_has_an_empty_context(server: Executo
     automation = interval(server, 10)
     sub = automation.subscribe()
     Subscription.objects.update(next_run_at=timezone.now())
-    intervals_dispatch(deliver=lambda ids, token: None)
+    intervals_dispatch(deliver=lambda ids, token, eta: None)
     firing = Firing.objects.get(subscription_id=sub["id"])
     assert firing.request["context"] == {"executionCount": 0, "prevExecutionAt": None, "prevExecutionID": None}
     assert firing.request["signature"] == hmac_hex(automation.hmac_key, firing.request_id)
     assert firing.request["params"]["subscription"]["duration"] == 10
     stored = Subscription.objects.get(pk=sub["id"])
     assert stored.execution_count == 1 and stored.prev_execution_id == firing.request_id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_subscription_due_soon_is_claimed_ahead_and_sent_no_earlier_than_due(server: ExecutorServer) -> None:
+    automation = interval(server)
+    sub = automation.subscribe()
+    due = timezone.now() + timedelta(seconds=1)
+    Subscription.objects.filter(pk=sub["id"]).update(next_run_at=due)
+    handed: list[tuple[list[str], str, Any]] = []
+    assert intervals_dispatch(deliver=lambda ids, token, eta: handed.append((ids, token, eta))) == 1
+    [(ids, token, eta)] = handed
+    assert eta == due  # the delivery task is scheduled for the due time
+    firings_deliver(firing_ids=ids, token=token)  # even run early, it sends nothing before
+    assert server.executor.triggers()[0].at >= due.timestamp()
+
+
+def test_delivery_chunks_group_firings_due_close_together() -> None:
+    due = [(f"f{i}", T0 + timedelta(milliseconds=30 * i)) for i in range(10)]
+    chunks = delivery_chunks(list(reversed(due)), size=3, window=timedelta(milliseconds=100))
+    assert [ids for ids, _ in chunks] == [["f0", "f1", "f2"], ["f3", "f4", "f5"], ["f6", "f7", "f8"], ["f9"]]
+    assert [when for _, when in chunks] == [due[2][1], due[5][1], due[8][1], due[9][1]]
+    spread = [(f"g{i}", T0 + timedelta(milliseconds=150 * i)) for i in range(3)]
+    assert len(delivery_chunks(spread, size=100, window=timedelta(milliseconds=100))) == 3
 
 
 # --- answer review --------------------------------------------------------------------------
@@ -181,7 +204,7 @@ def _fire_now(automation: Automation) -> Firing:
     sub = automation.subscribe()
     Subscription.objects.filter(pk=sub["id"]).update(next_run_at=timezone.now())
     tokens: list[tuple[list[str], str]] = []
-    intervals_dispatch(deliver=lambda ids, token: tokens.append((ids, token)))
+    intervals_dispatch(deliver=lambda ids, token, eta: tokens.append((ids, token)))
     ids, token = tokens[0]
     firings_deliver(firing_ids=ids, token=token)
     return Firing.objects.get(subscription_id=sub["id"])
@@ -212,7 +235,7 @@ def test_a_cancelled_subscription_is_not_called_even_if_already_fired(server: Ex
     sub = automation.subscribe()
     Subscription.objects.filter(pk=sub["id"]).update(next_run_at=timezone.now())
     tokens: list[tuple[list[str], str]] = []
-    intervals_dispatch(deliver=lambda ids, token: tokens.append((ids, token)))
+    intervals_dispatch(deliver=lambda ids, token, eta: tokens.append((ids, token)))
     assert automation.client.post(f"/v1/subscriptions/{sub['id']}/cancel").status_code == 200
     firings_deliver(firing_ids=tokens[0][0], token=tokens[0][1])
     assert server.executor.triggers() == []
@@ -229,7 +252,7 @@ def test_logs_are_newest_first_paged_and_private(server: ExecutorServer) -> None
     sub = automation.subscribe()
     for n in range(15):
         Subscription.objects.filter(pk=sub["id"]).update(next_run_at=timezone.now() - timedelta(seconds=60 - n))
-        intervals_dispatch(deliver=lambda ids, token: None)
+        intervals_dispatch(deliver=lambda ids, token, eta: None)
     everything = automation.logs(sub["id"], limit=100)
     assert len(everything) == 15
     counts = [e["metadata"]["request"]["context"]["executionCount"] for e in everything]

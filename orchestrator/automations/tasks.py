@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from celery import shared_task
@@ -15,8 +16,10 @@ from relayer.models import Chain
 logger = logging.getLogger("orchestrator.automations")
 
 
-def _enqueue_delivery(firing_ids: list[str], token: str) -> None:
-    deliver.apply_async(args=(firing_ids, token), queue="triggers")
+def _enqueue_delivery(firing_ids: list[str], token: str, eta: datetime | None) -> None:
+    # A short ETA (the lookahead, two seconds): well inside the broker's visibility timeout.
+    options: dict[str, Any] = {"queue": "triggers"} | ({"eta": eta} if eta is not None else {})
+    deliver.apply_async(args=(firing_ids, token), **options)
 
 
 # expires: beat sends a tick every second; ticks that waited in the queue longer are dropped

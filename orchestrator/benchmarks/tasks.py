@@ -65,4 +65,4 @@ def bench_trigger_fire(sub_id: str, start: float, interval: int) -> None:
     except IntegrityError:  # beat ran it twice for one due time
         redis.Redis.from_url(settings.CELERY_BROKER_URL).incr(BASELINE_DUPLICATES_KEY)
         return
-    firings_deliver(firing_ids=handoff.ids, token=handoff.token)
+    firings_deliver(firing_ids=[firing_id for firing_id, _ in handoff.due], token=handoff.token)

@@ -221,7 +221,7 @@ def _dispatch_cost(config: AutomationConfig, registered: int, due: int) -> float
     starts = [now - timedelta(seconds=1)] * due + [now + timedelta(hours=1)] * (registered - due)
     _subscriptions(config, registered, starts, scheduled=True)
     began = time.perf_counter()
-    fired = intervals_dispatch(deliver=lambda ids, token: None)
+    fired = intervals_dispatch(deliver=lambda ids, token, eta: None)
     elapsed = (time.perf_counter() - began) * 1000
     assert fired == due, f"dispatched {fired}, expected {due}"
     return elapsed

@@ -31,8 +31,11 @@ from orchestrator.observability import new_correlation_id
 
 logger = logging.getLogger("orchestrator.automations")
 
-# Set by the tasks module: enqueues one delivery task for (firing ids, handoff token).
-Deliver = Callable[[list[str], str], None]
+# Set by the tasks module: enqueues one delivery task for (firing ids, handoff token), to run at
+# the given time (None: at once).
+Deliver = Callable[[list[str], str, datetime | None], None]
+# Firings due within this span of each other go out in one delivery.
+DELIVERY_WINDOW = timedelta(milliseconds=100)
 
 
 def next_due(due: datetime, interval: int, now: datetime) -> datetime:
@@ -99,7 +102,7 @@ def firing_new(
         trigger_type=trigger_type,
         due_at=due_at,
         request=body,
-        next_attempt_at=now,
+        next_attempt_at=max(due_at, now),
         correlation_id=new_correlation_id(),
         created_at=now,
     )
@@ -110,30 +113,49 @@ class Handoff:
     """Firings created or re-handed in one transaction, for delivery after it commits."""
 
     token: str
-    ids: list[str]
+    due: list[tuple[str, datetime]]  # (firing id, when it may be sent)
 
 
 def handoff_prepare(firings: Iterable[Firing], now: datetime) -> Handoff:
     token = str(uuid.uuid4())
+    due = []
     for firing in firings:
         firing.lease_token, firing.lease_until = uuid.UUID(token), _handoff_until(now)
-    return Handoff(token, [str(f.id) for f in firings])
+        due.append((str(firing.id), max(firing.due_at, now)))
+    return Handoff(token, due)
 
 
 def _handoff_until(now: datetime) -> datetime:
     """A firing handed to a delivery task is that task's until then; after it the sweep may hand
     it to another (the message was lost, or its worker died before taking it)."""
-    return now + timedelta(seconds=settings.AUTOMATION_DELIVERY_LEASE_SECONDS)
+    return now + timedelta(seconds=settings.AUTOMATION_DELIVERY_LEASE_SECONDS + settings.AUTOMATION_LOOKAHEAD_SECONDS)
+
+
+def delivery_chunks(
+    due: list[tuple[str, datetime]], *, size: int, window: timedelta
+) -> list[tuple[list[str], datetime]]:
+    """Firings due close together (within `window`), at most `size` per chunk, each with the
+    time its last one is due: a delivery sends nothing before its firings are due."""
+    chunks: list[tuple[list[str], datetime]] = []
+    first: datetime | None = None
+    for firing_id, when in sorted(due, key=lambda item: item[1]):
+        if first is None or len(chunks[-1][0]) >= size or when - first > window:
+            chunks.append(([], when))
+            first = when
+        chunks[-1][0].append(firing_id)
+        chunks[-1] = (chunks[-1][0], when)
+    return chunks
 
 
 def deliver_after_commit(handoff: Handoff, deliver: Deliver) -> None:
-    size = settings.AUTOMATION_DELIVERY_BATCH
-
     def enqueue() -> None:
-        for start in range(0, len(handoff.ids), size):
-            deliver(handoff.ids[start : start + size], handoff.token)
+        now = timezone.now()
+        for ids, send_at in delivery_chunks(
+            handoff.due, size=settings.AUTOMATION_DELIVERY_BATCH, window=DELIVERY_WINDOW
+        ):
+            deliver(ids, handoff.token, send_at if send_at > now else None)
 
-    if handoff.ids:
+    if handoff.due:
         transaction.on_commit(enqueue)
 
 
@@ -150,11 +172,13 @@ def intervals_dispatch(*, deliver: Deliver, now: datetime | None = None, max_bat
 
 def _dispatch_batch(*, deliver: Deliver, now: datetime) -> int:
     keys = HmacKeys()
+    # Claimed a little ahead and sent when due: a firing is not late by the beat tick's period.
+    horizon = now + timedelta(seconds=settings.AUTOMATION_LOOKAHEAD_SECONDS)
     with transaction.atomic():
         due = list(
             Subscription.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("config__executor", "config__executor_key")
-            .filter(status=SubscriptionStatus.ACTIVE, next_run_at__lte=now, config__source_type=SourceType.INTERVAL)
+            .filter(status=SubscriptionStatus.ACTIVE, next_run_at__lte=horizon, config__source_type=SourceType.INTERVAL)
             .order_by("next_run_at")[: settings.AUTOMATION_DISPATCH_BATCH]
         )
         if not due:
@@ -194,7 +218,7 @@ def firings_handoff_stale(*, deliver: Deliver, now: datetime | None = None, limi
             Firing.objects.select_for_update(skip_locked=True)
             .filter(next_attempt_at__isnull=False, next_attempt_at__lte=now, lease_until__lt=now)
             .order_by("lease_until")
-            .only("id")[:limit]
+            .only("id", "due_at")[:limit]
         )
         if not stale:
             return 0

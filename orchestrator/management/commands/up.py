@@ -416,6 +416,8 @@ class Command(BaseCommand):
         """Returns ("user / password" lines, the waiting proposal's id, a note)."""
         from approvals.demo import demo_approvers_setup
 
+        # Proposing logs at INFO ("notify ..."): here that would break the progress line.
+        logging.getLogger("approvals").setLevel(logging.WARNING)
         admin = get_user_model().objects.get(username=ADMIN_USERNAME)
         demo = demo_approvers_setup(vault=vault, proposer=admin)
         unchanged = "(unchanged; reset it with `manage.py changepassword {}`)"
@@ -490,7 +492,7 @@ class Command(BaseCommand):
             ("Chain RPC", f"{running.chain}  ({running.chain_note})"),
             ("Admin login", f"{ADMIN_USERNAME} / {password}"),
             ("API token", f"{running.token}  (client {API_CLIENT!r}; header `Authorization: Token ...`)"),
-            *(("Approver login" if i == 0 else "", login) for i, login in enumerate(running.approvers)),
+            *(("Approvers" if i == 0 else "", login) for i, login in enumerate(running.approvers)),
             ("Proposal", f"{running.proposal}: {web}/admin/approvals/rebalanceproposal/"),
             ("Operations", f"{web}/admin/operations/"),
             ("Database", self._database()),
