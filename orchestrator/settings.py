@@ -215,8 +215,10 @@ AUTOMATION_HOOK_MAX_BYTES = env_int("AUTOMATION_HOOK_MAX_BYTES", 65536, minimum=
 AUTOMATION_HOOK_MAX_ATTEMPTS = env_int("AUTOMATION_HOOK_MAX_ATTEMPTS", 5, minimum=1)
 AUTOMATION_HOOK_RETRY_BASE_SECONDS = env_float("AUTOMATION_HOOK_RETRY_BASE_SECONDS", 2.0, minimum=0.01)
 AUTOMATION_HOOK_RETRY_MAX_SECONDS = env_float("AUTOMATION_HOOK_RETRY_MAX_SECONDS", 120.0, minimum=0.01)
-# Concurrent hook calls per delivery task, and firings per dispatcher batch.
+# Firings per delivery task, hook calls in flight at once per worker process (threads), and
+# firings per dispatcher batch.
 AUTOMATION_DELIVERY_BATCH = env_int("AUTOMATION_DELIVERY_BATCH", 100, minimum=1)
+AUTOMATION_HOOK_CONCURRENCY = env_int("AUTOMATION_HOOK_CONCURRENCY", 32, minimum=1)
 AUTOMATION_DISPATCH_BATCH = env_int("AUTOMATION_DISPATCH_BATCH", 500, minimum=1)
 # How long a delivery holds its firings before the sweep may hand them to another worker (a
 # killed worker's firings are sent again after this). Must exceed the hook timeout.

@@ -45,8 +45,8 @@ async def _serve(port: int, hmac_key: str, record: Path, ready: Any) -> None:
                     + body
                 )
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            pass
+        except (asyncio.IncompleteReadError, asyncio.CancelledError, ConnectionError, ValueError):
+            pass  # the caller hung up, or the benchmark is stopping this server
         finally:
             writer.close()
 

@@ -27,6 +27,7 @@ from orchestrator.automations.services.answers import Verdict, answer_review
 from orchestrator.automations.services.destinations import DestinationRefused, destination_check
 from orchestrator.automations.services.firings import HmacKeys
 from orchestrator.automations.services.hooks import HookCall, HookResult, hook_url, hooks_post
+from orchestrator.bulk import rows_update
 from orchestrator.engine import RetryPolicy
 from orchestrator.engine.services import workflow_start
 from orchestrator.failpoints import failpoint
@@ -84,11 +85,16 @@ def firings_deliver(*, firing_ids: list[str], token: str) -> DeliveryResult:
     sendable = [i for i, f in enumerate(firings) if f.subscription.config.base_url not in refused]
     answers = dict(zip(sendable, hooks_post([calls[i] for i in sendable]), strict=True))
     failpoint("automations.after_hook")  # tests: a worker killed between the call and its record
-    for i, firing in enumerate(firings):
-        url = firing.subscription.config.base_url
-        hook = answers.get(i) or HookResult(None, error=f"destination refused: {refused.get(url, '')}")
-        with correlation(firing.correlation_id):
-            result.count(_record(firing, lease, hook, keys(firing.subscription.config)))
+    # One transaction for the batch's records: one commit instead of one per firing. Each
+    # record is still conditional on the lease, so a firing taken over meanwhile is left alone.
+    records = _Records(lease)
+    with transaction.atomic():
+        for i, firing in enumerate(firings):
+            url = firing.subscription.config.base_url
+            hook = answers.get(i) or HookResult(None, error=f"destination refused: {refused.get(url, '')}")
+            with correlation(firing.correlation_id):
+                result.count(_record(firing, records, hook, keys(firing.subscription.config)))
+        records.write()
     return result
 
 
@@ -143,13 +149,47 @@ def _destinations_refused(urls: set[str]) -> dict[str, str]:
     return refused
 
 
-def _record(firing: Firing, lease: uuid.UUID, hook: HookResult, hmac_key: str) -> str:
-    """Records one call's outcome; returns it (for the task's summary)."""
+CLOSED = ["status", "reason", "response", "answered_at", "hook_ms", "next_attempt_at", "lease_token", "lease_until"]
+RETRIED = ["next_attempt_at", "lease_until", "lease_token", "reason"]
+
+
+class _Records:
+    """A batch's plain outcomes (skipped, failed, retrying), written in one statement per kind,
+    each conditional on the batch's lease. Answers that lead to a workflow are written one by
+    one (`_execute`)."""
+
+    def __init__(self, lease: uuid.UUID) -> None:
+        self.lease = lease
+        self.closed: list[Firing] = []
+        self.retried: list[Firing] = []
+
+    def close(self, firing: Firing, *, status: str, reason: str, hook: HookResult) -> None:
+        answered = hook.status is not None
+        firing.status, firing.reason = status, reason
+        firing.response = hook.answer if answered and 200 <= (hook.status or 0) < 300 else None
+        firing.answered_at = timezone.now() if answered else None
+        firing.hook_ms = hook.elapsed_ms if answered else None
+        firing.next_attempt_at = firing.lease_token = firing.lease_until = None
+        self.closed.append(firing)
+
+    def retry(self, firing: Firing, *, at: Any, reason: str) -> None:
+        # The sweep hands it to a delivery again once `at` has passed.
+        firing.next_attempt_at = firing.lease_until = at
+        firing.lease_token, firing.reason = None, reason
+        self.retried.append(firing)
+
+    def write(self) -> None:
+        for firings, fields in ((self.closed, CLOSED), (self.retried, RETRIED)):
+            rows_update(Firing, firings, fields, only_if={"lease_token": self.lease})
+
+
+def _record(firing: Firing, records: _Records, hook: HookResult, hmac_key: str) -> str:
+    """Decides one call's outcome and records it; returns it (for the task's summary)."""
     if hook.retryable:
-        return _retry_or_fail(firing, lease, hook)
+        return _retry_or_fail(firing, records, hook)
     if not 200 <= (hook.status or 0) < 300:
         detail = f"the executor answered HTTP {hook.status}"
-        _close(firing, lease, status=FiringStatus.FAILED, reason=f"{detail}; not retried", hook=hook)
+        records.close(firing, status=FiringStatus.FAILED, reason=f"{detail}; not retried", hook=hook)
         logger.warning("firing %s: %s", firing.request_id, detail)
         return FiringStatus.FAILED
     if hook.error:  # too large, or not JSON
@@ -159,31 +199,25 @@ def _record(firing: Firing, lease: uuid.UUID, hook: HookResult, hmac_key: str) -
             answer=hook.answer, request_id=firing.request_id, subscription=firing.subscription, hmac_key=hmac_key
         )
     if verdict.outcome == "skip":
-        _close(firing, lease, status=FiringStatus.SKIPPED, reason="the executor skipped", hook=hook)
+        records.close(firing, status=FiringStatus.SKIPPED, reason="the executor skipped", hook=hook)
         return FiringStatus.SKIPPED
-    return _execute(firing, lease, hook, verdict)
+    return _execute(firing, records.lease, hook, verdict)
 
 
-def _retry_or_fail(firing: Firing, lease: uuid.UUID, hook: HookResult) -> str:
+def _retry_or_fail(firing: Firing, records: _Records, hook: HookResult) -> str:
     detail = hook.error or f"the executor answered HTTP {hook.status}"
     if firing.attempts >= settings.AUTOMATION_HOOK_MAX_ATTEMPTS:
         reason = f"no answer after {firing.attempts} attempts: {detail}"
-        _close(firing, lease, status=FiringStatus.FAILED, reason=reason, hook=hook)
+        records.close(firing, status=FiringStatus.FAILED, reason=reason, hook=hook)
         logger.warning("firing %s failed: %s", firing.request_id, reason)
         return FiringStatus.FAILED
     retry_at = timezone.now() + timedelta(seconds=hook_retry().delay(firing.attempts))
-    # The sweep hands it to a delivery again once retry_at has passed.
-    Firing.objects.filter(pk=firing.pk, lease_token=lease).update(
-        next_attempt_at=retry_at,
-        lease_until=retry_at,
-        lease_token=None,
-        reason=f"attempt {firing.attempts}: {detail}; retrying",
-    )
+    records.retry(firing, at=retry_at, reason=f"attempt {firing.attempts}: {detail}; retrying")
     logger.info("firing %s attempt %d: %s; retrying", firing.request_id, firing.attempts, detail)
     return "retrying"
 
 
-def _close(firing: Firing, lease: uuid.UUID, *, status: str, reason: str, hook: HookResult, **more: Any) -> int:
+def _close(firing: Firing, lease: uuid.UUID, *, status: str, reason: str, hook: HookResult) -> int:
     return Firing.objects.filter(pk=firing.pk, lease_token=lease).update(
         status=status,
         reason=reason,
@@ -193,7 +227,6 @@ def _close(firing: Firing, lease: uuid.UUID, *, status: str, reason: str, hook: 
         next_attempt_at=None,
         lease_token=None,
         lease_until=None,
-        **more,
     )
 
 

@@ -40,6 +40,7 @@ from orchestrator.automations.services.firings import (
     firing_new,
     handoff_prepare,
 )
+from orchestrator.bulk import rows_update
 from relayer.models import Chain
 from relayer.rpc import web3_for
 
@@ -173,9 +174,7 @@ def _record(
         ]
         handoff = handoff_prepare(firings, now)
         Firing.objects.bulk_create(firings)
-        Subscription.objects.bulk_update(
-            list(locked.values()), ["execution_count", "prev_execution_at", "prev_execution_id"]
-        )
+        rows_update(Subscription, list(locked.values()), ["execution_count", "prev_execution_at", "prev_execution_id"])
         deliver_after_commit(handoff, deliver)
     if firings:
         logger.info("chain %s: %d log firings up to block %d", chain, len(firings), end)

@@ -27,6 +27,7 @@ from orchestrator.automations.models import AutomationConfig, Firing, SourceType
 from orchestrator.automations.services.configs import config_hmac_key
 from orchestrator.automations.services.hooks import hmac_hex
 from orchestrator.automations.wire import rfc3339, subscription_json
+from orchestrator.bulk import rows_update
 from orchestrator.observability import new_correlation_id
 
 logger = logging.getLogger("orchestrator.automations")
@@ -201,9 +202,7 @@ def _dispatch_batch(*, deliver: Deliver, now: datetime) -> int:
             sub.next_run_at = next_due(when, sub.config.interval_seconds or 1, now)
         handoff = handoff_prepare(firings, now)
         Firing.objects.bulk_create(firings)
-        Subscription.objects.bulk_update(
-            due, ["next_run_at", "execution_count", "prev_execution_at", "prev_execution_id"]
-        )
+        rows_update(Subscription, due, ["next_run_at", "execution_count", "prev_execution_at", "prev_execution_id"])
         deliver_after_commit(handoff, deliver)
     logger.info("fired %d interval subscriptions", len(firings))
     return len(firings)

@@ -40,7 +40,7 @@ from orchestrator.config import env_int
 from orchestrator.processes import ManagedProcess, ProcessFailed
 
 HOST = "127.0.0.1"
-STEPS = 8
+STEPS = 9
 ADMIN_USERNAME = "admin"
 API_CLIENT = "demo-client"
 # Generous: the first start of a worker on a cold machine imports a lot (web3, Django).
@@ -235,6 +235,7 @@ class Running:
     # "approver1 / <password>" per demo approver, and the proposal waiting for them.
     approvers: list[str] = field(default_factory=list)
     proposal: str = ""
+    executor: str = ""
     logs: list[Path] = field(default_factory=list)
 
 
@@ -333,6 +334,9 @@ class Command(BaseCommand):
             outcome.text = f"{vault.vault_id} ({len(notes)} change(s))"
         with progress.step("Creating the demo approvers and a proposal waiting for them") as outcome:
             running.approvers, running.proposal, outcome.text = self._demo_approvers(vault)
+        executor_port = env_int("EXAMPLE_EXECUTOR_PORT", port + 1, minimum=1, maximum=65535)
+        with progress.step(f"Starting the example executor on {HOST}:{executor_port}, subscribed") as outcome:
+            running.executor, outcome.text = self._example_executor(vault, executor_port, env, spawn)
         # The children open their own connections; holding ours would keep a SQLite lock or
         # a PostgreSQL connection busy for as long as `up` runs.
         connections.close_all()
@@ -429,6 +433,45 @@ class Command(BaseCommand):
         note = f"{created} approver(s) created, {waiting.proposal_id} {state}"
         return logins, f"{waiting.proposal_id}, waiting for {quorum} approvers", note
 
+    def _example_executor(
+        self, vault: Any, port: int, env: dict[str, str], spawn: Callable[[ManagedProcess], ManagedProcess]
+    ) -> tuple[str, str]:
+        """Registers the example executor (a signed config, an interval subscription for the demo
+        vault's account), funds its relayer key on the local chain, and starts it."""
+        from orchestrator.automations.services.demo import automation_demo_setup
+
+        if port_in_use(port):
+            raise CommandError(f"Port {port} is already in use; set EXAMPLE_EXECUTOR_PORT to a free port.")
+        client = get_user_model().objects.get(username=API_CLIENT)
+        demo = automation_demo_setup(
+            owner=client, port=port, chain_id=vault.chain.chain_id, sub_account=vault.account.address
+        )
+        for relayer in demo.config.relayers.all():  # a local dev chain: gas for its relayer key
+            with suppress(Exception):
+                httpx.post(
+                    vault.chain.rpc_url,
+                    json={
+                        "jsonrpc": "2.0",
+                        "id": 1,
+                        "method": "anvil_setBalance",
+                        "params": [relayer.address, hex(10**19)],
+                    },
+                    timeout=5,
+                    trust_env=False,
+                )
+        argv = [sys.executable, "-m", "orchestrator.automations.example_executor"]
+        log = Path(settings.VAR_DIR) / "log" / "executor.log"
+        executor = ManagedProcess(
+            "executor", argv, log_path=log, env=env | demo.executor_env, ready_text="listening on"
+        )
+        spawn(executor).wait_ready(READY_TIMEOUT)
+        sub = demo.subscription
+        every = demo.config.interval_seconds
+        return (
+            f"{sub.id} (every {every} s), logs at /v1/{sub.id}/logs",
+            f"subscription {str(sub.id)[:8]}, every {every} s",
+        )
+
     def _web(self, layout: Layout, port: int, env: dict[str, str]) -> ManagedProcess:
         if port_in_use(port):
             # Checked again (it may have been taken since the preflight): another server
@@ -494,6 +537,7 @@ class Command(BaseCommand):
             ("API token", f"{running.token}  (client {API_CLIENT!r}; header `Authorization: Token ...`)"),
             *(("Approvers" if i == 0 else "", login) for i, login in enumerate(running.approvers)),
             ("Proposal", f"{running.proposal}: {web}/admin/approvals/rebalanceproposal/"),
+            ("Executor", f"example executor subscription {running.executor}"),
             ("Operations", f"{web}/admin/operations/"),
             ("Database", self._database()),
             ("Broker", self._broker(layout)),
