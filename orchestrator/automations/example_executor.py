@@ -7,9 +7,9 @@ language. `make run` starts this one and subscribes it to an interval trigger.
         EXAMPLE_EXECUTOR_HMAC_KEY  the config's hmacKey
 
 On POST /kernel/trigger it checks the Standard Webhooks signature and refuses calls older than
-five minutes, checks the body's HMAC signature of the requestID, then answers: every third
-firing a signed task (a zero-value call to its sub-account, so a real transaction is relayed),
-otherwise a signed skip. On POST /kernel/executed it answers {"log": ...}, which the
+five minutes, checks the body's HMAC signature of the requestID, then answers: the second of
+every three firings a signed task (a zero-value call to its sub-account, so a real transaction
+is relayed), otherwise a signed skip. On POST /kernel/executed it answers {"log": ...}, which the
 orchestrator keeps as that execution's postExecutionState."""
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class Executor:
         if not hmac.compare_digest(body["signature"], hmac_hex(self.hmac_key, request_id)):
             raise PermissionError("bad body signature")
         params = body["params"]
-        if body["context"]["executionCount"] % 3 != 2:
+        if body["context"]["executionCount"] % 3 != 1:
             return {
                 "skip": True,
                 "requestID": request_id,

@@ -45,6 +45,8 @@ ADMIN_USERNAME = "admin"
 API_CLIENT = "demo-client"
 # Generous: the first start of a worker on a cold machine imports a lot (web3, Django).
 READY_TIMEOUT = 60.0
+# The example executor listens on 127.0.0.1 over plain http: a local demo, not production.
+LOCAL_DESTINATIONS = ("AUTOMATION_ALLOW_INSECURE_DESTINATIONS", "AUTOMATION_ALLOW_PRIVATE_DESTINATIONS")
 
 
 class Shutdown(BaseException):
@@ -372,6 +374,9 @@ class Command(BaseCommand):
         if "DJANGO_DEBUG" not in os.environ:
             # runserver serves the admin's static files only with DEBUG on; nothing is collected.
             env["DJANGO_DEBUG"] = "1"
+        for name in LOCAL_DESTINATIONS:
+            if name not in os.environ:
+                env[name] = "1"
         return env
 
     def _start_anvil(
@@ -443,6 +448,9 @@ class Command(BaseCommand):
         if port_in_use(port):
             raise CommandError(f"Port {port} is already in use; set EXAMPLE_EXECUTOR_PORT to a free port.")
         client = get_user_model().objects.get(username=API_CLIENT)
+        for name in LOCAL_DESTINATIONS:  # as in the children (see _child_env)
+            if name not in os.environ:
+                setattr(settings, name, True)
         demo = automation_demo_setup(
             owner=client, port=port, chain_id=vault.chain.chain_id, sub_account=vault.account.address
         )
