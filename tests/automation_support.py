@@ -19,6 +19,23 @@ from orchestrator.schedules import ensure_periodic_tasks
 from tests.conftest import ARTIFACTS
 from tests.executor_server import ExecutorServer
 
+# The subscription object's fields (API.md, "Subscriptions").
+SUBSCRIPTION_KEYS = {
+    "id",
+    "registryId",
+    "chainId",
+    "subAccountAddress",
+    "status",
+    "duration",
+    "tokenInputs",
+    "tokenLimits",
+    "metadata",
+    "feeToken",
+    "feeAmount",
+    "commitHash",
+    "createdAt",
+}
+
 # The executor server listens on 127.0.0.1 over plain http: allowed in tests only.
 LOCAL_DESTINATIONS = {"AUTOMATION_ALLOW_INSECURE_DESTINATIONS": "1", "AUTOMATION_ALLOW_PRIVATE_DESTINATIONS": "1"}
 

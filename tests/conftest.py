@@ -136,3 +136,22 @@ def anvils() -> Iterator[AnvilFactory]:
     factory = AnvilFactory()
     yield factory
     factory.stop_all()
+
+
+@pytest.fixture
+def local_destinations(settings: Any) -> None:
+    """Hooks may go to the executor servers the tests run on 127.0.0.1 over plain http."""
+    settings.AUTOMATION_ALLOW_INSECURE_DESTINATIONS = True
+    settings.AUTOMATION_ALLOW_PRIVATE_DESTINATIONS = True
+
+
+@pytest.fixture
+def server() -> Iterator[Any]:
+    """A running executor server (tests/executor_server.py) that answers every trigger with a
+    signed skip until a test tells it otherwise."""
+    from tests.executor_server import Executor, ExecutorServer
+
+    running = ExecutorServer(Executor()).start()
+    running.executor.on_trigger = running.executor.skip
+    yield running
+    running.stop()

@@ -18,6 +18,7 @@ from orchestrator.automations.models import AutomationConfig
 from orchestrator.automations.services.configs import config_hmac_key
 from orchestrator.automations.services.signatures import KERNEL_ACTION_TYPES, KERNEL_DOMAIN
 from relayer.models import SigningKey
+from tests.automation_support import SUBSCRIPTION_KEYS
 
 pytestmark = pytest.mark.django_db
 BASE_URL = "https://executor.example"
@@ -190,21 +191,7 @@ def test_subscriptions_follow_the_trigger_payload_shape_and_cancel(
     created = author.post("/v1/subscriptions", body, format="json")
     assert created.status_code == 201, created.content
     sub = created.json()
-    assert set(sub) == {
-        "id",
-        "registryId",
-        "chainId",
-        "subAccountAddress",
-        "status",
-        "duration",
-        "tokenInputs",
-        "tokenLimits",
-        "metadata",
-        "feeToken",
-        "feeAmount",
-        "commitHash",
-        "createdAt",
-    }
+    assert set(sub) == SUBSCRIPTION_KEYS
     assert (sub["status"], sub["duration"], sub["registryId"]) == (2, 30, registry)
     assert sub["subAccountAddress"] == to_checksum_address("0x" + "ef" * 20)
     assert sub["tokenLimits"] == {to_checksum_address(token): "0.0008"}

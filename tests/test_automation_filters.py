@@ -4,7 +4,6 @@ across reorgs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,30 +16,20 @@ from orchestrator.processes import ManagedProcess
 from relayer.models import Chain
 from tests.automation_support import LOCAL_DESTINATIONS, automation_create, beat_start
 from tests.conftest import AnvilFactory, Workers, wait_until
-from tests.executor_server import Executor, ExecutorServer
+from tests.executor_server import ExecutorServer
 from tests.relay_support import make_chain, rpc
 from vaults.onchain import compiled, deploy_asset
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.automations]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.automations,
+    pytest.mark.usefixtures("local_destinations"),
+]
 
 TRANSFER = "0x" + Web3.keccak(text="Transfer(address,address,uint256)").hex().removeprefix("0x")
 # anvil's first default account (the well-known test mnemonic): signs raw transactions that
 # can be sent again with the same hash after a reorg.
 DEPLOYER = Account.from_key("0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80")
-
-
-@pytest.fixture(autouse=True)
-def _local_destinations(settings: Any) -> None:
-    settings.AUTOMATION_ALLOW_INSECURE_DESTINATIONS = True
-    settings.AUTOMATION_ALLOW_PRIVATE_DESTINATIONS = True
-
-
-@pytest.fixture
-def server() -> Iterator[ExecutorServer]:
-    running = ExecutorServer(Executor()).start()
-    running.executor.on_trigger = running.executor.skip
-    yield running
-    running.stop()
 
 
 def topic_of(address: str) -> str:

@@ -19,44 +19,20 @@ from orchestrator.automations.services.hooks import hmac_hex
 from orchestrator.automations.services.subscriptions import subscription_cancel
 from orchestrator.processes import ManagedProcess
 from relayer.models import RelayTransaction
-from tests.automation_support import LOCAL_DESTINATIONS, automation_create, beat_start, fund
+from tests.automation_support import LOCAL_DESTINATIONS, SUBSCRIPTION_KEYS, automation_create, beat_start, fund
 from tests.conftest import Workers, wait_until
 from tests.executor_server import Executor, ExecutorServer
 from tests.relay_support import make_chain
 from vaults.onchain import approve_calldata, deploy_asset
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.automations]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.automations,
+    pytest.mark.usefixtures("local_destinations"),
+]
 
 ZERO_HASH = "0x" + "0" * 64
 TRIGGER_KEYS = {"context", "params", "requestID", "signature", "trigger"}
-SUBSCRIPTION_KEYS = {
-    "id",
-    "registryId",
-    "chainId",
-    "subAccountAddress",
-    "status",
-    "duration",
-    "tokenInputs",
-    "tokenLimits",
-    "metadata",
-    "feeToken",
-    "feeAmount",
-    "commitHash",
-    "createdAt",
-}
-
-
-@pytest.fixture(autouse=True)
-def _local_destinations(settings: Any) -> None:
-    settings.AUTOMATION_ALLOW_INSECURE_DESTINATIONS = True
-    settings.AUTOMATION_ALLOW_PRIVATE_DESTINATIONS = True
-
-
-@pytest.fixture
-def server() -> Iterator[ExecutorServer]:
-    running = ExecutorServer(Executor()).start()
-    yield running
-    running.stop()
 
 
 @pytest.fixture

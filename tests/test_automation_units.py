@@ -4,7 +4,6 @@ dispatchers, answer review, delivery limits and destinations at call time, and t
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,23 +18,11 @@ from orchestrator.automations.services.delivery import firings_deliver
 from orchestrator.automations.services.firings import delivery_chunks, intervals_dispatch, next_due
 from orchestrator.automations.services.hooks import hmac_hex
 from tests.automation_support import Automation, api_client, automation_create
-from tests.executor_server import Executor, ExecutorServer
+from tests.executor_server import ExecutorServer
+
+pytestmark = pytest.mark.usefixtures("local_destinations")
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def _local_destinations(settings: Any) -> None:
-    settings.AUTOMATION_ALLOW_INSECURE_DESTINATIONS = True
-    settings.AUTOMATION_ALLOW_PRIVATE_DESTINATIONS = True
-
-
-@pytest.fixture
-def server() -> Iterator[ExecutorServer]:
-    running = ExecutorServer(Executor()).start()
-    running.executor.on_trigger = running.executor.skip
-    yield running
-    running.stop()
 
 
 def interval(server: ExecutorServer, seconds: int = 30, **fields: Any) -> Automation:
