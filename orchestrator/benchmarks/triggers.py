@@ -18,6 +18,7 @@ show it does not grow with the table)."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import Counter
@@ -237,6 +238,7 @@ def run(
     out: Callable[[str], Any],
 ) -> None:
     common.require_real_services()
+    logging.getLogger("orchestrator.automations").setLevel(logging.WARNING)  # one line per batch: noise here
     settings.AUTOMATION_ALLOW_INSECURE_DESTINATIONS = settings.AUTOMATION_ALLOW_PRIVATE_DESTINATIONS = True
     port = common.free_port()
     _clean()
