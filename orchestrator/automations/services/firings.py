@@ -161,7 +161,8 @@ def deliver_after_commit(handoff: Handoff, deliver: Deliver) -> None:
 
 
 def intervals_dispatch(*, deliver: Deliver, now: datetime | None = None, max_batches: int = 100) -> int:
-    """Fires every INTERVAL subscription due by `now`, a batch per transaction. Returns how many."""
+    """Fires every INTERVAL subscription due by `now` plus the lookahead, a batch per
+    transaction; their deliveries are scheduled for their due times. Returns how many."""
     fired = 0
     for _ in range(max_batches):
         count = _dispatch_batch(deliver=deliver, now=now or timezone.now())
