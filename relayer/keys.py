@@ -129,6 +129,8 @@ class KeyManager(Protocol):
 
     def sign_transaction(self, *, key: SigningKey, tx: dict[str, Any]) -> SignedTransaction: ...
 
+    def sign_transactions(self, *, key: SigningKey, txs: list[dict[str, Any]]) -> list[SignedTransaction]: ...
+
     def sign_typed_data(
         self, *, key: SigningKey, domain: dict[str, Any], types: dict[str, Any], message: dict[str, Any]
     ) -> str: ...
@@ -168,6 +170,11 @@ class LocalKeyManager:
 
     def sign_transaction(self, *, key: SigningKey, tx: dict[str, Any]) -> SignedTransaction:
         return Account.sign_transaction(tx, self._private_key(key))
+
+    def sign_transactions(self, *, key: SigningKey, txs: list[dict[str, Any]]) -> list[SignedTransaction]:
+        """Signs a relay batch: the key is decrypted once, not once per transaction."""
+        account = Account.from_key(self._private_key(key))
+        return [account.sign_transaction(tx) for tx in txs]
 
     def sign_typed_data(
         self, *, key: SigningKey, domain: dict[str, Any], types: dict[str, Any], message: dict[str, Any]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import requests
 from django.conf import settings
@@ -15,7 +17,15 @@ from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCErro
 
 from orchestrator.engine import RetryableError, TerminalError
 
-__all__ = ["ContractLogicError", "TransactionNotFound", "Web3RPCError", "classify_send_error", "web3_for"]
+__all__ = [
+    "ContractLogicError",
+    "RpcResult",
+    "TransactionNotFound",
+    "Web3RPCError",
+    "classify_send_error",
+    "rpc_batch",
+    "web3_for",
+]
 
 
 def as_address(value: str) -> ChecksumAddress:
@@ -49,6 +59,58 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+@cache
+def _session(rpc_url: str) -> requests.Session:
+    return requests.Session()
+
+
+@dataclass(frozen=True)
+class RpcResult:
+    """One answer of a batch: `result`, or the node's `error` ({code, message, data})."""
+
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def message(self) -> str:
+        return str((self.error or {}).get("message", ""))
+
+
+def rpc_batch(rpc_url: str, calls: Sequence[tuple[str, list[Any]]]) -> list[RpcResult]:
+    """Sends many JSON-RPC calls in one HTTP request (a JSON-RPC batch) and returns their
+    answers in the order asked. A relay batch of 100 transactions costs one round trip per
+    step this way, instead of 100. Raises RpcUnavailable when the node cannot be reached or
+    does not answer the batch as a batch."""
+    if not calls:
+        return []
+    payload: list[Any] = [
+        {"jsonrpc": "2.0", "id": i, "method": method, "params": params} for i, (method, params) in enumerate(calls)
+    ]
+    try:
+        response = _session(rpc_url).post(rpc_url, json=payload, timeout=settings.RPC_TIMEOUT_SECONDS)
+        response.raise_for_status()
+        answers = response.json()
+    except TRANSPORT_ERRORS as exc:
+        raise RpcUnavailable(f"RPC unavailable: {exc.__class__.__name__}") from exc
+    except (requests.exceptions.RequestException, ValueError) as exc:
+        raise RpcUnavailable(f"RPC answered a batch with something else: {exc}") from exc
+    if not isinstance(answers, list):
+        raise RpcUnavailable(f"RPC answered a batch with a single response: {str(answers)[:200]}")
+    by_id = {answer.get("id"): answer for answer in answers if isinstance(answer, dict)}
+    results = []
+    for i in range(len(calls)):
+        answer = by_id.get(i)
+        if answer is None:
+            raise RpcUnavailable(f"RPC left call {i} of a batch of {len(calls)} unanswered")
+        error = answer.get("error")
+        results.append(
+            RpcResult(error=error if isinstance(error, dict) else {"message": str(error)})
+            if error
+            else RpcResult(result=answer.get("result"))
+        )
+    return results
+
+
 class SendOutcome:
     ACCEPTED = "accepted"
     ALREADY_KNOWN = "already-known"  # the node has exactly this transaction already
@@ -57,13 +119,9 @@ class SendOutcome:
     INSUFFICIENT_FUNDS = "insufficient-funds"
 
 
-def classify_send_error(exc: Exception) -> str:
-    """Maps a send_raw_transaction error to a SendOutcome. Raises TerminalError for errors no
-    retry can fix (bad signature, gas limit above the block's) and RpcUnavailable for transport
-    failures."""
-    if isinstance(exc, TRANSPORT_ERRORS):
-        raise RpcUnavailable(f"RPC unavailable: {exc.__class__.__name__}") from exc
-    message = rpc_message(exc).lower()
+def classify_send_message(message: str) -> str | None:
+    """The SendOutcome a node's error message means, or None if it is none of the known ones."""
+    message = message.lower()
     if "already known" in message or "known transaction" in message or "already imported" in message:
         return SendOutcome.ALREADY_KNOWN
     if "nonce too low" in message or "nonce is too low" in message:
@@ -72,6 +130,18 @@ def classify_send_error(exc: Exception) -> str:
         return SendOutcome.UNDERPRICED
     if "insufficient funds" in message:
         return SendOutcome.INSUFFICIENT_FUNDS
+    return None
+
+
+def classify_send_error(exc: Exception) -> str:
+    """Maps a send_raw_transaction error to a SendOutcome. Raises TerminalError for errors no
+    retry can fix (bad signature, gas limit above the block's) and RpcUnavailable for transport
+    failures."""
+    if isinstance(exc, TRANSPORT_ERRORS):
+        raise RpcUnavailable(f"RPC unavailable: {exc.__class__.__name__}") from exc
+    outcome = classify_send_message(rpc_message(exc))
+    if outcome is not None:
+        return outcome
     if isinstance(exc, Web3RPCError):
         raise TerminalError(f"node refused the transaction: {rpc_message(exc)}") from exc
     raise RpcUnavailable(f"unexpected RPC failure: {exc.__class__.__name__}: {exc}") from exc

@@ -1,13 +1,23 @@
-"""Thin beat tasks for the relayer."""
+"""Thin tasks for the relayer: the lane kick, and beat's monitor."""
 
 from __future__ import annotations
 
 from celery import shared_task
+from django.conf import settings
 
+from relayer.services.batches import relay_batch_form, relay_batches_orphaned
 from relayer.services.monitor import nonce_gaps_fill
+from relayer.services.requests import LANE_TASK
+
+
+@shared_task(name=LANE_TASK, ignore_result=True)
+def relayer_lane(signer_id: int, chain_id: int) -> dict[str, str | None]:
+    run = relay_batch_form(signer_id=signer_id, chain_id=chain_id)
+    return {"batch": str(run.id) if run else None}
 
 
 @shared_task(name="relayer.monitor", ignore_result=True, expires=30)
 def relayer_monitor() -> dict[str, int]:
     result = nonce_gaps_fill()
-    return {"filled": result.filled, "resent": result.resent}
+    kicked = relay_batches_orphaned(older_than=settings.RELAYER_ORPHAN_SECONDS)
+    return {"filled": result.filled, "resent": result.resent, "lanes_kicked": kicked}

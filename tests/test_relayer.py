@@ -44,6 +44,15 @@ def settled(tx_id: uuid.UUID, *phases: str, timeout: float = 60.0, sweep: bool =
     )
 
 
+def batched(tx_id: uuid.UUID) -> uuid.UUID:
+    """The batch run the request's lane put it in (the lane runs on a worker, after commit)."""
+    return wait_until(
+        lambda: RelayTransaction.objects.filter(pk=tx_id).values_list("workflow_run_id", flat=True).first(),
+        timeout=10,
+        message=f"relay {tx_id} to be batched",
+    )
+
+
 def send(
     signer: SigningKey,
     chain: Chain,
@@ -75,8 +84,9 @@ def test_a_relay_is_simulated_signed_sent_and_confirmed(workers: Workers, anvil:
     assert Web3(Web3.HTTPProvider(anvil)).eth.get_balance(RECEIVER) == before + 4242
     assert list(tx.broadcasts.values_list("kind", flat=True)) == [BroadcastKind.ORIGINAL]
     run = WorkflowRun.objects.get(pk=tx.workflow_run_id)
-    assert run.phase == "completed" and run.outputs["confirm"]["txHash"] == tx.tx_hash
-    assert run.correlation_id == tx.correlation_id
+    assert (run.kind, run.phase, run.input["size"]) == ("relay.batch", "completed", 1)
+    assert run.outputs["confirm"] == {"confirmed": 1, "reverted": 0}
+    assert run.correlation_id == tx.correlation_id  # a batch of one carries its request's id
 
 
 def test_one_idempotency_key_twice_gives_one_transaction(workers: Workers, anvil: str) -> None:
@@ -175,7 +185,7 @@ def test_with_the_rpc_down_relays_retry_and_finish_when_it_is_back(workers: Work
 
     signer = key_manager().create_key(purpose="relayer")
     tx = send(signer, chain)
-    run_id = RelayTransaction.objects.get(pk=tx.id).workflow_run_id
+    run_id = batched(tx.id)
     wait_until(
         lambda: WorkflowRun.objects.get(pk=run_id).steps.filter(status="retry").count() >= 2,
         timeout=30,

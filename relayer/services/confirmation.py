@@ -1,4 +1,4 @@
-"""The relay workflow's last step: wait for the receipt and the chain's confirmation depth,
+"""The relay batch's last step: wait for the receipt and the chain's confirmation depth,
 follow reorgs, and replace a transaction that does not mine with higher fees."""
 
 from __future__ import annotations
@@ -9,99 +9,115 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
-from hexbytes import HexBytes
 
+from orchestrator.bulk import rows_update
 from orchestrator.engine import StepContext, TerminalError, Wait
 from orchestrator.failpoints import failpoint
 from orchestrator.models import Phase
-from relayer.models import Broadcast, BroadcastKind, RelayTransaction, TxPhase
+from relayer.models import Broadcast, BroadcastKind, Chain, RelayTransaction, TxPhase
 from relayer.rpc import (
     TRANSPORT_ERRORS,
     Fees,
     RpcUnavailable,
     SendOutcome,
-    TransactionNotFound,
-    as_hex,
     bumped_fees,
+    rpc_batch,
     suggested_fees,
     web3_for,
 )
-from relayer.services.submission import record_broadcast, relay_load, send_stored, sign_for
+from relayer.services.batches import batch_open, relay_fail, relays_finish
+from relayer.services.submission import record_broadcast, send_stored, sign_for
 
 logger = logging.getLogger("relayer")
 
 
-def _hex(value: Any) -> str:
-    return "0x" + HexBytes(value).hex().removeprefix("0x")
-
-
 def relay_confirm(ctx: StepContext) -> dict[str, Any] | Wait:
-    tx = relay_load(ctx)
-    chain = tx.chain
-    w3 = web3_for(chain.rpc_url)
+    """Looks up the receipts of every broadcast of the batch's open requests in one JSON-RPC
+    batch (and, for a depth above 1, the head and the blocks that hold them). Requests confirmed
+    deep enough complete (or fail, if they reverted on chain); the rest are looked at again
+    after the chain's poll interval, replaced when stuck, and re-sent when a reorg dropped them."""
+    txs = list(batch_open(ctx.run_id).filter(nonce__isnull=False).prefetch_related("broadcasts"))
+    if not txs:
+        return {"confirmed": 0}
+    chain = txs[0].chain
     now = timezone.now()
-    poll = Wait(phase=Phase.CONFIRMING, resume_at=now + timedelta(seconds=chain.poll_interval))
-    try:
-        found = _find_receipt(tx)
+    hashes = [
+        (tx, b)
+        for tx in txs
+        for b in sorted(tx.broadcasts.all(), key=lambda b: -b.pk)
+        if b.kind != BroadcastKind.FILLER
+    ]
+    calls = [("eth_getTransactionReceipt", [b.tx_hash]) for _, b in hashes]
+    if chain.confirmations > 1:
+        calls.append(("eth_blockNumber", []))
+    answers = rpc_batch(chain.rpc_url, calls)
+    if any(a.error is not None for a in answers):
+        raise RpcUnavailable(f"RPC refused a receipt lookup: {next(a.message for a in answers if a.error)}")
+    head = int(answers[-1].result, 16) if chain.confirmations > 1 else None
+    receipts: dict[Any, tuple[Broadcast, dict[str, Any]]] = {}
+    for (tx, broadcast), answer in zip(hashes, answers, strict=False):
+        if answer.result is not None and tx.pk not in receipts:
+            receipts[tx.pk] = (broadcast, answer.result)  # the newest broadcast that mined
+    deep = _canonical_blocks(chain, head, [int(r["blockNumber"], 16) for _, r in receipts.values()])
+    seen, done, reverted, waiting = [], [], [], 0
+    for tx in txs:
+        found = receipts.get(tx.pk)
         if found is None:
-            if tx.block_hash:
-                _reorged_out(tx)
-            elif tx.last_broadcast_at and (now - tx.last_broadcast_at).total_seconds() > chain.stuck_after:
-                _replace(tx)
-            return poll
+            waiting += 1
+            _not_mined(tx, now)
+            continue
         broadcast, receipt = found
-        block_hash = _hex(receipt["blockHash"])
+        block_number, block_hash = int(receipt["blockNumber"], 16), receipt["blockHash"]
         if tx.block_hash != block_hash:
             # First sighting, or the reorg put it in another block: record where it is now.
-            RelayTransaction.objects.filter(pk=tx.pk).update(
-                block_number=receipt["blockNumber"],
-                block_hash=block_hash,
-                mined_hash=broadcast.tx_hash,
-                receipt_status=receipt["status"],
-                gas_used=receipt["gasUsed"],
-                updated_at=now,
-            )
+            tx.block_number, tx.block_hash, tx.mined_hash = block_number, block_hash, broadcast.tx_hash
+            tx.receipt_status, tx.gas_used = int(receipt["status"], 16), int(receipt["gasUsed"], 16)
+            tx.updated_at = now
+            seen.append(tx)
         # A node only returns receipts of canonical transactions, so a receipt at depth 1 needs
         # no further check. Deeper, the head must be far enough and the block still ours.
-        depth = 1
-        if chain.confirmations > 1:
-            depth = w3.eth.block_number - receipt["blockNumber"] + 1
-            if depth < chain.confirmations:
-                return poll
-            if _hex(w3.eth.get_block(receipt["blockNumber"])["hash"]) != block_hash:
-                return poll  # a reorg is under way at that height; look again next time
+        if head is not None and deep.get(block_number) != block_hash:
+            waiting += 1
+            continue
+        tx.confirmed_at = now
+        if tx.receipt_status == 1:
+            done.append(tx)
+        else:
+            # Mined and reverted: the nonce is spent, so there is no gap to fill; the request failed.
+            tx.error = f"transaction {broadcast.tx_hash} reverted on chain in block {block_number}"
+            reverted.append(tx)
+    rows_update(
+        RelayTransaction, seen, ["block_number", "block_hash", "mined_hash", "receipt_status", "gas_used", "updated_at"]
+    )
+    failpoint("relay.after_receipt")
+    relays_finish(done, phase=TxPhase.COMPLETED, fields=["confirmed_at"])
+    relays_finish(reverted, phase=TxPhase.FAILED, fields=["confirmed_at"])
+    if waiting:
+        return Wait(phase=Phase.CONFIRMING, resume_at=now + timedelta(seconds=chain.poll_interval))
+    return {"confirmed": len(done), "reverted": len(reverted)}
+
+
+def _canonical_blocks(chain: Chain, head: int | None, numbers: list[int]) -> dict[int, str]:
+    """The canonical hash of every block among `numbers` that is at the chain's confirmation
+    depth below `head` (none when the depth is 1: receipts are canonical already)."""
+    if head is None:
+        return {}
+    wanted = sorted({n for n in numbers if head - n + 1 >= chain.confirmations})
+    answers = rpc_batch(chain.rpc_url, [("eth_getBlockByNumber", [hex(n), False]) for n in wanted])
+    return {n: a.result["hash"] for n, a in zip(wanted, answers, strict=True) if a.result}
+
+
+def _not_mined(tx: RelayTransaction, now: Any) -> None:
+    """No receipt: dropped by a reorg (send it again), stuck (bump its fees), or just pending."""
+    try:
+        if tx.block_hash:
+            _reorged_out(tx)
+        elif tx.last_broadcast_at and (now - tx.last_broadcast_at).total_seconds() > tx.chain.stuck_after:
+            _replace(tx)
+    except TerminalError as exc:
+        relay_fail(tx, str(exc))
     except TRANSPORT_ERRORS as exc:
         raise RpcUnavailable(f"RPC unavailable while confirming: {exc.__class__.__name__}") from exc
-    failpoint("relay.after_receipt")
-    if receipt["status"] != 1:
-        # Mined and reverted: the nonce is spent, so there is no gap to fill; the request failed.
-        raise TerminalError(f"transaction {broadcast.tx_hash} reverted on chain in block {receipt['blockNumber']}")
-    RelayTransaction.objects.filter(pk=tx.pk).update(phase=TxPhase.COMPLETED, confirmed_at=now, updated_at=now)
-    logger.info(
-        "relay %s confirmed: %s in block %s (depth %s)",
-        tx.id,
-        broadcast.tx_hash,
-        receipt["blockNumber"],
-        depth,
-    )
-    return {
-        "txHash": broadcast.tx_hash,
-        "blockNumber": receipt["blockNumber"],
-        "blockHash": block_hash,
-        "status": receipt["status"],
-        "gasUsed": receipt["gasUsed"],
-    }
-
-
-def _find_receipt(tx: RelayTransaction) -> tuple[Broadcast, Any] | None:
-    """The receipt of whichever version of the request mined (newest broadcast first)."""
-    w3 = web3_for(tx.chain.rpc_url)
-    for broadcast in tx.broadcasts.exclude(kind=BroadcastKind.FILLER).order_by("-id"):
-        try:
-            return broadcast, w3.eth.get_transaction_receipt(as_hex(broadcast.tx_hash))
-        except TransactionNotFound:
-            continue
-    return None
 
 
 def _reorged_out(tx: RelayTransaction) -> None:

@@ -29,13 +29,13 @@ def nonce_cursor_ensure(*, signer: SigningKey, chain: Chain) -> None:
         pass  # another worker created it first
 
 
-def nonce_allocate(*, signer: SigningKey, chain: Chain) -> int:
-    """Takes the next nonce. Must run inside the transaction that stores what uses it: if that
-    transaction rolls back, the nonce was never taken. Raises NonceCursor.DoesNotExist if
-    nonce_cursor_ensure has not run."""
+def nonce_allocate(*, signer: SigningKey, chain: Chain, count: int = 1) -> int:
+    """Takes the next `count` consecutive nonces and returns the first. Must run inside the
+    transaction that stores what uses them: if that transaction rolls back, they were never
+    taken. Raises NonceCursor.DoesNotExist if nonce_cursor_ensure has not run."""
     cursor = NonceCursor.objects.select_for_update().get(signer=signer, chain=chain)
     nonce = cursor.next_nonce
-    cursor.next_nonce = nonce + 1
+    cursor.next_nonce = nonce + count
     cursor.save(update_fields=["next_nonce", "updated_at"])
     return nonce
 

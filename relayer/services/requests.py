@@ -1,18 +1,23 @@
-"""Asking for a relay: validate, record, start the relay workflow (all or nothing)."""
+"""Asking for a relay: validate, record, and have the signer's lane pick it up after commit.
+
+A request does not start a workflow of its own: the lane (relayer/services/batches.py) gathers
+every pending request of one signer on one chain into a batch, and the batch is the workflow.
+That is what makes the relayer fast: one nonce lock, one key decryption and one JSON-RPC round
+trip per step for the whole batch, instead of per transaction."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from django.db import IntegrityError, transaction
 from eth_utils import is_address, is_checksum_address, to_checksum_address
 
-from orchestrator.engine.services import workflow_start
+from orchestrator.observability import current_correlation_id, new_correlation_id
 from relayer.models import Chain, RelayTransaction, SigningKey
 
-RELAY_WORKFLOW = "relay.transaction"
+RELAY_WORKFLOW = "relay.batch"
+LANE_TASK = "relayer.lane"
 
 
 # What to call when a relay finishes, by the kind of object that asked for it
@@ -64,41 +69,42 @@ def relay_request(
     data: str = "0x",
     requested_by: tuple[str, str] = ("", ""),
     correlation_id: str | None = None,
-    owner: Any = None,
     not_after: datetime | None = None,
 ) -> RelayTransaction:
-    """Records a transaction to relay and starts its workflow after commit.
+    """Records a transaction to relay; after commit its signer's lane batches and sends it.
 
     The same idempotency key returns the same RelayTransaction and sends nothing twice.
     Raises InvalidRelayRequest for bad input and RelayConflict when the key was used for a
     different transaction."""
     to, value, data = _normalise(to, value, data)
     wanted = {"signer_id": signer.pk, "chain_id": chain.pk, "to": to, "value": value, "data": data}
-    with transaction.atomic():
-        try:
-            with transaction.atomic():
-                tx = RelayTransaction.objects.create(
-                    idempotency_key=idempotency_key,
-                    requested_by_kind=requested_by[0],
-                    requested_by_id=str(requested_by[1]),
-                    correlation_id=correlation_id or "",
-                    not_after=not_after,
-                    **wanted,
-                )
-        except IntegrityError:
-            existing = RelayTransaction.objects.get(idempotency_key=idempotency_key)
-            seen = {k: getattr(existing, k) for k in wanted}
-            if seen != wanted:
-                raise RelayConflict(f"idempotency key {idempotency_key!r} was used for another transaction") from None
-            return existing
-        run, _ = workflow_start(
-            kind=RELAY_WORKFLOW,
-            input={"tx": str(tx.id)},
-            idempotency_key=f"relay:{tx.id}",
-            correlation_id=correlation_id,
-            owner=owner,
-        )
-        tx.workflow_run = run
-        tx.correlation_id = run.correlation_id
-        tx.save(update_fields=["workflow_run", "correlation_id", "updated_at"])
+    ambient = current_correlation_id()
+    try:
+        with transaction.atomic():
+            tx = RelayTransaction.objects.create(
+                idempotency_key=idempotency_key,
+                requested_by_kind=requested_by[0],
+                requested_by_id=str(requested_by[1]),
+                correlation_id=correlation_id or (ambient if ambient != "-" else new_correlation_id()),
+                not_after=not_after,
+                **wanted,
+            )
+    except IntegrityError:
+        existing = RelayTransaction.objects.get(idempotency_key=idempotency_key)
+        seen = {k: getattr(existing, k) for k in wanted}
+        if seen != wanted:
+            raise RelayConflict(f"idempotency key {idempotency_key!r} was used for another transaction") from None
+        return existing
+    lane_kick(signer_id=signer.pk, chain_id=chain.pk)
     return tx
+
+
+def lane_kick(*, signer_id: int, chain_id: int) -> None:
+    """Asks a relay worker, after the current transaction commits, to batch the lane's pending
+    requests. Kicks are cheap and idempotent: one that finds nothing pending does nothing, and
+    a lost one is made up for by the relayer monitor (relay_batches_orphaned)."""
+    from orchestrator.celery import app
+
+    transaction.on_commit(
+        lambda: app.send_task(LANE_TASK, kwargs={"signer_id": signer_id, "chain_id": chain_id}, queue="relay")
+    )

@@ -1,7 +1,7 @@
-"""The relay workflow's first three steps: simulate, sign (with its nonce), broadcast.
+"""The relay batch's first three steps: simulate, sign (with nonces), broadcast.
 
-The order is the exactly-once argument: the nonce is taken and the signed bytes are stored in
-one transaction (`relay_sign`), and only stored bytes are ever broadcast. A worker killed
+The order is the exactly-once argument: the nonces are taken and the signed bytes are stored
+in one transaction (`relay_sign`), and only stored bytes are ever broadcast. A worker killed
 before that commit leaves no nonce taken; killed after it, the retry re-sends the very same
 bytes, which the node answers with "already known" or "nonce too low". There is never a
 second, different transaction for one request."""
@@ -9,31 +9,32 @@ second, different transaction for one request."""
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
-from django.db import transaction
 from django.utils import timezone
 from eth_account.datastructures import SignedTransaction
 
-from orchestrator.engine import RetryableError, StepContext, TerminalError
+from orchestrator.bulk import rows_update
+from orchestrator.engine import RetryableError, StepContext
 from orchestrator.failpoints import failpoint
+from orchestrator.observability import correlation
 from relayer.keys import key_manager
 from relayer.models import Broadcast, BroadcastKind, RelayTransaction, TxPhase
 from relayer.rpc import (
     TRANSPORT_ERRORS,
-    ContractLogicError,
     Fees,
+    RpcResult,
     RpcUnavailable,
     SendOutcome,
     TransactionNotFound,
-    Web3RPCError,
     as_hex,
     classify_send_error,
-    rpc_message,
+    classify_send_message,
+    rpc_batch,
     suggested_fees,
     web3_for,
 )
+from relayer.services.batches import batch_open, relay_fail, relays_finish
 from relayer.services.nonces import nonce_allocate, nonce_cursor_ensure, nonce_resync
 
 logger = logging.getLogger("relayer")
@@ -41,60 +42,92 @@ logger = logging.getLogger("relayer")
 GAS_HEADROOM = 1.2  # estimates are exact for the state they ran on; the state moves
 
 
-def relay_load(ctx: StepContext, *, lock: bool = False) -> RelayTransaction:
-    rows = RelayTransaction.objects.select_related("signer", "chain")
-    if lock:
-        rows = rows.select_for_update(of=("self",))
-    return rows.get(pk=uuid.UUID(ctx.input["tx"]))
-
-
-def refuse_if_late(tx: RelayTransaction) -> None:
+def refuse_if_late(tx: RelayTransaction) -> str:
+    """Why the request may no longer be signed (its deadline passed), or ""."""
     if tx.not_after is not None and timezone.now() > tx.not_after:
-        raise TerminalError(f"deadline {tx.not_after.isoformat()} passed; not relayed")
+        return f"deadline {tx.not_after.isoformat()} passed; not relayed"
+    return ""
+
+
+def _simulation_failure(result: RpcResult) -> str | None:
+    """What a failed eth_estimateGas means for its request: None when it is the signer's
+    balance (the whole batch waits and retries), else the request's terminal error."""
+    message = result.message
+    if "insufficient funds" in message.lower():
+        return None
+    if "revert" in message.lower():
+        return f"simulation reverted: {message}"
+    return f"simulation failed: {message}"
 
 
 def relay_prepare(ctx: StepContext) -> dict[str, Any]:
-    """Simulates the call and prices it. A revert fails the relay here, before any nonce is
-    taken, so a reverting request leaves no gap behind."""
-    tx = relay_load(ctx)
-    if tx.nonce is not None:
-        return {"gasLimit": tx.gas_limit, "note": "already signed"}
-    refuse_if_late(tx)
-    chain, signer = tx.chain, tx.signer
-    w3 = web3_for(chain.rpc_url)
-    call = {"from": signer.address, "to": tx.to, "value": int(tx.value), "data": tx.data}
+    """Simulates and prices every request of the batch that has no nonce yet, in one JSON-RPC
+    batch. A request that reverts fails here, alone and before any nonce is taken, so it leaves
+    no gap behind. Raises RetryableError when the node is unreachable or the signer cannot pay."""
+    txs = list(batch_open(ctx.run_id).filter(nonce__isnull=True))
+    if not txs:
+        return {"simulated": 0}
+    chain, signer = txs[0].chain, txs[0].signer
+    late = [tx for tx in txs if refuse_if_late(tx)]
+    for tx in late:
+        relay_fail(tx, refuse_if_late(tx))
+    txs = [tx for tx in txs if tx not in late]
+    calls = [
+        ("eth_estimateGas", [{"from": signer.address, "to": tx.to, "value": hex(int(tx.value)), "data": tx.data}])
+        for tx in txs
+    ]
     try:
-        if tx.data not in ("", "0x"):
-            w3.eth.call(call)  # type: ignore[arg-type]
-        gas = w3.eth.estimate_gas(call)  # type: ignore[arg-type]
+        results = rpc_batch(chain.rpc_url, calls)
         nonce_cursor_ensure(signer=signer, chain=chain)
         fees = suggested_fees(
-            w3=w3,
+            w3=web3_for(chain.rpc_url),
             chain_id=chain.chain_id,
             default_tip=int(chain.priority_fee_wei),
             cap=int(chain.max_fee_cap_wei),
         )
-    except ContractLogicError as exc:
-        raise TerminalError(f"simulation reverted: {exc.message or exc}") from exc
     except TRANSPORT_ERRORS as exc:
         raise RpcUnavailable(f"RPC unavailable while simulating: {exc.__class__.__name__}") from exc
-    except Web3RPCError as exc:
-        message = rpc_message(exc)
-        if "insufficient funds" in message.lower():
-            raise RetryableError(f"signer {signer.address} has insufficient funds: {message}") from exc
-        raise TerminalError(f"simulation failed: {message}") from exc
-    gas_limit = int(gas * GAS_HEADROOM)
-    RelayTransaction.objects.filter(pk=tx.pk).update(
-        gas_limit=gas_limit,
-        max_fee_per_gas=fees.max_fee_per_gas,
-        max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
-        phase=TxPhase.SUBMITTING,
-        updated_at=timezone.now(),
+    priced, failed, short = [], [], []
+    for tx, result in zip(txs, results, strict=True):
+        if result.error is None:
+            tx.gas_limit = int(int(result.result, 16) * GAS_HEADROOM)
+            tx.max_fee_per_gas, tx.max_priority_fee_per_gas = fees.max_fee_per_gas, fees.max_priority_fee_per_gas
+            tx.phase, tx.updated_at = TxPhase.SUBMITTING, timezone.now()
+            priced.append(tx)
+        elif (error := _simulation_failure(result)) is None:
+            short.append(tx)
+        else:
+            tx.error = error
+            failed.append(tx)
+    rows_update(
+        RelayTransaction, priced, ["gas_limit", "max_fee_per_gas", "max_priority_fee_per_gas", "phase", "updated_at"]
     )
+    relays_finish(failed, phase=TxPhase.FAILED)
+    if short:
+        raise RetryableError(f"signer {signer.address} has insufficient funds: {short[0].id} and {len(short) - 1} more")
+    return {"simulated": len(priced), "failed": len(failed) + len(late)}
+
+
+def _unsigned(
+    tx: RelayTransaction,
+    *,
+    nonce: int,
+    fees: Fees,
+    to: str | None = None,
+    value: int | None = None,
+    data: str | None = None,
+    gas: int | None = None,
+) -> dict[str, Any]:
     return {
-        "gasLimit": gas_limit,
-        "maxFeePerGas": str(fees.max_fee_per_gas),
-        "maxPriorityFeePerGas": str(fees.max_priority_fee_per_gas),
+        "type": 2,
+        "chainId": tx.chain.chain_id,
+        "nonce": nonce,
+        "to": to or tx.to,
+        "value": int(tx.value) if value is None else value,
+        "data": tx.data if data is None else data,
+        "gas": gas or int(tx.gas_limit or 21000),
+        "maxFeePerGas": fees.max_fee_per_gas,
+        "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
     }
 
 
@@ -108,57 +141,62 @@ def sign_for(
     data: str | None = None,
     gas: int | None = None,
 ) -> SignedTransaction:
-    return key_manager().sign_transaction(
-        key=tx.signer,
-        tx={
-            "type": 2,
-            "chainId": tx.chain.chain_id,
-            "nonce": nonce,
-            "to": to or tx.to,
-            "value": int(tx.value) if value is None else value,
-            "data": tx.data if data is None else data,
-            "gas": gas or int(tx.gas_limit or 21000),
-            "maxFeePerGas": fees.max_fee_per_gas,
-            "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
-        },
-    )
+    """Signs one transaction for the request (fee bumps and nonce fillers)."""
+    unsigned = _unsigned(tx, nonce=nonce, fees=fees, to=to, value=value, data=data, gas=gas)
+    return key_manager().sign_transaction(key=tx.signer, tx=unsigned)
 
 
 def relay_sign(ctx: StepContext) -> dict[str, Any]:
-    """Takes the nonce, signs, and stores the signed bytes: one transaction (an atomic step)."""
-    tx = relay_load(ctx, lock=True)
-    if tx.nonce is not None:
-        return {"nonce": tx.nonce, "txHash": tx.tx_hash}
-    refuse_if_late(tx)  # the last gate: nothing is signed past the deadline
-    fees = Fees(int(tx.max_fee_per_gas or 0), int(tx.max_priority_fee_per_gas or 0))
-    nonce = nonce_allocate(signer=tx.signer, chain=tx.chain)
-    signed = sign_for(tx, nonce=nonce, fees=fees)
-    record_broadcast(tx, signed, nonce=nonce, fees=fees, kind=BroadcastKind.ORIGINAL)
-    tx.nonce = nonce
-    tx.save(
-        update_fields=[
-            "nonce",
-            "tx_hash",
-            "raw_tx",
-            "max_fee_per_gas",
-            "max_priority_fee_per_gas",
-            "updated_at",
-        ]
+    """Takes one nonce per priced request, signs them, and stores the signed bytes: all in one
+    transaction (an atomic step), under the signer's nonce cursor lock."""
+    txs = list(batch_open(ctx.run_id).filter(nonce__isnull=True).select_for_update(of=("self",)))
+    for tx in [tx for tx in txs if refuse_if_late(tx)]:  # the last gate: nothing is signed late
+        relay_fail(tx, refuse_if_late(tx))
+        txs.remove(tx)
+    if not txs:
+        return {"signed": 0}
+    signer, chain = txs[0].signer, txs[0].chain
+    first = nonce_allocate(signer=signer, chain=chain, count=len(txs))
+    fees = [Fees(int(tx.max_fee_per_gas or 0), int(tx.max_priority_fee_per_gas or 0)) for tx in txs]
+    signed = key_manager().sign_transactions(
+        key=signer,
+        txs=[_unsigned(tx, nonce=first + i, fees=fees[i]) for i, tx in enumerate(txs)],
+    )
+    broadcasts = []
+    for i, tx in enumerate(txs):
+        tx.nonce = first + i
+        broadcasts.append(_broadcast_of(tx, signed[i], nonce=first + i, fees=fees[i], kind=BroadcastKind.ORIGINAL))
+        tx.updated_at = timezone.now()
+    Broadcast.objects.bulk_create(broadcasts)
+    rows_update(
+        RelayTransaction,
+        txs,
+        ["nonce", "tx_hash", "raw_tx", "max_fee_per_gas", "max_priority_fee_per_gas", "updated_at"],
     )
     failpoint("relay.sign_before_commit")
-    logger.info("relay %s signed nonce %s as %s", tx.id, nonce, tx.tx_hash)
-    return {"nonce": nonce, "txHash": tx.tx_hash}
+    for tx in txs:
+        with correlation(tx.correlation_id or "-"):
+            logger.info("relay %s signed nonce %s as %s", tx.id, tx.nonce, tx.tx_hash)
+    return {"signed": len(txs), "nonces": [first, first + len(txs) - 1]}
 
 
 def record_broadcast(
     tx: RelayTransaction, signed: SignedTransaction, *, nonce: int, fees: Fees, kind: str
 ) -> Broadcast:
+    broadcast = _broadcast_of(tx, signed, nonce=nonce, fees=fees, kind=kind)
+    broadcast.save(force_insert=True)
+    return broadcast
+
+
+def _broadcast_of(tx: RelayTransaction, signed: SignedTransaction, *, nonce: int, fees: Fees, kind: str) -> Broadcast:
+    """The Broadcast row for `signed` (unsaved); an original or a replacement also becomes the
+    request's current transaction."""
     tx_hash = "0x" + signed.hash.hex().removeprefix("0x")
     raw = "0x" + signed.raw_transaction.hex().removeprefix("0x")
     if kind != BroadcastKind.FILLER:
         tx.tx_hash, tx.raw_tx = tx_hash, raw
         tx.max_fee_per_gas, tx.max_priority_fee_per_gas = fees.max_fee_per_gas, fees.max_priority_fee_per_gas
-    return Broadcast.objects.create(
+    return Broadcast(
         transaction=tx,
         kind=kind,
         tx_hash=tx_hash,
@@ -199,28 +237,48 @@ def known_on_chain(tx: RelayTransaction) -> bool:
 
 
 def relay_broadcast(ctx: StepContext) -> dict[str, Any]:
-    tx = relay_load(ctx)
-    latest = tx.broadcasts.exclude(kind=BroadcastKind.FILLER).order_by("-id").first()
-    if latest is None:
-        raise TerminalError("nothing was signed for this relay")
+    """Sends the stored bytes of every signed, open request of the batch in nonce order, in
+    one JSON-RPC batch. Sending again after a crash is harmless: the node answers "already
+    known" or "nonce too low" for what it has."""
+    txs = list(batch_open(ctx.run_id).filter(nonce__isnull=False).order_by("nonce"))
+    if not txs:
+        return {"sent": 0}
+    chain, signer = txs[0].chain, txs[0].signer
     failpoint("relay.before_broadcast")
-    outcome = send_stored(tx, latest)
+    results = rpc_batch(chain.rpc_url, [("eth_sendRawTransaction", [tx.raw_tx]) for tx in txs])
     failpoint("relay.after_broadcast")
-    if outcome == SendOutcome.INSUFFICIENT_FUNDS:
-        raise RetryableError(f"signer {tx.signer.address} has insufficient funds for gas * price + value")
-    if outcome == SendOutcome.NONCE_USED and not known_on_chain(tx):
-        # Our nonce went to a transaction we never signed: the key is used outside the relayer.
-        nonce_resync(signer=tx.signer, chain=tx.chain)
-        raise TerminalError(
-            f"nonce {tx.nonce} of {tx.signer.address} was used by a transaction the relayer did not send; "
-            "the nonce cursor was moved past it"
+    outcomes: dict[str, list[RelayTransaction]] = {}
+    for tx, result in zip(txs, results, strict=True):
+        outcome = SendOutcome.ACCEPTED if result.error is None else classify_send_message(result.message)
+        if outcome is None:
+            tx.error = f"node refused the transaction: {result.message}"
+            outcome = "refused"
+        outcomes.setdefault(outcome, []).append(tx)
+    now = timezone.now()
+    for outcome, group in outcomes.items():
+        Broadcast.objects.filter(tx_hash__in=[tx.tx_hash for tx in group]).update(
+            sent_at=now, send_error="" if outcome == SendOutcome.ACCEPTED else outcome
         )
+    # A transaction the node refuses outright (bad signature, gas above the block's) fails
+    # alone; its nonce is then filled by the monitor.
+    relays_finish(outcomes.pop("refused", []), phase=TxPhase.FAILED)
+    for tx in outcomes.get(SendOutcome.NONCE_USED, []):
+        if not known_on_chain(tx):
+            # Our nonce went to a transaction we never signed: the key is used outside the relayer.
+            nonce_resync(signer=signer, chain=chain)
+            relay_fail(
+                tx,
+                f"nonce {tx.nonce} of {signer.address} was used by a transaction the relayer did not send; "
+                "the nonce cursor was moved past it",
+            )
     # ACCEPTED and ALREADY_KNOWN are what we want; NONCE_USED by our own hash means it mined
     # already; UNDERPRICED means a transaction with our nonce is pending: confirmation bumps
     # the fee if it does not mine.
-    with transaction.atomic():
-        RelayTransaction.objects.filter(pk=tx.pk).update(
-            phase=TxPhase.CONFIRMING, last_broadcast_at=timezone.now(), updated_at=timezone.now()
-        )
-    logger.info("relay %s broadcast %s: %s", tx.id, latest.tx_hash, outcome)
-    return {"txHash": latest.tx_hash, "outcome": outcome}
+    RelayTransaction.objects.filter(workflow_run_id=ctx.run_id, phase=TxPhase.SUBMITTING, nonce__isnull=False).update(
+        phase=TxPhase.CONFIRMING, last_broadcast_at=now, updated_at=now
+    )
+    if SendOutcome.INSUFFICIENT_FUNDS in outcomes:
+        raise RetryableError(f"signer {signer.address} has insufficient funds for gas * price + value")
+    summary = {outcome: len(group) for outcome, group in outcomes.items()}
+    logger.info("relay batch %s broadcast %s transactions: %s", ctx.run_id, len(txs), summary)
+    return {"sent": len(txs), "outcomes": summary}
