@@ -134,9 +134,9 @@ class RelayTransaction(models.Model):
         indexes = [
             models.Index(fields=["chain", "signer", "nonce"], name="relay_signer_nonce_idx"),
             models.Index(fields=["requested_by_kind", "requested_by_id"], name="relay_requested_by_idx"),
-            # A lane kick looks for its signer's requests that no batch has taken yet.
+            # A lane kick looks for its chain's requests that no batch has taken yet.
             models.Index(
-                fields=["signer", "chain", "created_at"],
+                fields=["chain", "created_at"],
                 condition=Q(workflow_run__isnull=True),
                 name="relay_unbatched_idx",
             ),

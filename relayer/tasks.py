@@ -11,8 +11,8 @@ from relayer.services.requests import LANE_TASK
 
 
 @shared_task(name=LANE_TASK, ignore_result=True)
-def relayer_lane(signer_id: int, chain_id: int) -> dict[str, str | None]:
-    run = relay_batch_form(signer_id=signer_id, chain_id=chain_id)
+def relayer_lane(chain_id: int) -> dict[str, str | None]:
+    run = relay_batch_form(chain_id=chain_id)
     return {"batch": str(run.id) if run else None}
 
 

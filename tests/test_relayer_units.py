@@ -35,6 +35,7 @@ from relayer.rpc import (
     classify_send_error,
     suggested_fees,
 )
+from relayer.services.batches import relay_batch_form
 from relayer.services.requests import RELAY_WORKFLOW, InvalidRelayRequest, relay_request
 from tests.conftest import free_port
 from tests.relay_support import funded_signer, make_chain
@@ -223,7 +224,7 @@ def test_a_malformed_relay_request_is_refused_and_records_nothing(to: Any, value
 
 
 @pytest.mark.django_db
-def test_a_valid_relay_request_is_recorded_normalised_with_its_workflow_run() -> None:
+def test_a_valid_relay_request_is_recorded_normalised_and_waits_for_its_lane() -> None:
     chain = make_chain(closed_url())
     signer = key_manager().create_key(purpose="relayer")
     tx = relay_request(
@@ -239,12 +240,46 @@ def test_a_valid_relay_request_is_recorded_normalised_with_its_workflow_run() ->
     assert stored.pk == tx.pk and stored.to == RECEIVER and stored.data == "0xabcd"
     assert int(stored.value) == 2**256 - 1 and stored.phase == TxPhase.PENDING
     assert (stored.requested_by_kind, stored.requested_by_id) == ("intent", "42")
-    run = WorkflowRun.objects.get()
-    assert run.pk == stored.workflow_run_id and run.kind == RELAY_WORKFLOW
-    assert run.input == {"tx": str(tx.id)} and run.correlation_id == stored.correlation_id
+    assert stored.workflow_run_id is None and not WorkflowRun.objects.exists()  # the lane batches it
+    assert len(stored.correlation_id) == 32
 
     shouting = relay_request(signer=signer, chain=chain, to="0x" + "AB" * 20, idempotency_key="k-2")
     assert shouting.to == Web3.to_checksum_address("0x" + "ab" * 20) and shouting.data == "0x"
+
+
+@pytest.mark.django_db
+def test_a_lane_batches_the_chains_pending_requests_of_every_signer_oldest_first() -> None:
+    chain = make_chain(closed_url())
+    alice, bob = (key_manager().create_key(purpose="relayer") for _ in range(2))
+    first = [
+        relay_request(signer=s, chain=chain, to=RECEIVER, idempotency_key=f"a-{i}")
+        for i, s in enumerate([alice, bob, alice])
+    ]
+    run = relay_batch_form(chain_id=chain.pk)
+    assert run is not None and run.kind == RELAY_WORKFLOW and run.input == {"chain": chain.pk, "size": 3}
+    batched = RelayTransaction.objects.filter(workflow_run=run).order_by("created_at")
+    assert [tx.pk for tx in batched] == [tx.pk for tx in first]
+
+    later = relay_request(signer=bob, chain=chain, to=RECEIVER, idempotency_key="b-1")
+    # The first batch has not broadcast yet: the lane waits for it, and it kicks again later.
+    assert relay_batch_form(chain_id=chain.pk) is None
+    WorkflowRun.objects.filter(pk=run.pk).update(attempts=1)  # backing off: it no longer holds the lane
+    second = relay_batch_form(chain_id=chain.pk)
+    assert second is not None and list(RelayTransaction.objects.filter(workflow_run=second)) == [later]
+    WorkflowRun.objects.filter(pk=second.pk).update(attempts=1)
+    assert relay_batch_form(chain_id=chain.pk) is None  # nothing left to batch
+
+
+@pytest.mark.django_db
+def test_a_lane_takes_at_most_a_batch_size_and_kicks_itself_for_the_rest(settings: Any) -> None:
+    settings.RELAYER_BATCH_SIZE = 2
+    chain = make_chain(closed_url())
+    signer = key_manager().create_key(purpose="relayer")
+    for i in range(3):
+        relay_request(signer=signer, chain=chain, to=RECEIVER, idempotency_key=f"k-{i}")
+    run = relay_batch_form(chain_id=chain.pk)
+    assert run is not None and run.input["size"] == 2
+    assert RelayTransaction.objects.filter(workflow_run__isnull=True).count() == 1
 
 
 # --- bumped_fees ----------------------------------------------------------------------------

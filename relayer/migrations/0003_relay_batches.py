@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('orchestrator', '0004_heartbeat_worker_names'),
-        ('relayer', '0002_relaytransaction_not_after'),
+        ("orchestrator", "0004_heartbeat_worker_names"),
+        ("relayer", "0002_relaytransaction_not_after"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='relaytransaction',
-            index=models.Index(condition=models.Q(('workflow_run__isnull', True)), fields=['signer', 'chain', 'created_at'], name='relay_unbatched_idx'),
+            model_name="relaytransaction",
+            index=models.Index(
+                condition=models.Q(("workflow_run__isnull", True)),
+                fields=["chain", "created_at"],
+                name="relay_unbatched_idx",
+            ),
         ),
     ]

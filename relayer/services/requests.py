@@ -1,7 +1,7 @@
-"""Asking for a relay: validate, record, and have the signer's lane pick it up after commit.
+"""Asking for a relay: validate, record, and have the chain's lane pick it up after commit.
 
 A request does not start a workflow of its own: the lane (relayer/services/batches.py) gathers
-every pending request of one signer on one chain into a batch, and the batch is the workflow.
+the pending requests on one chain into a batch, and the batch is the workflow.
 That is what makes the relayer fast: one nonce lock, one key decryption and one JSON-RPC round
 trip per step for the whole batch, instead of per transaction."""
 
@@ -71,7 +71,7 @@ def relay_request(
     correlation_id: str | None = None,
     not_after: datetime | None = None,
 ) -> RelayTransaction:
-    """Records a transaction to relay; after commit its signer's lane batches and sends it.
+    """Records a transaction to relay; after commit the chain's lane batches and sends it.
 
     The same idempotency key returns the same RelayTransaction and sends nothing twice.
     Raises InvalidRelayRequest for bad input and RelayConflict when the key was used for a
@@ -95,16 +95,14 @@ def relay_request(
         if seen != wanted:
             raise RelayConflict(f"idempotency key {idempotency_key!r} was used for another transaction") from None
         return existing
-    lane_kick(signer_id=signer.pk, chain_id=chain.pk)
+    lane_kick(chain_id=chain.pk)
     return tx
 
 
-def lane_kick(*, signer_id: int, chain_id: int) -> None:
+def lane_kick(*, chain_id: int) -> None:
     """Asks a relay worker, after the current transaction commits, to batch the lane's pending
     requests. Kicks are cheap and idempotent: one that finds nothing pending does nothing, and
     a lost one is made up for by the relayer monitor (relay_batches_orphaned)."""
     from orchestrator.celery import app
 
-    transaction.on_commit(
-        lambda: app.send_task(LANE_TASK, kwargs={"signer_id": signer_id, "chain_id": chain_id}, queue="relay")
-    )
+    transaction.on_commit(lambda: app.send_task(LANE_TASK, kwargs={"chain_id": chain_id}, queue="relay"))

@@ -34,8 +34,9 @@ from relayer.rpc import (
     suggested_fees,
     web3_for,
 )
-from relayer.services.batches import batch_open, relay_fail, relays_finish
+from relayer.services.batches import batch_open, relay_batch_split, relay_fail, relays_finish
 from relayer.services.nonces import nonce_allocate, nonce_cursor_ensure, nonce_resync
+from relayer.services.requests import lane_kick
 
 logger = logging.getLogger("relayer")
 
@@ -51,7 +52,7 @@ def refuse_if_late(tx: RelayTransaction) -> str:
 
 def _simulation_failure(result: RpcResult) -> str | None:
     """What a failed eth_estimateGas means for its request: None when it is the signer's
-    balance (the whole batch waits and retries), else the request's terminal error."""
+    balance (it waits and retries), else the request's terminal error."""
     message = result.message
     if "insufficient funds" in message.lower():
         return None
@@ -63,22 +64,25 @@ def _simulation_failure(result: RpcResult) -> str | None:
 def relay_prepare(ctx: StepContext) -> dict[str, Any]:
     """Simulates and prices every request of the batch that has no nonce yet, in one JSON-RPC
     batch. A request that reverts fails here, alone and before any nonce is taken, so it leaves
-    no gap behind. Raises RetryableError when the node is unreachable or the signer cannot pay."""
+    no gap behind. Requests whose signer cannot pay are split into a batch of their own while
+    the others go on. Raises RetryableError when the node is unreachable, or when every request
+    left is one whose signer cannot pay."""
     txs = list(batch_open(ctx.run_id).filter(nonce__isnull=True))
-    if not txs:
-        return {"simulated": 0}
-    chain, signer = txs[0].chain, txs[0].signer
     late = [tx for tx in txs if refuse_if_late(tx)]
     for tx in late:
         relay_fail(tx, refuse_if_late(tx))
     txs = [tx for tx in txs if tx not in late]
+    if not txs:
+        return {"simulated": 0, "failed": len(late)}
+    chain = txs[0].chain
     calls = [
-        ("eth_estimateGas", [{"from": signer.address, "to": tx.to, "value": hex(int(tx.value)), "data": tx.data}])
+        ("eth_estimateGas", [{"from": tx.signer.address, "to": tx.to, "value": hex(int(tx.value)), "data": tx.data}])
         for tx in txs
     ]
     try:
         results = rpc_batch(chain.rpc_url, calls)
-        nonce_cursor_ensure(signer=signer, chain=chain)
+        for signer in {tx.signer_id: tx.signer for tx in txs}.values():
+            nonce_cursor_ensure(signer=signer, chain=chain)
         fees = suggested_fees(
             w3=web3_for(chain.rpc_url),
             chain_id=chain.chain_id,
@@ -104,8 +108,11 @@ def relay_prepare(ctx: StepContext) -> dict[str, Any]:
     )
     relays_finish(failed, phase=TxPhase.FAILED)
     if short:
-        raise RetryableError(f"signer {signer.address} has insufficient funds: {short[0].id} and {len(short) - 1} more")
-    return {"simulated": len(priced), "failed": len(failed) + len(late)}
+        poor = ", ".join(sorted({tx.signer.address for tx in short}))
+        if not priced:
+            raise RetryableError(f"insufficient funds for {len(short)} request(s) of {poor}")
+        relay_batch_split(short, reason=f"insufficient funds: {poor}")
+    return {"simulated": len(priced), "failed": len(failed) + len(late), "split": len(short)}
 
 
 def _unsigned(
@@ -148,25 +155,29 @@ def sign_for(
 
 def relay_sign(ctx: StepContext) -> dict[str, Any]:
     """Takes one nonce per priced request, signs them, and stores the signed bytes: all in one
-    transaction (an atomic step), under the signer's nonce cursor lock."""
+    transaction (an atomic step), under each signer's nonce cursor lock."""
     txs = list(batch_open(ctx.run_id).filter(nonce__isnull=True).select_for_update(of=("self",)))
     for tx in [tx for tx in txs if refuse_if_late(tx)]:  # the last gate: nothing is signed late
         relay_fail(tx, refuse_if_late(tx))
         txs.remove(tx)
-    if not txs:
-        return {"signed": 0}
-    signer, chain = txs[0].signer, txs[0].chain
-    first = nonce_allocate(signer=signer, chain=chain, count=len(txs))
-    fees = [Fees(int(tx.max_fee_per_gas or 0), int(tx.max_priority_fee_per_gas or 0)) for tx in txs]
-    signed = key_manager().sign_transactions(
-        key=signer,
-        txs=[_unsigned(tx, nonce=first + i, fees=fees[i]) for i, tx in enumerate(txs)],
-    )
+    by_signer: dict[int, list[RelayTransaction]] = {}
+    for tx in txs:
+        by_signer.setdefault(tx.signer_id, []).append(tx)
     broadcasts = []
-    for i, tx in enumerate(txs):
-        tx.nonce = first + i
-        broadcasts.append(_broadcast_of(tx, signed[i], nonce=first + i, fees=fees[i], kind=BroadcastKind.ORIGINAL))
-        tx.updated_at = timezone.now()
+    # Cursors are locked in signer order, so two batches sharing signers cannot deadlock.
+    for signer_id in sorted(by_signer):
+        group = by_signer[signer_id]
+        signer, chain = group[0].signer, group[0].chain
+        first = nonce_allocate(signer=signer, chain=chain, count=len(group))
+        fees = [Fees(int(tx.max_fee_per_gas or 0), int(tx.max_priority_fee_per_gas or 0)) for tx in group]
+        signed = key_manager().sign_transactions(
+            key=signer,
+            txs=[_unsigned(tx, nonce=first + i, fees=fees[i]) for i, tx in enumerate(group)],
+        )
+        for i, tx in enumerate(group):
+            tx.nonce = first + i
+            tx.updated_at = timezone.now()
+            broadcasts.append(_broadcast_of(tx, signed[i], nonce=tx.nonce, fees=fees[i], kind=BroadcastKind.ORIGINAL))
     Broadcast.objects.bulk_create(broadcasts)
     rows_update(
         RelayTransaction,
@@ -176,8 +187,8 @@ def relay_sign(ctx: StepContext) -> dict[str, Any]:
     failpoint("relay.sign_before_commit")
     for tx in txs:
         with correlation(tx.correlation_id or "-"):
-            logger.info("relay %s signed nonce %s as %s", tx.id, tx.nonce, tx.tx_hash)
-    return {"signed": len(txs), "nonces": [first, first + len(txs) - 1]}
+            logger.info("relay %s signed nonce %s of %s as %s", tx.id, tx.nonce, tx.signer.address, tx.tx_hash)
+    return {"signed": len(txs), "signers": len(by_signer)}
 
 
 def record_broadcast(
@@ -240,10 +251,11 @@ def relay_broadcast(ctx: StepContext) -> dict[str, Any]:
     """Sends the stored bytes of every signed, open request of the batch in nonce order, in
     one JSON-RPC batch. Sending again after a crash is harmless: the node answers "already
     known" or "nonce too low" for what it has."""
-    txs = list(batch_open(ctx.run_id).filter(nonce__isnull=False).order_by("nonce"))
+    txs = list(batch_open(ctx.run_id).filter(nonce__isnull=False).order_by("signer_id", "nonce"))
     if not txs:
+        _lane_free(ctx)
         return {"sent": 0}
-    chain, signer = txs[0].chain, txs[0].signer
+    chain = txs[0].chain
     failpoint("relay.before_broadcast")
     results = rpc_batch(chain.rpc_url, [("eth_sendRawTransaction", [tx.raw_tx]) for tx in txs])
     failpoint("relay.after_broadcast")
@@ -265,10 +277,10 @@ def relay_broadcast(ctx: StepContext) -> dict[str, Any]:
     for tx in outcomes.get(SendOutcome.NONCE_USED, []):
         if not known_on_chain(tx):
             # Our nonce went to a transaction we never signed: the key is used outside the relayer.
-            nonce_resync(signer=signer, chain=chain)
+            nonce_resync(signer=tx.signer, chain=chain)
             relay_fail(
                 tx,
-                f"nonce {tx.nonce} of {signer.address} was used by a transaction the relayer did not send; "
+                f"nonce {tx.nonce} of {tx.signer.address} was used by a transaction the relayer did not send; "
                 "the nonce cursor was moved past it",
             )
     # ACCEPTED and ALREADY_KNOWN are what we want; NONCE_USED by our own hash means it mined
@@ -277,8 +289,17 @@ def relay_broadcast(ctx: StepContext) -> dict[str, Any]:
     RelayTransaction.objects.filter(workflow_run_id=ctx.run_id, phase=TxPhase.SUBMITTING, nonce__isnull=False).update(
         phase=TxPhase.CONFIRMING, last_broadcast_at=now, updated_at=now
     )
+    _lane_free(ctx)
     if SendOutcome.INSUFFICIENT_FUNDS in outcomes:
-        raise RetryableError(f"signer {signer.address} has insufficient funds for gas * price + value")
+        # Re-sending the batch is harmless (the node knows the rest), so the whole step retries.
+        poor = ", ".join(sorted({tx.signer.address for tx in outcomes[SendOutcome.INSUFFICIENT_FUNDS]}))
+        raise RetryableError(f"insufficient funds for gas * price + value: {poor}")
     summary = {outcome: len(group) for outcome, group in outcomes.items()}
     logger.info("relay batch %s broadcast %s transactions: %s", ctx.run_id, len(txs), summary)
     return {"sent": len(txs), "outcomes": summary}
+
+
+def _lane_free(ctx: StepContext) -> None:
+    # No request of this batch is pending or submitting any more, so the lane may form the next
+    # batch (batches.py): kicked only now, or the kick would find the lane still busy.
+    lane_kick(chain_id=ctx.input["chain"])
