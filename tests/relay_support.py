@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from eth_abi import encode
 from web3 import Web3
 
 from relayer.keys import key_manager
-from relayer.models import Chain, SigningKey
+from relayer.models import Chain, RelayTransaction, SigningKey
+from tests.conftest import wait_until
+
+
+def batched(tx_id: uuid.UUID) -> uuid.UUID:
+    """The batch run the chain's lane put the request in (the lane runs on a worker, after commit)."""
+    return wait_until(
+        lambda: RelayTransaction.objects.filter(pk=tx_id).values_list("workflow_run_id", flat=True).first(),
+        timeout=10,
+        message=f"relay {tx_id} to be batched",
+    )
 
 
 def make_chain(rpc_url: str, **overrides: Any) -> Chain:

@@ -15,7 +15,7 @@ from orchestrator.models import WorkflowTransition
 from relayer.models import RelayTransaction
 from relayer.services.requests import relay_request
 from tests.conftest import Workers, wait_until
-from tests.relay_support import funded_signer, make_chain
+from tests.relay_support import batched, funded_signer, make_chain
 from tests.support.runs import reach
 from tests.test_relayer import RELAY_ENV
 
@@ -46,7 +46,7 @@ def test_every_step_of_a_relay_logs_a_json_line_with_the_runs_correlation_id(wor
         idempotency_key=uuid.uuid4().hex,
         correlation_id=cid,
     )
-    run = reach(RelayTransaction.objects.get(pk=tx.id).workflow_run_id)
+    run = reach(batched(tx.id))  # a batch of one carries its request's correlation id
 
     steps = ["simulate", "sign", "broadcast", "confirm"]
 

@@ -178,7 +178,7 @@ def test_metrics_move_after_a_relay_flow_on_a_real_worker(workers: Workers, anvi
     chain = make_chain(anvil, poll_interval=0.1)
     signer = funded_signer(anvil)
     before = scrape()
-    completed = ("orchestrator_workflow_completed_total", (("kind", "relay.transaction"), ("outcome", "completed")))
+    completed = ("orchestrator_workflow_completed_total", (("kind", "relay.batch"), ("outcome", "completed")))
 
     tx = relay_request(
         signer=signer,

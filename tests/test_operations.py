@@ -71,7 +71,7 @@ def test_the_dashboard_shows_runs_queues_low_signers_and_heartbeats_to_staff(bro
     dead = make_run(Phase.DEAD_LETTER, error="charge: card processor unreachable")
     hour_ago = timezone.now() - timedelta(hours=1)
     stalled = make_run(Phase.SUBMITTING, kind="test.leased", due_at=hour_ago, dispatched_at=hour_ago)
-    make_run(Phase.CONFIRMING, kind="relay.transaction", due_at=timezone.now() + timedelta(seconds=5))
+    make_run(Phase.CONFIRMING, kind="relay.batch", due_at=timezone.now() + timedelta(seconds=5))
     make_run(Phase.COMPLETED)
     Heartbeat.objects.create(name="beat", at=timezone.now() - timedelta(seconds=3))
     Heartbeat.objects.create(name="worker:w1@host-a", at=timezone.now())
@@ -82,7 +82,7 @@ def test_the_dashboard_shows_runs_queues_low_signers_and_heartbeats_to_staff(bro
     active = response.context["overview"].active
     assert {(r["kind"], r["phase"], r["count"]) for r in active} == {
         ("test.leased", "submitting", 1),
-        ("relay.transaction", "confirming", 1),
+        ("relay.batch", "confirming", 1),
     }
     assert 'id="ops-stalled"' in page and str(stalled.id) in page
     assert response.context["overview"].stalled_count == 1

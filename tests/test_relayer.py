@@ -6,6 +6,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from django.db import transaction
+from django.db.models import Count
 from web3 import Web3
 
 from orchestrator.engine.services import workflow_sweep
@@ -14,7 +16,7 @@ from relayer.models import Broadcast, BroadcastKind, Chain, RelayTransaction, Si
 from relayer.services.monitor import nonce_gaps_fill
 from relayer.services.requests import RelayConflict, relay_request
 from tests.conftest import AnvilFactory, Workers, free_port, wait_until
-from tests.relay_support import deploy_reverter, funded_signer, make_chain, nonce_on_chain, rpc
+from tests.relay_support import batched, deploy_reverter, funded_signer, make_chain, nonce_on_chain, rpc
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.relayer]
 
@@ -41,15 +43,6 @@ def settled(tx_id: uuid.UUID, *phases: str, timeout: float = 60.0, sweep: bool =
         timeout=timeout,
         interval=0.3 if sweep else 0.1,
         message=f"relay {tx_id} to reach {wanted} (now {RelayTransaction.objects.get(pk=tx_id).phase})",
-    )
-
-
-def batched(tx_id: uuid.UUID) -> uuid.UUID:
-    """The batch run the request's lane put it in (the lane runs on a worker, after commit)."""
-    return wait_until(
-        lambda: RelayTransaction.objects.filter(pk=tx_id).values_list("workflow_run_id", flat=True).first(),
-        timeout=10,
-        message=f"relay {tx_id} to be batched",
     )
 
 
@@ -119,6 +112,53 @@ def test_200_concurrent_requests_from_4_worker_processes_use_nonces_0_to_199(wor
     assert nonces == list(range(200))
     assert nonce_on_chain(anvil, signer.address) == 200
     assert not RelayTransaction.objects.filter(pk__in=ids).exclude(receipt_status=1).exists()
+
+
+def test_requests_of_several_signers_share_batches_and_each_signer_gets_nonces_0_to_n(
+    workers: Workers, anvil: str
+) -> None:
+    workers.start(concurrency=2, extra_env=RELAY_ENV)
+    chain = make_chain(anvil)
+    signers = [funded_signer(anvil) for _ in range(3)]
+    ids = [send(signers[i % 3], chain).id for i in range(60)]
+    wait_until(
+        lambda: RelayTransaction.objects.filter(pk__in=ids, phase=TxPhase.COMPLETED).count() == 60,
+        timeout=120,
+        interval=0.5,
+        message="60 relays to complete",
+    )
+    for signer in signers:
+        nonces = RelayTransaction.objects.filter(pk__in=ids, signer=signer).values_list("nonce", flat=True)
+        assert sorted(nonces) == list(range(20))
+        assert nonce_on_chain(anvil, signer.address) == 20
+    rows = RelayTransaction.objects.filter(pk__in=ids)
+    batches = rows.values("workflow_run").annotate(n=Count("signer", distinct=True))
+    assert max(b["n"] for b in batches) >= 2  # one batch, one round trip per step, for several signers
+    assert len(batches) < 60
+
+
+def test_a_signer_that_cannot_pay_is_split_off_and_the_others_are_not_held_up(workers: Workers, anvil: str) -> None:
+    workers.start(extra_env=RELAY_ENV)
+    chain = make_chain(anvil)
+    rich = funded_signer(anvil)
+    from relayer.keys import key_manager
+
+    poor = key_manager().create_key(purpose="relayer")
+    with transaction.atomic():  # one lane kick after commit: both requests in one batch
+        waiting = send(poor, chain)
+        paid = send(rich, chain)
+    done = settled(paid.id)
+    stuck = RelayTransaction.objects.get(pk=waiting.id)
+    assert stuck.phase in (TxPhase.PENDING, TxPhase.SUBMITTING)  # split off at simulate or at broadcast
+    split = WorkflowRun.objects.get(pk=stuck.workflow_run_id)
+    assert split.pk != done.workflow_run_id and "insufficient funds" in split.input["split"]
+    wait_until(lambda: "insufficient funds" in WorkflowRun.objects.get(pk=split.pk).error, message="a retry")
+
+    w3 = Web3(Web3.HTTPProvider(anvil))
+    w3.eth.wait_for_transaction_receipt(
+        w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": poor.address, "value": 10**18})
+    )
+    assert settled(waiting.id, timeout=30).nonce == 0
 
 
 @pytest.mark.parametrize(

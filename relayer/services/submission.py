@@ -108,10 +108,9 @@ def relay_prepare(ctx: StepContext) -> dict[str, Any]:
     )
     relays_finish(failed, phase=TxPhase.FAILED)
     if short:
-        poor = ", ".join(sorted({tx.signer.address for tx in short}))
         if not priced:
-            raise RetryableError(f"insufficient funds for {len(short)} request(s) of {poor}")
-        relay_batch_split(short, reason=f"insufficient funds: {poor}")
+            raise RetryableError(f"insufficient funds for {len(short)} request(s) of {_signers(short)}")
+        relay_batch_split(short, reason=f"insufficient funds: {_signers(short)}")
     return {"simulated": len(priced), "failed": len(failed) + len(late), "split": len(short)}
 
 
@@ -283,6 +282,13 @@ def relay_broadcast(ctx: StepContext) -> dict[str, Any]:
                 f"nonce {tx.nonce} of {tx.signer.address} was used by a transaction the relayer did not send; "
                 "the nonce cursor was moved past it",
             )
+    poor = outcomes.get(SendOutcome.INSUFFICIENT_FUNDS, [])
+    if poor and len(poor) == len(txs):
+        raise RetryableError(f"insufficient funds for gas * price + value: {_signers(poor)}")
+    if poor:
+        # Their signers cannot pay: they retry in a batch of their own (re-sending the same
+        # bytes once funded) while the rest of this batch goes on to confirmation.
+        relay_batch_split(poor, reason=f"insufficient funds: {_signers(poor)}")
     # ACCEPTED and ALREADY_KNOWN are what we want; NONCE_USED by our own hash means it mined
     # already; UNDERPRICED means a transaction with our nonce is pending: confirmation bumps
     # the fee if it does not mine.
@@ -290,10 +296,6 @@ def relay_broadcast(ctx: StepContext) -> dict[str, Any]:
         phase=TxPhase.CONFIRMING, last_broadcast_at=now, updated_at=now
     )
     _lane_free(ctx)
-    if SendOutcome.INSUFFICIENT_FUNDS in outcomes:
-        # Re-sending the batch is harmless (the node knows the rest), so the whole step retries.
-        poor = ", ".join(sorted({tx.signer.address for tx in outcomes[SendOutcome.INSUFFICIENT_FUNDS]}))
-        raise RetryableError(f"insufficient funds for gas * price + value: {poor}")
     summary = {outcome: len(group) for outcome, group in outcomes.items()}
     logger.info("relay batch %s broadcast %s transactions: %s", ctx.run_id, len(txs), summary)
     return {"sent": len(txs), "outcomes": summary}
@@ -303,3 +305,7 @@ def _lane_free(ctx: StepContext) -> None:
     # No request of this batch is pending or submitting any more, so the lane may form the next
     # batch (batches.py): kicked only now, or the kick would find the lane still busy.
     lane_kick(chain_id=ctx.input["chain"])
+
+
+def _signers(txs: list[RelayTransaction]) -> str:
+    return ", ".join(sorted({tx.signer.address for tx in txs}))
