@@ -6,8 +6,8 @@ from celery import shared_task
 from django.conf import settings
 
 from relayer.services.batches import relay_batch_form, relay_batches_orphaned
+from relayer.services.lanes import LANE_TASK
 from relayer.services.monitor import nonce_gaps_fill
-from relayer.services.requests import LANE_TASK
 
 
 @shared_task(name=LANE_TASK, ignore_result=True)

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from web3 import Web3
 from web3.exceptions import Web3RPCError
 
+from orchestrator.broker import queue_depth, queues_purge
 from orchestrator.engine import RetryableError, TerminalError
 from orchestrator.models import WorkflowRun
 from relayer.apps import _seed_chain
@@ -35,6 +36,7 @@ from relayer.rpc import (
     classify_send_error,
     suggested_fees,
 )
+from relayer.services import lanes
 from relayer.services.batches import relay_batch_form
 from relayer.services.requests import RELAY_WORKFLOW, InvalidRelayRequest, relay_request
 from tests.conftest import free_port
@@ -503,3 +505,21 @@ def test_chain_status_prints_the_head_block_or_unreachable(anvil: str) -> None:
     head = re.search(r"head=(\d+)$", lines["31337"])
     assert head and anvil in lines["31337"]
     assert 0 <= int(head.group(1)) <= Web3(Web3.HTTPProvider(anvil)).eth.block_number
+
+
+# --- lane kicks -----------------------------------------------------------------------------
+
+
+def test_a_lane_kick_queued_and_not_yet_started_absorbs_the_next_ones() -> None:
+    queues_purge()
+    chain_id = 10_000 + uuid.uuid4().int % 1000
+    try:
+        lanes._send(chain_id)
+        lanes._send(chain_id)  # the first has not started: it will see this request too
+        assert queue_depth("relay") == 1
+        lanes.lane_kick_started(chain_id=chain_id)
+        lanes._send(chain_id)  # the first one is looking already: this request needs its own
+        assert queue_depth("relay") == 2
+    finally:
+        lanes.lane_kick_started(chain_id=chain_id)
+        queues_purge()

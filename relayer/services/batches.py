@@ -37,7 +37,8 @@ from orchestrator.engine.services import workflow_start
 from orchestrator.models import Phase, WorkflowRun
 from orchestrator.observability import correlation
 from relayer.models import RelayTransaction, TxPhase
-from relayer.services.requests import FINISH_LISTENERS, LANE_TASK, RELAY_WORKFLOW, lane_kick
+from relayer.services.lanes import LANE_TASK, lane_kick, lane_kick_started
+from relayer.services.requests import FINISH_LISTENERS, RELAY_WORKFLOW
 
 logger = logging.getLogger("relayer")
 
@@ -50,10 +51,13 @@ def relay_batch_form(*, chain_id: int) -> WorkflowRun | None:
     SKIP LOCKED lets two kicks of one lane run at once: each takes rows the other has not, so
     no request is in two batches. Returns the run, or None when nothing was waiting or the
     lane is busy (its batch at work kicks again when it has broadcast)."""
+    lane_kick_started(chain_id=chain_id)
     limit = settings.RELAYER_BATCH_SIZE
     unsent = RelayTransaction.objects.filter(chain_id=chain_id, phase__in=(TxPhase.PENDING, TxPhase.SUBMITTING))
-    # A batch waiting out a retry backoff (attempts > 0) does not hold the lane.
-    if unsent.filter(workflow_run__phase=Phase.SUBMITTING, workflow_run__attempts=0).exists():
+    # A batch waiting out a retry backoff (attempts > 0) does not hold the lane, nor does one
+    # split off for signers that cannot pay (it kicks no one when it starts backing off).
+    at_work = unsent.filter(workflow_run__phase=Phase.SUBMITTING, workflow_run__attempts=0)
+    if at_work.exclude(workflow_run__input__has_key="split").exists():
         return None
     with transaction.atomic():
         rows = list(

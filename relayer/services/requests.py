@@ -15,9 +15,9 @@ from eth_utils import is_address, is_checksum_address, to_checksum_address
 
 from orchestrator.observability import current_correlation_id, new_correlation_id
 from relayer.models import Chain, RelayTransaction, SigningKey
+from relayer.services.lanes import lane_kick
 
 RELAY_WORKFLOW = "relay.batch"
-LANE_TASK = "relayer.lane"
 
 
 # What to call when a relay finishes, by the kind of object that asked for it
@@ -97,12 +97,3 @@ def relay_request(
         return existing
     lane_kick(chain_id=chain.pk)
     return tx
-
-
-def lane_kick(*, chain_id: int) -> None:
-    """Asks a relay worker, after the current transaction commits, to batch the lane's pending
-    requests. Kicks are cheap and idempotent: one that finds nothing pending does nothing, and
-    a lost one is made up for by the relayer monitor (relay_batches_orphaned)."""
-    from orchestrator.celery import app
-
-    transaction.on_commit(lambda: app.send_task(LANE_TASK, kwargs={"chain_id": chain_id}, queue="relay"))

@@ -35,8 +35,8 @@ from relayer.rpc import (
     web3_for,
 )
 from relayer.services.batches import batch_open, relay_batch_split, relay_fail, relays_finish
+from relayer.services.lanes import lane_kick
 from relayer.services.nonces import nonce_allocate, nonce_cursor_ensure, nonce_resync
-from relayer.services.requests import lane_kick
 
 logger = logging.getLogger("relayer")
 
