@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from orchestrator.engine import (
@@ -41,11 +42,11 @@ from vaults.models import (
 from vaults.services.compliance import PolicyRules, compliance_check
 from vaults.services.feeds import ParsedFeed, feed_entries, feed_signer
 from vaults.services.intents import (
+    IN_FLIGHT,
     IntentExpired,
     StalePositions,
     intent_advance,
     intent_emit,
-    intent_in_flight,
     plan_actions,
 )
 from vaults.services.rebalance import REBALANCE_WORKFLOW
@@ -70,16 +71,40 @@ def _policy(ctx: StepContext) -> VaultPolicy:
 
 def verify(ctx: StepContext) -> dict[str, Any]:
     """Checks the feed against the vault's active policy and snapshots what later steps need:
-    the feed and the policy are immutable, so they are read once, here, and journaled."""
-    vault, feed = _vault(ctx), _feed(ctx)
-    policy = VaultPolicy.objects.filter(vault=vault, status=PolicyStatus.ACTIVE).first()
+    the feed and the policy are immutable, so they are read once, here, and journaled.
+
+    Three queries, on the hot path of every feed: the active policy with its vault (and
+    whether it trusts the feed's oracle), the feed, and the chain's protocols with the
+    policy's whitelist."""
+    feed_id = ctx.input["feed"]
+    trusts = VaultPolicy.oracles.through.objects.filter(vaultpolicy_id=OuterRef("pk"), oraclekey__feeds=feed_id)
+    policy = (
+        VaultPolicy.objects.select_related("vault__chain", "vault__account")
+        .annotate(trusts_oracle=Exists(trusts))
+        .filter(vault_id=ctx.input["vault"], status=PolicyStatus.ACTIVE)
+        .first()
+    )
     if policy is None:
-        raise Blocked(f"{vault.vault_id} has no active policy")
-    if not policy.oracles.filter(pk=feed.oracle_id).exists():
+        raise Blocked(f"{_vault(ctx).vault_id} has no active policy")
+    vault, feed = policy.vault, _feed(ctx)
+    if not policy.trusts_oracle:
         raise Blocked(f"oracle {feed.oracle.address} is not trusted by policy v{policy.version}")
     parsed = ParsedFeed(feed.oracle.address, feed.timestamp, feed.entries, feed.signature)
     if feed_signer(parsed) != feed.oracle.address:
         raise TerminalError("the feed's signature no longer verifies")
+    listed = VaultPolicy.whitelist.through.objects.filter(vaultpolicy_id=policy.pk)
+    protocols: dict[str, str] = {}
+    whitelist = set()
+    # The whitelist may name protocols of other chains too: it is read whole, as PolicyRules.of reads it.
+    for name, address, chain_id, whitelisted in (
+        Protocol.objects.filter(Q(chain_id=vault.chain_id) | Q(pk__in=listed.values("protocol_id")))
+        .annotate(whitelisted=Exists(listed.filter(protocol_id=OuterRef("pk"))))
+        .values_list("name", "address", "chain_id", "whitelisted")
+    ):
+        if chain_id == vault.chain_id:
+            protocols[name] = address
+        if whitelisted:
+            whitelist.add(name)
     return {
         "feed": str(feed.id),
         "feedDigest": feed.digest,
@@ -87,14 +112,14 @@ def verify(ctx: StepContext) -> dict[str, Any]:
         "entries": feed.entries,
         "policy": policy.pk,
         "policyVersion": policy.version,
-        "rules": PolicyRules.of(policy).as_json(),
+        "rules": PolicyRules.of(policy, whitelist=whitelist).as_json(),
         "approvalThreshold": str(policy.approval_threshold),
         "intentTtlSeconds": policy.intent_ttl_seconds,
         "strategy": vault.strategy,
         "rpcUrl": vault.chain.rpc_url,
         "account": vault.account.address,
         "asset": vault.asset_address,
-        "protocols": {p.name: p.address for p in Protocol.objects.filter(chain=vault.chain)},
+        "protocols": protocols,
     }
 
 
@@ -120,12 +145,17 @@ def positions_snapshot(
 
 def read_positions(ctx: StepContext) -> dict[str, Any]:
     seen = ctx.outputs["verify"]
-    busy = intent_in_flight(vault_id=ctx.input["vault"])
+    # The vault's intent nonce and its intent in flight, if any, in one query (intent_in_flight's).
+    in_flight = ExecutionIntent.objects.filter(vault_id=OuterRef("pk"), status__in=IN_FLIGHT).order_by("-nonce")
+    nonce, busy = (
+        Vault.objects.annotate(busy=Subquery(in_flight.values("nonce")[:1]))
+        .values_list("intent_nonce", "busy")
+        .get(pk=ctx.input["vault"])
+    )
     if busy is not None:
         # Its transactions are moving the funds right now: a plan made from these positions
         # would be wrong. The next feed (or beat) rebalances once it has settled.
-        raise Blocked(f"intent #{busy.nonce} of this vault is still executing")
-    nonce = Vault.objects.values_list("intent_nonce", flat=True).get(pk=ctx.input["vault"])
+        raise Blocked(f"intent #{busy} of this vault is still executing")
     return positions_snapshot(
         rpc_url=seen["rpcUrl"], account=seen["account"], asset=seen["asset"], protocols=seen["protocols"], nonce=nonce
     )
@@ -181,10 +211,10 @@ def decide(ctx: StepContext) -> dict[str, Any]:
     )
     if not plan.actions:
         return {"decision": "none", "reason": "already at the target allocation"}
-    vault, feed, policy = _vault(ctx), _feed(ctx), _policy(ctx)
-    if plan.value_moved > policy.approval_threshold:
+    if plan.value_moved > Decimal(seen["approvalThreshold"]):
         from approvals.services import ProposalInvalid, proposal_create
 
+        vault, feed, policy = _vault(ctx), _feed(ctx), _policy(ctx)
         try:
             proposal = proposal_create(vault=vault, policy=policy, allocation=allocation, feed=feed, proposer=None)
         except ProposalInvalid as exc:
@@ -195,9 +225,13 @@ def decide(ctx: StepContext) -> dict[str, Any]:
             "valueMoved": str(plan.value_moved),
             "approvalThreshold": str(policy.approval_threshold),
         }
+    # The intent needs only the rows to point at (and the policy's version, signed): the rest
+    # of the vault is read under its lock by intent_emit, the feed's time is journaled.
+    policy = VaultPolicy.objects.select_related("vault").get(pk=seen["policy"])
+    feed = SignedFeed.objects.only("id", "timestamp").get(pk=ctx.input["feed"])
     try:
         intent = intent_emit(
-            vault=vault,
+            vault=policy.vault,
             policy=policy,
             allocation=allocation,
             actions=plan.actions,
@@ -221,8 +255,11 @@ def _intent(ctx: StepContext) -> ExecutionIntent | None:
     decided = ctx.outputs["decide"]
     if decided["decision"] != "intent":
         return None
-    return ExecutionIntent.objects.select_related("vault__chain", "vault__account", "workflow_run").get(
-        pk=decided["intent"]
+    # The run is there for its correlation id: not its journal (the JSON of every step's output).
+    return (
+        ExecutionIntent.objects.select_related("vault__chain", "vault__account", "workflow_run")
+        .defer("workflow_run__input", "workflow_run__outputs", "workflow_run__error")
+        .get(pk=decided["intent"])
     )
 
 

@@ -5,6 +5,7 @@ policy active then), and the automation hook for its own transactions."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -76,10 +77,12 @@ class PolicyRules:
         )
 
     @classmethod
-    def of(cls, policy: Any) -> PolicyRules:
+    def of(cls, policy: Any, *, whitelist: Iterable[str] | None = None) -> PolicyRules:
+        """The policy's rules; `whitelist` (its protocols' names) when the caller has read it
+        already, else it is queried here."""
         return cls(
             max_exposure_pct=policy.max_exposure_pct,
-            whitelist=frozenset(policy.whitelist.values_list("name", flat=True)),
+            whitelist=frozenset(policy.whitelist.values_list("name", flat=True) if whitelist is None else whitelist),
             max_risk=policy.max_risk_score,
             min_interval=timedelta(seconds=policy.min_interval_seconds),
             window_start_hour=policy.window_start_hour,

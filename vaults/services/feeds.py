@@ -79,11 +79,11 @@ class ParsedFeed:
     def typed_message(self) -> dict[str, Any]:
         return {"oracle": self.oracle, "timestamp": int(self.timestamp.timestamp()), "entries": self.entries}
 
+    def signable(self) -> SignableMessage:
+        return encode_typed_data(domain_data=FEED_DOMAIN, message_types=FEED_TYPES, message_data=self.typed_message())
+
     def digest(self) -> str:
-        signable = encode_typed_data(
-            domain_data=FEED_DOMAIN, message_types=FEED_TYPES, message_data=self.typed_message()
-        )
-        return typed_data_hash(signable)
+        return typed_data_hash(self.signable())
 
 
 def typed_data_hash(signable: SignableMessage) -> str:
@@ -159,8 +159,10 @@ def feed_parse(payload: Any) -> ParsedFeed:
     return ParsedFeed(to_checksum_address(oracle), when, clean, signature)
 
 
-def feed_signer(parsed: ParsedFeed) -> str:
-    signable = encode_typed_data(domain_data=FEED_DOMAIN, message_types=FEED_TYPES, message_data=parsed.typed_message())
+def feed_signer(parsed: ParsedFeed, signable: SignableMessage | None = None) -> str:
+    """The address the feed's signature recovers to ("" if it recovers to none); `signable` is
+    the feed's typed data when the caller has encoded it already."""
+    signable = signable or parsed.signable()
     try:
         return str(Account.recover_message(signable, signature=parsed.signature))
     except Exception:  # malformed signatures raise assorted errors from eth-keys
@@ -176,27 +178,34 @@ def feed_accept(*, payload: Any, now: datetime | None = None) -> SignedFeed:
     oracle = OracleKey.objects.filter(address__iexact=parsed.oracle, active=True).first()
     if oracle is None:
         raise FeedRefused("unknown_oracle", f"{parsed.oracle} is not an allow-listed oracle.", status=403)
-    if feed_signer(parsed) != parsed.oracle:
+    signable = parsed.signable()
+    if feed_signer(parsed, signable) != parsed.oracle:
         raise FeedRefused("invalid_signature", "The signature does not recover to the oracle.", status=401)
     if parsed.timestamp > now + timedelta(seconds=settings.FEED_CLOCK_SKEW_SECONDS):
         raise FeedRefused("future_feed", f"The feed is dated in the future ({parsed.timestamp.isoformat()}).")
     if now - parsed.timestamp > timedelta(seconds=settings.FEED_MAX_AGE_SECONDS):
         raise FeedRefused("stale_feed", f"The feed is older than {settings.FEED_MAX_AGE_SECONDS} s.")
-    digest = parsed.digest()
+    digest = typed_data_hash(signable)
     from vaults.services.rebalance import rebalances_start_for_feed
 
-    with transaction.atomic():
-        try:
-            with transaction.atomic():
-                feed = SignedFeed.objects.create(
-                    oracle=oracle,
-                    timestamp=parsed.timestamp,
-                    entries=parsed.entries,
-                    signature=parsed.signature,
-                    digest=digest,
-                )
-        except IntegrityError:  # the unique digest: this exact feed was accepted already
-            raise FeedRefused("feed_replayed", "This feed was accepted before.", status=409) from None
-        rebalances_start_for_feed(feed=feed)
+    stored = False
+    try:
+        # No savepoint around the insert (two round trips on every feed): a replayed feed
+        # rolls the whole transaction back, and nothing else was written in it yet.
+        with transaction.atomic():
+            feed = SignedFeed.objects.create(
+                oracle=oracle,
+                timestamp=parsed.timestamp,
+                entries=parsed.entries,
+                signature=parsed.signature,
+                digest=digest,
+            )
+            stored = True
+            rebalances_start_for_feed(feed=feed)
+    except IntegrityError:
+        if stored:
+            raise
+        # The unique digest: this exact feed was accepted already.
+        raise FeedRefused("feed_replayed", "This feed was accepted before.", status=409) from None
     logger.info("feed %s from %s accepted (%s entries)", feed.id, oracle.name, len(parsed.entries))
     return feed

@@ -145,7 +145,12 @@ def intent_emit(
     Must run in a transaction: the vault row stays locked until it commits. With
     `planned_at_nonce` (the vault's intent nonce when the positions were read), raises
     StalePositions if another intent was issued since: the plan was made from old positions."""
-    locked = Vault.objects.select_for_update().select_related("operator", "chain").get(pk=vault.pk)
+    # Only the vault's row: the chain's and the operator key's are shared by many vaults, and
+    # locking them would queue every intent of the chain (and FK inserts) behind this one.
+    # NO KEY: rows that merely reference the vault (its intents) need not wait.
+    locked = (
+        Vault.objects.select_for_update(of=("self",), no_key=True).select_related("operator", "chain").get(pk=vault.pk)
+    )
     if planned_at_nonce is not None and locked.intent_nonce != planned_at_nonce:
         raise StalePositions(
             f"intent #{locked.intent_nonce} was issued after the positions were read (at #{planned_at_nonce})"
@@ -198,7 +203,9 @@ def intent_advance(*, intent: ExecutionIntent, now: datetime | None = None) -> s
     would be requested past the deadline: nothing is relayed past it."""
     relays = {
         int(r.idempotency_key.rsplit(":", 1)[1]): r
-        for r in RelayTransaction.objects.filter(requested_by_kind="intent", requested_by_id=str(intent.id))
+        for r in RelayTransaction.objects.filter(requested_by_kind="intent", requested_by_id=str(intent.id)).only(
+            "id", "idempotency_key", "phase", "error"
+        )
     }
     failed = [r for r in relays.values() if r.phase in (TxPhase.FAILED, TxPhase.DEAD_LETTER)]
     if failed:
