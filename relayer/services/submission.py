@@ -114,24 +114,15 @@ def relay_prepare(ctx: StepContext) -> dict[str, Any]:
     return {"simulated": len(priced), "failed": len(failed) + len(late), "split": len(short)}
 
 
-def _unsigned(
-    tx: RelayTransaction,
-    *,
-    nonce: int,
-    fees: Fees,
-    to: str | None = None,
-    value: int | None = None,
-    data: str | None = None,
-    gas: int | None = None,
-) -> dict[str, Any]:
+def _unsigned(tx: RelayTransaction, *, nonce: int, fees: Fees) -> dict[str, Any]:
     return {
         "type": 2,
         "chainId": tx.chain.chain_id,
         "nonce": nonce,
-        "to": to or tx.to,
-        "value": int(tx.value) if value is None else value,
-        "data": tx.data if data is None else data,
-        "gas": gas or int(tx.gas_limit or 21000),
+        "to": tx.to,
+        "value": int(tx.value),
+        "data": tx.data,
+        "gas": int(tx.gas_limit or 21000),
         "maxFeePerGas": fees.max_fee_per_gas,
         "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
     }
@@ -147,8 +138,11 @@ def sign_for(
     data: str | None = None,
     gas: int | None = None,
 ) -> SignedTransaction:
-    """Signs one transaction for the request (fee bumps and nonce fillers)."""
-    unsigned = _unsigned(tx, nonce=nonce, fees=fees, to=to, value=value, data=data, gas=gas)
+    """Signs one transaction for the request: a fee bump (the same call), or a nonce filler
+    (which overrides what is sent)."""
+    unsigned = _unsigned(tx, nonce=nonce, fees=fees)
+    overrides = {"to": to, "value": value, "data": data, "gas": gas}
+    unsigned.update({field: given for field, given in overrides.items() if given is not None})
     return key_manager().sign_transaction(key=tx.signer, tx=unsigned)
 
 
