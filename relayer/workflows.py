@@ -8,7 +8,7 @@ from __future__ import annotations
 from django.conf import settings
 
 from orchestrator.engine import RetryPolicy, Step, Workflow, registry
-from relayer.services.batches import batch_mirror
+from relayer.services.batches import LEGACY_WORKFLOW, batch_mirror, relay_rebatch_legacy
 from relayer.services.confirmation import relay_confirm
 from relayer.services.requests import RELAY_WORKFLOW
 from relayer.services.submission import relay_broadcast, relay_prepare, relay_sign
@@ -36,6 +36,18 @@ RELAY = registry.register(
             Step("sign", relay_sign, retry=_retry()),
             Step("broadcast", relay_broadcast, atomic=False, retry=_retry(), timeout=_lease()),
             Step("confirm", relay_confirm, atomic=False, retry=_retry(), timeout=_lease()),
+        ),
+    )
+)
+
+# Runs of the one-run-per-request workflow that are in flight when this version starts: each of
+# its step names moves the request into the batches (whichever step the run stopped at).
+LEGACY = registry.register(
+    Workflow(
+        kind=LEGACY_WORKFLOW,
+        queue="relay",
+        steps=tuple(
+            Step(name, relay_rebatch_legacy, retry=_retry()) for name in ("simulate", "sign", "broadcast", "confirm")
         ),
     )
 )

@@ -23,6 +23,7 @@ from web3.exceptions import Web3RPCError
 
 from orchestrator.broker import queue_depth, queues_purge
 from orchestrator.engine import RetryableError, TerminalError
+from orchestrator.engine.services import step_execute, workflow_start
 from orchestrator.models import WorkflowRun
 from relayer.apps import _seed_chain
 from relayer.keys import key_manager
@@ -523,3 +524,31 @@ def test_a_lane_kick_queued_and_not_yet_started_absorbs_the_next_ones() -> None:
     finally:
         lanes.lane_kick_started(chain_id=chain_id)
         queues_purge()
+
+
+# --- runs from before batches ----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_relay_transaction_run_in_flight_at_upgrade_moves_its_request_into_the_batches(signed: bool) -> None:
+    chain = make_chain(closed_url())
+    signer = key_manager().create_key(purpose="relayer")
+    tx = relay_request(signer=signer, chain=chain, to=RECEIVER, idempotency_key="old-1")
+    old, _ = workflow_start(kind="relay.transaction", input={"tx": str(tx.id)})
+    fields = {"workflow_run": old, "phase": TxPhase.CONFIRMING if signed else TxPhase.SUBMITTING}
+    if signed:
+        fields.update(nonce=0, tx_hash="0x" + "ab" * 32, raw_tx="0x02")
+    RelayTransaction.objects.filter(pk=tx.pk).update(**fields)
+    WorkflowRun.objects.filter(pk=old.pk).update(current_step=3 if signed else 1)
+
+    step_execute(run_id=old.id, index=3 if signed else 1)
+
+    moved = RelayTransaction.objects.get(pk=tx.pk)
+    assert WorkflowRun.objects.get(pk=old.pk).phase == "completed"
+    if signed:  # its stored bytes are re-sent and confirmed by a batch of its own
+        batch = WorkflowRun.objects.get(pk=moved.workflow_run_id)
+        assert batch.kind == RELAY_WORKFLOW and "carried over" in batch.input["split"]
+        assert (moved.phase, moved.nonce) == (TxPhase.CONFIRMING, 0)
+    else:  # back in its lane, to be batched like a new request
+        assert (moved.workflow_run_id, moved.phase) == (None, TxPhase.PENDING)

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -33,6 +34,7 @@ from django.utils import timezone
 
 from orchestrator.bulk import rows_update
 from orchestrator.celery import app as celery_app
+from orchestrator.engine import StepContext
 from orchestrator.engine.services import workflow_start
 from orchestrator.models import Phase, WorkflowRun
 from orchestrator.observability import correlation
@@ -179,3 +181,24 @@ def batch_mirror(run: WorkflowRun, from_phase: str, to_phase: str) -> None:
         open_rows.filter(phase=TxPhase.DEAD_LETTER).update(
             phase=TxPhase.SUBMITTING, error="", updated_at=timezone.now()
         )
+
+
+LEGACY_WORKFLOW = "relay.transaction"
+
+
+def relay_rebatch_legacy(ctx: StepContext) -> dict[str, Any]:
+    """Carries a request over from a `relay.transaction` run (one run per request, before
+    batches) still in flight at upgrade: unsigned, it goes back to its lane; signed, into a
+    batch of its own, which re-sends the stored bytes and confirms them. Safe to run again:
+    once moved, the request no longer points at this run."""
+    tx = RelayTransaction.objects.filter(workflow_run_id=ctx.run_id, phase__in=OPEN_PHASES).first()
+    if tx is None:
+        return {"moved": None}
+    if tx.nonce is None:
+        RelayTransaction.objects.filter(pk=tx.pk).update(
+            workflow_run=None, phase=TxPhase.PENDING, updated_at=timezone.now()
+        )
+        lane_kick(chain_id=tx.chain_id)
+        return {"moved": str(tx.pk), "to": "lane"}
+    run = relay_batch_split([tx], reason=f"carried over from {LEGACY_WORKFLOW} run {ctx.run_id}")
+    return {"moved": str(tx.pk), "to": str(run.id)}
