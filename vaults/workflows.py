@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from django.db.models import Exists, OuterRef, Q, Subquery
@@ -69,39 +70,62 @@ def _policy(ctx: StepContext) -> VaultPolicy:
     return VaultPolicy.objects.get(pk=ctx.outputs["verify"]["policy"])
 
 
+POLICY_FIELDS = (
+    "pk",
+    "version",
+    "max_exposure_pct",
+    "max_risk_score",
+    "min_interval_seconds",
+    "window_start_hour",
+    "window_end_hour",
+    "max_feed_age_seconds",
+    "max_turnover_pct",
+    "approval_threshold",
+    "intent_ttl_seconds",
+)
+
+
 def verify(ctx: StepContext) -> dict[str, Any]:
     """Checks the feed against the vault's active policy and snapshots what later steps need:
     the feed and the policy are immutable, so they are read once, here, and journaled.
 
-    Three queries, on the hot path of every feed: the active policy with its vault (and
-    whether it trusts the feed's oracle), the feed, and the chain's protocols with the
-    policy's whitelist."""
-    feed_id = ctx.input["feed"]
-    trusts = VaultPolicy.oracles.through.objects.filter(vaultpolicy_id=OuterRef("pk"), oraclekey__feeds=feed_id)
+    Three queries, on the hot path of every feed: the feed, the active policy with what the
+    steps need of its vault (and whether it trusts the feed's oracle), as plain values rather
+    than four model instances, and the chain's protocols with the policy's whitelist."""
+    feed = _feed(ctx)
+    trusts = VaultPolicy.oracles.through.objects.filter(vaultpolicy_id=OuterRef("pk"), oraclekey_id=feed.oracle_id)
     policy = (
-        VaultPolicy.objects.select_related("vault__chain", "vault__account")
+        VaultPolicy.objects.filter(vault_id=ctx.input["vault"], status=PolicyStatus.ACTIVE)
         .annotate(trusts_oracle=Exists(trusts))
-        .filter(vault_id=ctx.input["vault"], status=PolicyStatus.ACTIVE)
+        .values(
+            *POLICY_FIELDS,
+            "trusts_oracle",
+            "vault__strategy",
+            "vault__asset_address",
+            "vault__chain_id",
+            "vault__chain__rpc_url",
+            "vault__account__address",
+        )
         .first()
     )
     if policy is None:
         raise Blocked(f"{_vault(ctx).vault_id} has no active policy")
-    vault, feed = policy.vault, _feed(ctx)
-    if not policy.trusts_oracle:
-        raise Blocked(f"oracle {feed.oracle.address} is not trusted by policy v{policy.version}")
+    if not policy["trusts_oracle"]:
+        raise Blocked(f"oracle {feed.oracle.address} is not trusted by policy v{policy['version']}")
     parsed = ParsedFeed(feed.oracle.address, feed.timestamp, feed.entries, feed.signature)
     if feed_signer(parsed) != feed.oracle.address:
         raise TerminalError("the feed's signature no longer verifies")
-    listed = VaultPolicy.whitelist.through.objects.filter(vaultpolicy_id=policy.pk)
+    chain_id = policy["vault__chain_id"]
+    listed = VaultPolicy.whitelist.through.objects.filter(vaultpolicy_id=policy["pk"])
     protocols: dict[str, str] = {}
     whitelist = set()
     # The whitelist may name protocols of other chains too: it is read whole, as PolicyRules.of reads it.
-    for name, address, chain_id, whitelisted in (
-        Protocol.objects.filter(Q(chain_id=vault.chain_id) | Q(pk__in=listed.values("protocol_id")))
+    for name, address, protocol_chain_id, whitelisted in (
+        Protocol.objects.filter(Q(chain_id=chain_id) | Q(pk__in=listed.values("protocol_id")))
         .annotate(whitelisted=Exists(listed.filter(protocol_id=OuterRef("pk"))))
         .values_list("name", "address", "chain_id", "whitelisted")
     ):
-        if chain_id == vault.chain_id:
+        if protocol_chain_id == chain_id:
             protocols[name] = address
         if whitelisted:
             whitelist.add(name)
@@ -110,15 +134,15 @@ def verify(ctx: StepContext) -> dict[str, Any]:
         "feedDigest": feed.digest,
         "feedTime": feed.timestamp.isoformat(),
         "entries": feed.entries,
-        "policy": policy.pk,
-        "policyVersion": policy.version,
-        "rules": PolicyRules.of(policy, whitelist=whitelist).as_json(),
-        "approvalThreshold": str(policy.approval_threshold),
-        "intentTtlSeconds": policy.intent_ttl_seconds,
-        "strategy": vault.strategy,
-        "rpcUrl": vault.chain.rpc_url,
-        "account": vault.account.address,
-        "asset": vault.asset_address,
+        "policy": policy["pk"],
+        "policyVersion": policy["version"],
+        "rules": PolicyRules.of(SimpleNamespace(**policy), whitelist=whitelist).as_json(),
+        "approvalThreshold": str(policy["approval_threshold"]),
+        "intentTtlSeconds": policy["intent_ttl_seconds"],
+        "strategy": policy["vault__strategy"],
+        "rpcUrl": policy["vault__chain__rpc_url"],
+        "account": policy["vault__account__address"],
+        "asset": policy["vault__asset_address"],
         "protocols": protocols,
     }
 
@@ -225,18 +249,18 @@ def decide(ctx: StepContext) -> dict[str, Any]:
             "valueMoved": str(plan.value_moved),
             "approvalThreshold": str(policy.approval_threshold),
         }
-    # The intent needs only the rows to point at (and the policy's version, signed): the rest
-    # of the vault is read under its lock by intent_emit, the feed's time is journaled.
-    policy = VaultPolicy.objects.select_related("vault").get(pk=seen["policy"])
-    feed = SignedFeed.objects.only("id", "timestamp").get(pk=ctx.input["feed"])
+    # The intent points at the feed and the policy (and signs the policy's version): both rows
+    # are immutable and verify journaled what is needed of them, so they are not read again.
+    # intent_emit reads the vault itself, under its lock.
+    feed_time = datetime.fromisoformat(seen["feedTime"])
     try:
         intent = intent_emit(
-            vault=policy.vault,
-            policy=policy,
+            vault=Vault(pk=ctx.input["vault"]),
+            policy=VaultPolicy(pk=seen["policy"], vault_id=ctx.input["vault"], version=seen["policyVersion"]),
             allocation=allocation,
             actions=plan.actions,
-            feed=feed,
-            deadline=feed.timestamp + timedelta(seconds=policy.intent_ttl_seconds),
+            feed=SignedFeed(pk=ctx.input["feed"], timestamp=feed_time),
+            deadline=feed_time + timedelta(seconds=seen["intentTtlSeconds"]),
             workflow_run_id=ctx.run_id,
             planned_at_nonce=held["atIntentNonce"],
         )
@@ -255,12 +279,26 @@ def _intent(ctx: StepContext) -> ExecutionIntent | None:
     decided = ctx.outputs["decide"]
     if decided["decision"] != "intent":
         return None
-    # The run is there for its correlation id: not its journal (the JSON of every step's output).
+    # Runs on every wake-up while the intent executes. Of the rows around it, only what
+    # intent_progress uses: not the vault's other columns, nor the run's journal (the JSON of
+    # every step's output), only its correlation id.
     return (
         ExecutionIntent.objects.select_related("vault__chain", "vault__account", "workflow_run")
-        .defer("workflow_run__input", "workflow_run__outputs", "workflow_run__error")
+        .only(*INTENT_PROGRESS_FIELDS)
         .get(pk=decided["intent"])
     )
+
+
+# The chain and the signer are whole rows: they are what relay_request is given.
+INTENT_PROGRESS_FIELDS = (
+    "id",
+    "nonce",
+    "actions",
+    "deadline",
+    "vault__chain",
+    "vault__account",
+    "workflow_run__correlation_id",
+)
 
 
 def intent_progress(intent: ExecutionIntent) -> dict[str, Any] | Wait:
