@@ -107,14 +107,16 @@ def _bare_round_trips(count: int) -> list[float]:
 INTENT_CREATED_AT = "SELECT created_at FROM vaults_executionintent WHERE feed_id = %s"
 
 SEGMENTS = (
-    ("accept (verify, store, start run, commit)", "accepted"),
-    ("queue (broker, worker pickup, run lock)", "verify.started"),
-    ("verify", "verify.finished"),
-    ("positions claim (lease commit)", "positions.started"),
-    ("positions (RPC)", "positions.finished"),
-    ("allocate", "allocate.finished"),
-    ("check", "check.finished"),
-    ("decide until intent stored", "intent"),
+    # (what happens in it, the mark it ends at). Marks: StepRun.started_at / finished_at
+    # (finished_at is taken before the journal row is written) and the intent's created_at.
+    ("accept: check, store, start run, commit, enqueue", "accepted"),
+    ("queue: broker, worker pickup, run row lock", "verify.started"),
+    ("verify step", "verify.finished"),
+    ("verify journaled+commit, run locked again", "positions.started"),
+    ("positions: lease commit, RPC read, run lock", "positions.finished"),
+    ("positions journaled+commit, allocate", "allocate.finished"),
+    ("allocate journaled, check", "check.finished"),
+    ("check journaled, decide to intent stored", "intent"),
 )
 
 

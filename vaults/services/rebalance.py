@@ -26,10 +26,11 @@ def rebalance_start(*, vault: Vault, feed: SignedFeed, correlation_id: str | Non
 
 def rebalances_start_for_feed(*, feed: SignedFeed) -> list[WorkflowRun]:
     """Flow A for every auto-rebalancing vault whose active policy trusts the feed's oracle."""
-    policies = VaultPolicy.objects.filter(
-        status=PolicyStatus.ACTIVE, oracles=feed.oracle, vault__auto_rebalance=True
-    ).select_related("vault")
-    return [rebalance_start(vault=p.vault, feed=feed)[0] for p in policies]
+    # Only the vaults' ids: rebalance_start needs nothing else, and this runs on every feed.
+    vaults = Vault.objects.filter(
+        auto_rebalance=True, policies__status=PolicyStatus.ACTIVE, policies__oracles=feed.oracle_id
+    ).only("pk")
+    return [rebalance_start(vault=vault, feed=feed)[0] for vault in vaults]
 
 
 def rebalances_dispatch(*, now: datetime | None = None) -> int:
