@@ -194,6 +194,8 @@ RELAYER_STEP_LEASE_SECONDS = env_float("RELAYER_STEP_LEASE_SECONDS", 60.0, minim
 RELAYER_BATCH_SIZE = env_int("RELAYER_BATCH_SIZE", 100, minimum=1)
 # A request no batch took after this long lost its lane kick; the monitor kicks the lane again.
 RELAYER_ORPHAN_SECONDS = env_float("RELAYER_ORPHAN_SECONDS", 5.0, minimum=0.5)
+# A batch that has not broadcast this long after it formed no longer keeps the next one waiting.
+RELAYER_LANE_HOLD_SECONDS = env_float("RELAYER_LANE_HOLD_SECONDS", 10.0, minimum=0.1)
 
 # --- Vaults and approvals -------------------------------------------------------------------
 FEED_MAX_AGE_SECONDS = env_int("FEED_MAX_AGE_SECONDS", 300, minimum=1)

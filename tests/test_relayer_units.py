@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from io import StringIO
 from typing import Any
 
@@ -15,6 +16,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -251,7 +253,7 @@ def test_a_valid_relay_request_is_recorded_normalised_and_waits_for_its_lane() -
 
 
 @pytest.mark.django_db
-def test_a_lane_batches_the_chains_pending_requests_of_every_signer_oldest_first() -> None:
+def test_a_lane_batches_the_chains_pending_requests_of_every_signer_oldest_first(settings: Any) -> None:
     chain = make_chain(closed_url())
     alice, bob = (key_manager().create_key(purpose="relayer") for _ in range(2))
     first = [
@@ -271,6 +273,15 @@ def test_a_lane_batches_the_chains_pending_requests_of_every_signer_oldest_first
     assert second is not None and list(RelayTransaction.objects.filter(workflow_run=second)) == [later]
     WorkflowRun.objects.filter(pk=second.pk).update(attempts=1)
     assert relay_batch_form(chain_id=chain.pk) is None  # nothing left to batch
+
+    WorkflowRun.objects.filter(pk=second.pk).update(attempts=0)
+    last = relay_request(signer=alice, chain=chain, to=RECEIVER, idempotency_key="c-1")
+    assert relay_batch_form(chain_id=chain.pk) is None  # the second batch is at work
+    # ... until it has been at it for longer than a batch ever takes (its worker died, say).
+    long_ago = timezone.now() - timedelta(seconds=settings.RELAYER_LANE_HOLD_SECONDS + 1)
+    WorkflowRun.objects.filter(pk=second.pk).update(created_at=long_ago)
+    third = relay_batch_form(chain_id=chain.pk)
+    assert third is not None and list(RelayTransaction.objects.filter(workflow_run=third)) == [last]
 
 
 @pytest.mark.django_db
@@ -536,7 +547,7 @@ def test_a_relay_transaction_run_in_flight_at_upgrade_moves_its_request_into_the
     signer = key_manager().create_key(purpose="relayer")
     tx = relay_request(signer=signer, chain=chain, to=RECEIVER, idempotency_key="old-1")
     old, _ = workflow_start(kind="relay.transaction", input={"tx": str(tx.id)})
-    fields = {"workflow_run": old, "phase": TxPhase.CONFIRMING if signed else TxPhase.SUBMITTING}
+    fields: dict[str, Any] = {"workflow_run": old, "phase": TxPhase.CONFIRMING if signed else TxPhase.SUBMITTING}
     if signed:
         fields.update(nonce=0, tx_hash="0x" + "ab" * 32, raw_tx="0x02")
     RelayTransaction.objects.filter(pk=tx.pk).update(**fields)

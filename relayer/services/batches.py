@@ -56,9 +56,15 @@ def relay_batch_form(*, chain_id: int) -> WorkflowRun | None:
     lane_kick_started(chain_id=chain_id)
     limit = settings.RELAYER_BATCH_SIZE
     unsent = RelayTransaction.objects.filter(chain_id=chain_id, phase__in=(TxPhase.PENDING, TxPhase.SUBMITTING))
-    # A batch waiting out a retry backoff (attempts > 0) does not hold the lane, nor does one
-    # split off for signers that cannot pay (it kicks no one when it starts backing off).
-    at_work = unsent.filter(workflow_run__phase=Phase.SUBMITTING, workflow_run__attempts=0)
+    # Only a batch at work holds the lane: not one waiting out a retry backoff (attempts > 0),
+    # not one split off for signers that cannot pay, and not one formed longer ago than
+    # RELAYER_LANE_HOLD_SECONDS (a batch broadcasts within a second; one that has not by then
+    # lost its worker, or its node is slow, and the lane must not wait for the sweep).
+    at_work = unsent.filter(
+        workflow_run__phase=Phase.SUBMITTING,
+        workflow_run__attempts=0,
+        workflow_run__created_at__gt=timezone.now() - timedelta(seconds=settings.RELAYER_LANE_HOLD_SECONDS),
+    )
     if at_work.exclude(workflow_run__input__has_key="split").exists():
         return None
     with transaction.atomic():
