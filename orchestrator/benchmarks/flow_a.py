@@ -156,7 +156,11 @@ def _breakdown(accepted: list[tuple[Any, float, float]]) -> list[dict[str, Any]]
     ]
 
 
-def run(*, feeds: int, vault_count: int, concurrency: int, out: Callable[[str], Any]) -> None:
+def run(*, feeds: int, vault_count: int, concurrency: int, rate: float, out: Callable[[str], Any]) -> None:
+    """Back to back by default (rate 0): the next feed arrives as soon as the last one's intent
+    is stored, so the machine is saturated (relays of earlier intents run meanwhile) and the
+    latency includes waiting for the CPU. With a rate, feeds arrive on a fixed schedule (one
+    every 1/rate seconds, or at once when behind): the latency at that load."""
     common.require_real_services()
     logging.getLogger("vaults.feeds").setLevel(logging.WARNING)  # a line per accepted feed: noise here
     port = common.free_port()
@@ -168,6 +172,7 @@ def run(*, feeds: int, vault_count: int, concurrency: int, out: Callable[[str], 
     )
     out(f"bench flow-a: {feeds} feeds over {vault_count} vaults on anvil at {url}")
     out(f"workers: one on 'workflows' and one on 'relay,triggers', prefork concurrency={concurrency} each")
+    out(f"arrivals: {f'{rate:g} feeds/s' if rate > 0 else 'back to back (each feed once the last intent is stored)'}")
     latencies: list[float] = []
     accepted: list[tuple[Any, float, float]] = []  # (feed id, arrival, feed_accept returned)
     try:
@@ -179,7 +184,10 @@ def run(*, feeds: int, vault_count: int, concurrency: int, out: Callable[[str], 
         ):
             bare = _bare_round_trips(200)
             _bare_round_trips(20)
+            paced_from = time.monotonic()
             for i in range(feeds):
+                if rate > 0:
+                    time.sleep(max(0.0, paced_from + i / rate - time.monotonic()))
                 vault, oracle = vaults[i % vault_count]
                 # As in production, a vault's next feed meets a settled vault (untimed wait).
                 common.wait_until(
@@ -240,6 +248,7 @@ def run(*, feeds: int, vault_count: int, concurrency: int, out: Callable[[str], 
                 "bare_roundtrip_p99_ms": rows[1]["p99 ms"],
                 "feeds": len(latencies),
                 "vaults": vault_count,
+                "rate_per_s": rate if rate > 0 else "back-to-back",
             },
         )
     )

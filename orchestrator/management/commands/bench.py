@@ -25,6 +25,12 @@ class Command(BaseCommand):
         flow_a.add_argument("--feeds", type=int, default=500)
         flow_a.add_argument("--vaults", type=int, default=50)
         flow_a.add_argument("--concurrency", type=int, default=2, help="Processes per worker.")
+        flow_a.add_argument(
+            "--rate",
+            type=float,
+            default=0.0,
+            help="Feeds per second (paced arrivals). Default 0: each feed as soon as the last one's intent is stored.",
+        )
 
         triggers = sub.add_parser("triggers", help="INTERVAL firings at scale vs one PeriodicTask per subscription.")
         triggers.add_argument("--sizes", default="1000,10000", help="Comma-separated subscription counts.")
@@ -56,6 +62,7 @@ class Command(BaseCommand):
                 feeds=options["feeds"],
                 vault_count=options["vaults"],
                 concurrency=options["concurrency"],
+                rate=options["rate"],
                 out=self.stdout.write,
             )
         elif name == "triggers":
