@@ -5,14 +5,14 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from relayer.services.batches import relay_batch_form, relay_batches_orphaned
+from relayer.services.batches import relay_batches_orphaned, relay_lane_run
 from relayer.services.lanes import LANE_TASK
 from relayer.services.monitor import nonce_gaps_fill
 
 
 @shared_task(name=LANE_TASK, ignore_result=True)
 def relayer_lane(chain_id: int) -> dict[str, str | None]:
-    run = relay_batch_form(chain_id=chain_id)
+    run = relay_lane_run(chain_id=chain_id)
     return {"batch": str(run.id) if run else None}
 
 

@@ -266,7 +266,7 @@ def test_a_lane_batches_the_chains_pending_requests_of_every_signer_oldest_first
     assert [tx.pk for tx in batched] == [tx.pk for tx in first]
 
     later = relay_request(signer=bob, chain=chain, to=RECEIVER, idempotency_key="b-1")
-    # The first batch has not broadcast yet: the lane waits for it, and it kicks again later.
+    # The first batch has not signed yet: the lane waits for it, and it kicks again later.
     assert relay_batch_form(chain_id=chain.pk) is None
     WorkflowRun.objects.filter(pk=run.pk).update(attempts=1)  # backing off: it no longer holds the lane
     second = relay_batch_form(chain_id=chain.pk)

@@ -4,9 +4,11 @@ signer's nonces under that signer's cursor lock.
 
 A lane (one per chain) is kicked after each request commits. The kick forms a batch of
 everything pending on the chain, up to RELAYER_BATCH_SIZE, unless the lane already has a batch
-at work that has not been broadcast yet: that batch kicks the lane again once it has broadcast
-(or failed). So a chain has one batch being simulated and signed at a time, and the next one
-forms while the last one confirms. Under light load a batch holds one request and it goes out
+at work that has not signed yet: that batch kicks the lane again once its nonces are taken
+(or it failed). So a chain has one batch being simulated and signed at a time, and the next
+one forms while the last one broadcasts and confirms. The kick also runs the new batch's
+first step itself rather than waiting for the step's message (two broker hops were a third
+of a batch's time under load). Under light load a batch holds one request and it goes out
 at once; under load the requests that arrive while a batch is being sent wait for the next
 one, so batches grow exactly when amortising the per-step costs matters. (Measured: with a
 batch per kick, 4 workers sent batches of 1 to 7 requests that waited on each other's nonce
@@ -35,7 +37,7 @@ from django.utils import timezone
 from orchestrator.bulk import rows_update
 from orchestrator.celery import app as celery_app
 from orchestrator.engine import StepContext
-from orchestrator.engine.services import workflow_start
+from orchestrator.engine.services import step_execute, workflow_start
 from orchestrator.models import Phase, WorkflowRun
 from orchestrator.observability import correlation
 from relayer.models import RelayTransaction, TxPhase
@@ -52,15 +54,17 @@ def relay_batch_form(*, chain_id: int) -> WorkflowRun | None:
 
     SKIP LOCKED lets two kicks of one lane run at once: each takes rows the other has not, so
     no request is in two batches. Returns the run, or None when nothing was waiting or the
-    lane is busy (its batch at work kicks again when it has broadcast)."""
+    lane is busy (its batch at work kicks again when it has signed)."""
     lane_kick_started(chain_id=chain_id)
     limit = settings.RELAYER_BATCH_SIZE
-    unsent = RelayTransaction.objects.filter(chain_id=chain_id, phase__in=(TxPhase.PENDING, TxPhase.SUBMITTING))
+    unsigned = RelayTransaction.objects.filter(
+        chain_id=chain_id, phase__in=(TxPhase.PENDING, TxPhase.SUBMITTING), nonce__isnull=True
+    )
     # Only a batch at work holds the lane: not one waiting out a retry backoff (attempts > 0),
     # not one split off for signers that cannot pay, and not one formed longer ago than
-    # RELAYER_LANE_HOLD_SECONDS (a batch broadcasts within a second; one that has not by then
-    # lost its worker, or its node is slow, and the lane must not wait for the sweep).
-    at_work = unsent.filter(
+    # RELAYER_LANE_HOLD_SECONDS (a batch signs within a second; one that has not by then lost
+    # its worker, or its node is slow, and the lane must not wait for the sweep).
+    at_work = unsigned.filter(
         workflow_run__phase=Phase.SUBMITTING,
         workflow_run__attempts=0,
         workflow_run__created_at__gt=timezone.now() - timedelta(seconds=settings.RELAYER_LANE_HOLD_SECONDS),
@@ -91,6 +95,16 @@ def relay_batch_form(*, chain_id: int) -> WorkflowRun | None:
     for tx_id, cid in rows:
         with correlation(cid or "-"):
             logger.info("relay %s joins batch %s (%s requests)", tx_id, run.id, len(ids))
+    return run
+
+
+def relay_lane_run(*, chain_id: int) -> WorkflowRun | None:
+    """A lane kick: forms the next batch and runs its steps in this worker at once. The step's
+    own message, sent when the run started, then finds the step taken and is dropped; if this
+    worker dies, that message or the sweep carries the run on like any other."""
+    run = relay_batch_form(chain_id=chain_id)
+    if run is not None:
+        step_execute(run_id=run.id, index=0)
     return run
 
 

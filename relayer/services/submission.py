@@ -178,6 +178,8 @@ def relay_sign(ctx: StepContext) -> dict[str, Any]:
         ["nonce", "tx_hash", "raw_tx", "max_fee_per_gas", "max_priority_fee_per_gas", "updated_at"],
     )
     failpoint("relay.sign_before_commit")
+    # This batch's nonces are taken (once this commits): the lane may form the next batch.
+    lane_kick(chain_id=ctx.input["chain"])
     for tx in txs:
         with correlation(tx.correlation_id or "-"):
             logger.info("relay %s signed nonce %s of %s as %s", tx.id, tx.nonce, tx.signer.address, tx.tx_hash)
@@ -246,7 +248,6 @@ def relay_broadcast(ctx: StepContext) -> dict[str, Any]:
     known" or "nonce too low" for what it has."""
     txs = list(batch_open(ctx.run_id).filter(nonce__isnull=False).order_by("signer_id", "nonce"))
     if not txs:
-        _lane_free(ctx)
         return {"sent": 0}
     chain = txs[0].chain
     failpoint("relay.before_broadcast")
@@ -289,16 +290,9 @@ def relay_broadcast(ctx: StepContext) -> dict[str, Any]:
     RelayTransaction.objects.filter(workflow_run_id=ctx.run_id, phase=TxPhase.SUBMITTING, nonce__isnull=False).update(
         phase=TxPhase.CONFIRMING, last_broadcast_at=now, updated_at=now
     )
-    _lane_free(ctx)
     summary = {outcome: len(group) for outcome, group in outcomes.items()}
     logger.info("relay batch %s broadcast %s transactions: %s", ctx.run_id, len(txs), summary)
     return {"sent": len(txs), "outcomes": summary}
-
-
-def _lane_free(ctx: StepContext) -> None:
-    # No request of this batch is pending or submitting any more, so the lane may form the next
-    # batch (batches.py): kicked only now, or the kick would find the lane still busy.
-    lane_kick(chain_id=ctx.input["chain"])
 
 
 def _signers(txs: list[RelayTransaction]) -> str:
