@@ -12,6 +12,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
 
@@ -54,8 +55,8 @@ from vaults.services.rebalance import REBALANCE_WORKFLOW
 from vaults.services.strategy import Limits, NoCompliantAllocation, Opportunity, allocate
 
 # Relays wake the waiting run when they finish (on_relay_finished below); this poll is only
-# the fallback for a lost wake-up.
-SETTLE_POLL_SECONDS = 10.0
+# the fallback for a lost wake-up (a worker dying between a relay's commit and the wake-up).
+SETTLE_POLL_SECONDS = settings.FLOW_SETTLE_POLL_SECONDS
 
 
 def _vault(ctx: StepContext) -> Vault:
