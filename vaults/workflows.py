@@ -51,6 +51,7 @@ from vaults.services.intents import (
     intent_emit,
     plan_actions,
 )
+from vaults.services.policies import COMPARED as POLICY_RULES
 from vaults.services.rebalance import REBALANCE_WORKFLOW
 from vaults.services.strategy import Limits, NoCompliantAllocation, Opportunity, allocate
 
@@ -71,19 +72,7 @@ def _policy(ctx: StepContext) -> VaultPolicy:
     return VaultPolicy.objects.get(pk=ctx.outputs["verify"]["policy"])
 
 
-POLICY_FIELDS = (
-    "pk",
-    "version",
-    "max_exposure_pct",
-    "max_risk_score",
-    "min_interval_seconds",
-    "window_start_hour",
-    "window_end_hour",
-    "max_feed_age_seconds",
-    "max_turnover_pct",
-    "approval_threshold",
-    "intent_ttl_seconds",
-)
+POLICY_FIELDS = ("pk", "version", *POLICY_RULES)
 
 
 def verify(ctx: StepContext) -> dict[str, Any]:

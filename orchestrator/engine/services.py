@@ -202,21 +202,29 @@ def _carry_on(run: WorkflowRun, workflow: Workflow, outcome: str) -> str | _Clai
     that runs out and a dispatched_at the sweep sees, like any claimed step."""
     outcome = _carry_on_atomic(run, workflow, outcome)
     continuation = _inline.get()
-    if not (
-        outcome == "done"
-        and continuation is not None
-        and continuation.run_id == run.id
-        and continuation.next_index == run.current_step
-        and continuation.steps_left > 1
-        and time.monotonic() < continuation.give_up_at
-        and run.phase == Phase.SUBMITTING
-        and not workflow.steps[run.current_step].atomic
-    ):
+    if continuation is None or not _may_carry_on(run, workflow, continuation, outcome, atomic=False):
         return outcome
     continuation.next_index = None
     continuation.steps_left -= 1
     step = workflow.steps[run.current_step]
     return _claim_lease(run, step, _context(run, step), False)
+
+
+def _may_carry_on(
+    run: WorkflowRun, workflow: Workflow, continuation: _Continuation, outcome: str, *, atomic: bool
+) -> bool:
+    """Whether this worker may go straight on with the run's next step, which must be atomic
+    (or leased, with atomic=False): the last one is done, the next is due at once, and the
+    inline budget and time cap allow it."""
+    return (
+        outcome == "done"
+        and continuation.run_id == run.id
+        and continuation.next_index == run.current_step
+        and continuation.steps_left > 1
+        and time.monotonic() < continuation.give_up_at
+        and run.phase == Phase.SUBMITTING
+        and workflow.steps[run.current_step].atomic == atomic
+    )
 
 
 def _carry_on_atomic(run: WorkflowRun, workflow: Workflow, outcome: str) -> str:
@@ -228,16 +236,7 @@ def _carry_on_atomic(run: WorkflowRun, workflow: Workflow, outcome: str) -> str:
     them all and they run again: exactly once still holds. This saves a commit and a row lock
     per step; the batch stops at the inline budget, the time cap, a leased step or a wait."""
     continuation = _inline.get()
-    while (
-        outcome == "done"
-        and continuation is not None
-        and continuation.run_id == run.id
-        and continuation.next_index == run.current_step
-        and continuation.steps_left > 1
-        and time.monotonic() < continuation.give_up_at
-        and run.phase == Phase.SUBMITTING
-        and workflow.steps[run.current_step].atomic
-    ):
+    while continuation is not None and _may_carry_on(run, workflow, continuation, outcome, atomic=True):
         continuation.next_index = None
         continuation.steps_left -= 1
         step = workflow.steps[run.current_step]
