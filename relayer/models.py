@@ -125,6 +125,9 @@ class RelayTransaction(models.Model):
     workflow_run = models.ForeignKey(
         "orchestrator.WorkflowRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # A request that only makes sense on the state another one leaves (a deposit of the funds a
+    # withdrawal frees): same signer, the next nonce, simulated after it, failed if it fails.
+    after = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="followers")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     confirmed_at = models.DateTimeField(null=True, blank=True)

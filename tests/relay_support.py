@@ -85,3 +85,22 @@ def deploy_reverter(rpc_url: str, reason: str = "nope") -> str:
 
 def nonce_on_chain(rpc_url: str, address: str) -> int:
     return int(Web3(Web3.HTTPProvider(rpc_url)).eth.get_transaction_count(address, "latest"))
+
+
+def deploy_gate(rpc_url: str) -> str:
+    """A contract with one bit of state: a call without data opens it; a call with data reverts
+    unless it is open. A call with data depends on an earlier one without: hand-assembled."""
+    runtime = bytes.fromhex(
+        "36600a57"  # CALLDATASIZE, PUSH1 0x0a, JUMPI: with data, go and check
+        "6001600055"  # SSTORE(0, 1): open
+        "00"  # STOP
+        "5b6000546015576000"  # JUMPDEST, SLOAD(0), PUSH1 0x15, JUMPI: open, go to the end
+        "80fd"  # REVERT(0, 0)
+        "5b00"  # JUMPDEST, STOP
+    )
+    init = bytes.fromhex(f"60{len(runtime):02x}600c600039{'60'}{len(runtime):02x}6000f3")
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+    tx = w3.eth.send_transaction({"from": w3.eth.accounts[0], "data": init + runtime})
+    address = w3.eth.wait_for_transaction_receipt(tx, timeout=10)["contractAddress"]
+    assert address is not None
+    return str(address)

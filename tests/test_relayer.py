@@ -16,7 +16,15 @@ from relayer.models import Broadcast, BroadcastKind, Chain, RelayTransaction, Si
 from relayer.services.monitor import nonce_gaps_fill
 from relayer.services.requests import RelayConflict, relay_request
 from tests.conftest import AnvilFactory, Workers, free_port, wait_until
-from tests.relay_support import batched, deploy_reverter, funded_signer, make_chain, nonce_on_chain, rpc
+from tests.relay_support import (
+    batched,
+    deploy_gate,
+    deploy_reverter,
+    funded_signer,
+    make_chain,
+    nonce_on_chain,
+    rpc,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.relayer]
 
@@ -191,6 +199,41 @@ def test_a_reverting_call_fails_with_its_reason_and_leaves_no_stuck_nonce(worker
     after = settled(send(signer, chain).id)
     assert after.nonce == 0
     assert nonce_on_chain(anvil, signer.address) == 1
+
+
+def test_a_request_after_another_is_simulated_on_the_state_it_leaves_and_sent_at_the_next_nonce(
+    workers: Workers, anvil: str
+) -> None:
+    workers.start(extra_env=RELAY_ENV)
+    chain = make_chain(anvil)
+    signer = funded_signer(anvil)
+    gate, closed = deploy_gate(anvil), deploy_gate(anvil)
+    with transaction.atomic():  # requested together, so one lane kick sees both
+        opening = send(signer, chain, to=gate, value=0)
+        passing = relay_request(signer=signer, chain=chain, to=gate, data="0x01", idempotency_key="pass", after=opening)
+    first, second = settled(opening.id), settled(passing.id)
+    assert first.workflow_run_id == second.workflow_run_id  # one batch, simulated as a sequence
+    assert (first.nonce, second.nonce) == (0, 1) and first.block_number <= second.block_number
+    assert first.receipt_status == second.receipt_status == 1
+
+    # The same call alone, at a gate nobody opened, reverts in simulation: the sequence mattered.
+    alone = settled(send(signer, chain, to=closed, value=0, data="0x01").id, TxPhase.FAILED)
+    assert "simulation reverted" in alone.error and alone.nonce is None
+
+
+def test_a_request_after_one_that_fails_is_never_sent(workers: Workers, anvil: str) -> None:
+    workers.start(extra_env=RELAY_ENV)
+    chain = make_chain(anvil)
+    signer = funded_signer(anvil)
+    reverter = deploy_reverter(anvil, "vault is paused")
+    with transaction.atomic():
+        doomed = send(signer, chain, to=reverter, value=0, data="0x12345678")
+        follower = relay_request(signer=signer, chain=chain, to=RECEIVER, value=1, idempotency_key="f", after=doomed)
+    assert "vault is paused" in settled(doomed.id, TxPhase.FAILED).error
+    failed = settled(follower.id, TxPhase.FAILED)
+    assert failed.error == f"not sent: relay {doomed.id}, which it follows, failed"
+    assert failed.nonce is None and not failed.broadcasts.exists()
+    assert nonce_on_chain(anvil, signer.address) == 0
 
 
 def test_a_stuck_transaction_is_replaced_with_higher_fees_and_confirmed_once(

@@ -296,6 +296,50 @@ def test_a_lane_takes_at_most_a_batch_size_and_kicks_itself_for_the_rest(setting
     assert RelayTransaction.objects.filter(workflow_run__isnull=True).count() == 1
 
 
+@pytest.mark.django_db
+def test_a_request_after_another_waits_for_it_outside_its_batch_and_fails_if_it_fails() -> None:
+    chain = make_chain(closed_url())
+    signer = key_manager().create_key(purpose="relayer")
+    first = relay_request(signer=signer, chain=chain, to=RECEIVER, idempotency_key="first")
+    batch = relay_batch_form(chain_id=chain.pk)
+    assert batch is not None
+    RelayTransaction.objects.filter(pk=first.pk).update(phase=TxPhase.CONFIRMING, nonce=0)
+    second = relay_request(signer=signer, chain=chain, to=RECEIVER, idempotency_key="second", after=first)
+    third = relay_request(signer=signer, chain=chain, to=RECEIVER, idempotency_key="third", after=second)
+    # The first is still on its way: the others wait, whatever else the lane takes.
+    other = relay_request(signer=signer, chain=chain, to=RECEIVER, idempotency_key="other")
+    run = relay_batch_form(chain_id=chain.pk)
+    assert run is not None and list(RelayTransaction.objects.filter(workflow_run=run)) == [other]
+
+    RelayTransaction.objects.filter(pk=first.pk).update(phase=TxPhase.COMPLETED)
+    WorkflowRun.objects.filter(pk=run.pk).update(attempts=1)  # no longer holds the lane
+    run = relay_batch_form(chain_id=chain.pk)
+    assert run is not None  # the first confirmed: the second and, behind it, the third go together
+    assert [tx.pk for tx in RelayTransaction.objects.filter(workflow_run=run).order_by("created_at")] == [
+        second.pk,
+        third.pk,
+    ]
+
+    doomed = relay_request(signer=signer, chain=chain, to=RECEIVER, idempotency_key="doomed")
+    behind = relay_request(signer=signer, chain=chain, to=RECEIVER, idempotency_key="behind", after=doomed)
+    RelayTransaction.objects.filter(pk=doomed.pk).update(phase=TxPhase.FAILED, error="reverted on chain")
+    WorkflowRun.objects.filter(pk=run.pk).update(attempts=1)
+    assert relay_batch_form(chain_id=chain.pk) is None
+    behind.refresh_from_db()
+    assert behind.phase == TxPhase.FAILED and behind.nonce is None
+    assert behind.error == f"not sent: relay {doomed.pk}, which it follows, failed"
+
+
+@pytest.mark.django_db
+def test_a_request_can_only_follow_one_of_the_same_signer_on_the_same_chain() -> None:
+    chain = make_chain(closed_url())
+    alice, bob = (key_manager().create_key(purpose="relayer") for _ in range(2))
+    first = relay_request(signer=alice, chain=chain, to=RECEIVER, idempotency_key="first")
+    with pytest.raises(InvalidRelayRequest, match="same signer"):
+        relay_request(signer=bob, chain=chain, to=RECEIVER, idempotency_key="second", after=first)
+    assert RelayTransaction.objects.count() == 1
+
+
 # --- bumped_fees ----------------------------------------------------------------------------
 
 GWEI = 10**9

@@ -1,6 +1,6 @@
 """Flow A: the automated, policy-driven rebalance (seed 000), as an engine workflow.
 
-feed ─► verify ─► positions ─► allocate ─► check ─► decide ─┬─► intent ─► relay (action by action)
+feed ─► verify ─► positions ─► allocate ─► check ─► decide ─┬─► intent ─► relay (its actions in sequence)
                                                             └─► proposal (Flow B), nothing relayed
 Each step's output is journaled: the feed and policy version used, the on-chain positions, the
 allocation, every compliance result, the intent or proposal, the transactions."""
@@ -292,8 +292,8 @@ INTENT_PROGRESS_FIELDS = (
 
 
 def intent_progress(intent: ExecutionIntent) -> dict[str, Any] | Wait:
-    """One look at an intent being executed (Flow A and Flow B share it): request the next
-    action when the previous one confirmed, wait while they are under way."""
+    """One look at an intent being executed (Flow A and Flow B share it): request its actions
+    (the first look), wait while they are under way, finish when they have."""
     try:
         status = intent_advance(intent=intent)
     except IntentExpired as exc:
@@ -315,7 +315,7 @@ def intent_progress(intent: ExecutionIntent) -> dict[str, Any] | Wait:
 
 
 def relay(ctx: StepContext) -> dict[str, Any] | Wait:
-    """Hands the intent's actions to the relayer one by one, waiting for each to confirm."""
+    """Hands the intent's actions to the relayer as one sequence and waits for them."""
     intent = _intent(ctx)
     if intent is None:
         return {"status": ctx.outputs["decide"]["decision"]}

@@ -72,12 +72,13 @@ def relay_batch_form(*, chain_id: int) -> WorkflowRun | None:
     if at_work.exclude(workflow_run__input__has_key="split").exists():
         return None
     with transaction.atomic():
-        rows = list(
+        taken = list(
             RelayTransaction.objects.select_for_update(skip_locked=True)
             .filter(chain_id=chain_id, phase=TxPhase.PENDING, workflow_run__isnull=True)
             .order_by("created_at", "id")
-            .values_list("id", "correlation_id")[:limit]
+            .values_list("id", "correlation_id", "after_id")[:limit]
         )
+        rows = _in_order(taken)
         if not rows:
             return None
         ids = [tx_id for tx_id, _ in rows]
@@ -90,12 +91,46 @@ def relay_batch_form(*, chain_id: int) -> WorkflowRun | None:
             correlation_id=rows[0][1] if len(rows) == 1 else None,
         )
         RelayTransaction.objects.filter(pk__in=ids).update(workflow_run=run, updated_at=timezone.now())
-        if len(ids) == limit:
+        if len(taken) == limit:
             lane_kick(chain_id=chain_id)  # there may be more behind them
     for tx_id, cid in rows:
         with correlation(cid or "-"):
             logger.info("relay %s joins batch %s (%s requests)", tx_id, run.id, len(ids))
     return run
+
+
+def _in_order(rows: list[tuple[uuid.UUID, str, uuid.UUID | None]]) -> list[tuple[uuid.UUID, str]]:
+    """Of the pending requests a kick took (oldest first), those that may join the batch: a
+    request that follows another joins with it (behind it, so at the next nonce) or once it
+    has confirmed; it waits for a later batch while the one it follows is still in flight, and
+    fails if that one failed. Its own followers then fail in turn, at the next kick."""
+    joined: set[uuid.UUID] = set()
+    outside = {after for _, _, after in rows if after is not None} - {tx_id for tx_id, _, _ in rows}
+    phases = dict(RelayTransaction.objects.filter(pk__in=outside).values_list("id", "phase")) if outside else {}
+    ready, orphaned = [], []
+    for tx_id, cid, after in rows:
+        if after is None or after in joined or phases.get(after) == TxPhase.COMPLETED:
+            ready.append((tx_id, cid))
+            joined.add(tx_id)
+        elif phases.get(after) in (TxPhase.FAILED, TxPhase.DEAD_LETTER):
+            orphaned.append(tx_id)
+    if orphaned:
+        followers = list(RelayTransaction.objects.filter(pk__in=orphaned))
+        for tx in followers:
+            tx.error = f"not sent: relay {tx.after_id}, which it follows, failed"
+        relays_finish(followers, phase=TxPhase.FAILED)
+    return ready
+
+
+def followers_of(txs: Iterable[RelayTransaction], failed: set[uuid.UUID]) -> list[RelayTransaction]:
+    """The requests among `txs` that follow one in `failed`, directly or through each other:
+    they must not be sent either."""
+    out, failed = [], set(failed)
+    for tx in txs:  # in nonce order: a follower comes after the request it follows
+        if tx.after_id in failed:
+            out.append(tx)
+            failed.add(tx.pk)
+    return out
 
 
 def relay_lane_run(*, chain_id: int) -> WorkflowRun | None:
@@ -164,10 +199,16 @@ def relays_finish(txs: Iterable[RelayTransaction], *, phase: str, fields: Iterab
             tx.error = ""
     with transaction.atomic():
         rows_update(RelayTransaction, txs, ["phase", "error", "updated_at", *fields])
+        told = set()
         for tx in txs:
             listener = FINISH_LISTENERS.get(tx.requested_by_kind)
-            if listener is not None:  # most relays have none (measured: a query each was 1/3 of a batch)
+            # Most relays have no listener (measured: a query each was 1/3 of a batch), and one
+            # that asked for several relays finishing together is told once.
+            if listener is not None and (tx.requested_by_kind, tx.requested_by_id) not in told:
+                told.add((tx.requested_by_kind, tx.requested_by_id))
                 transaction.on_commit(partial(listener, tx))
+        if txs and RelayTransaction.objects.filter(after__in=txs, phase=TxPhase.PENDING, workflow_run=None).exists():
+            lane_kick(chain_id=txs[0].chain_id)  # requests waiting for these may go now (or fail)
     for tx in txs:
         with correlation(tx.correlation_id or "-"):
             if phase == TxPhase.COMPLETED:

@@ -70,14 +70,28 @@ def relay_request(
     requested_by: tuple[str, str] = ("", ""),
     correlation_id: str | None = None,
     not_after: datetime | None = None,
+    after: RelayTransaction | None = None,
 ) -> RelayTransaction:
     """Records a transaction to relay; after commit the chain's lane batches and sends it.
+
+    `after`: a request of the same signer and chain this one depends on. It is sent with or
+    after it (never before), at a later nonce, simulated on the state it leaves, and fails if
+    it fails: a sequence can be requested at once rather than one confirmation at a time.
 
     The same idempotency key returns the same RelayTransaction and sends nothing twice.
     Raises InvalidRelayRequest for bad input and RelayConflict when the key was used for a
     different transaction."""
     to, value, data = _normalise(to, value, data)
-    wanted = {"signer_id": signer.pk, "chain_id": chain.pk, "to": to, "value": value, "data": data}
+    if after is not None and (after.signer_id, after.chain_id) != (signer.pk, chain.pk):
+        raise InvalidRelayRequest("'after' must be a request of the same signer on the same chain")
+    wanted = {
+        "signer_id": signer.pk,
+        "chain_id": chain.pk,
+        "to": to,
+        "value": value,
+        "data": data,
+        "after_id": after.pk if after is not None else None,
+    }
     ambient = current_correlation_id()
     try:
         with transaction.atomic():

@@ -34,9 +34,10 @@ from relayer.rpc import (
     suggested_fees,
     web3_for,
 )
-from relayer.services.batches import batch_open, relay_batch_split, relay_fail, relays_finish
+from relayer.services.batches import batch_open, followers_of, relay_batch_split, relay_fail, relays_finish
 from relayer.services.lanes import lane_kick
 from relayer.services.nonces import nonce_allocate, nonce_cursor_ensure, nonce_resync
+from relayer.services.simulation import batch_simulate
 
 logger = logging.getLogger("relayer")
 
@@ -75,12 +76,8 @@ def relay_prepare(ctx: StepContext) -> dict[str, Any]:
     if not txs:
         return {"simulated": 0, "failed": len(late)}
     chain = txs[0].chain
-    calls = [
-        ("eth_estimateGas", [{"from": tx.signer.address, "to": tx.to, "value": hex(int(tx.value)), "data": tx.data}])
-        for tx in txs
-    ]
     try:
-        results = rpc_batch(chain.rpc_url, calls)
+        simulated = batch_simulate(chain.rpc_url, txs)
         for signer in {tx.signer_id: tx.signer for tx in txs}.values():
             nonce_cursor_ensure(signer=signer, chain=chain)
         fees = suggested_fees(
@@ -91,8 +88,16 @@ def relay_prepare(ctx: StepContext) -> dict[str, Any]:
         )
     except TRANSPORT_ERRORS as exc:
         raise RpcUnavailable(f"RPC unavailable while simulating: {exc.__class__.__name__}") from exc
+    if simulated.held_back:
+        # Back to the lane: they join a batch once the request they follow has confirmed.
+        RelayTransaction.objects.filter(pk__in=[tx.pk for tx in simulated.held_back]).update(
+            workflow_run=None, updated_at=timezone.now()
+        )
     priced, failed, short = [], [], []
-    for tx, result in zip(txs, results, strict=True):
+    for tx in txs:
+        result = simulated.results.get(tx)
+        if result is None:
+            continue  # held back
         if result.error is None:
             tx.gas_limit = int(int(result.result, 16) * GAS_HEADROOM)
             tx.max_fee_per_gas, tx.max_priority_fee_per_gas = fees.max_fee_per_gas, fees.max_priority_fee_per_gas
@@ -103,6 +108,14 @@ def relay_prepare(ctx: StepContext) -> dict[str, Any]:
         else:
             tx.error = error
             failed.append(tx)
+    for tx in followers_of(txs, {tx.pk for tx in failed + late}):
+        if tx in failed:
+            continue
+        tx.error = f"not sent: relay {tx.after_id}, which it follows, failed"
+        for group in (priced, short):
+            if tx in group:
+                group.remove(tx)
+        failed.append(tx)
     rows_update(
         RelayTransaction, priced, ["gas_limit", "max_fee_per_gas", "max_priority_fee_per_gas", "phase", "updated_at"]
     )
@@ -150,8 +163,12 @@ def relay_sign(ctx: StepContext) -> dict[str, Any]:
     """Takes one nonce per priced request, signs them, and stores the signed bytes: all in one
     transaction (an atomic step), under each signer's nonce cursor lock."""
     txs = list(batch_open(ctx.run_id).filter(nonce__isnull=True).select_for_update(of=("self",)))
-    for tx in [tx for tx in txs if refuse_if_late(tx)]:  # the last gate: nothing is signed late
+    late = [tx for tx in txs if refuse_if_late(tx)]
+    for tx in late:  # the last gate: nothing is signed late
         relay_fail(tx, refuse_if_late(tx))
+        txs.remove(tx)
+    for tx in followers_of(txs, {tx.pk for tx in late}):
+        relay_fail(tx, f"not sent: relay {tx.after_id}, which it follows, failed")
         txs.remove(tx)
     by_signer: dict[int, list[RelayTransaction]] = {}
     for tx in txs:

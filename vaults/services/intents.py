@@ -181,7 +181,7 @@ def intent_emit(
     return intent
 
 
-def _request_action(intent: ExecutionIntent, index: int) -> RelayTransaction:
+def _request_action(intent: ExecutionIntent, index: int, after: RelayTransaction | None) -> RelayTransaction:
     vault, action = intent.vault, intent.actions[index]
     return relay_request(
         signer=vault.account,
@@ -192,22 +192,24 @@ def _request_action(intent: ExecutionIntent, index: int) -> RelayTransaction:
         requested_by=("intent", str(intent.id)),
         correlation_id=intent.workflow_run.correlation_id if intent.workflow_run else None,
         not_after=intent.deadline,
+        after=after,
     )
 
 
 def intent_advance(*, intent: ExecutionIntent, now: datetime | None = None) -> str | None:
-    """Moves the intent one action further. Actions go to the relayer one at a time, in order:
-    each is simulated against the state the previous one left (a deposit needs the funds its
-    withdrawal frees). Returns the intent's final status (executed, failed) or None while
-    actions are under way. Raises IntentExpired, marking it expired, when the next action
-    would be requested past the deadline: nothing is relayed past it."""
+    """Moves the intent on. Its actions go to the relayer together, each `after` the one
+    before: the relayer simulates each on the state the earlier ones leave (a deposit needs the
+    funds its withdrawal frees), gives them consecutive nonces, and sends none before the one
+    it follows (nor at all if that one fails). Returns the intent's final status (executed,
+    failed) or None while actions are under way. Raises IntentExpired, marking it expired,
+    when actions would be requested past the deadline: nothing is relayed past it."""
     relays = {
         int(r.idempotency_key.rsplit(":", 1)[1]): r
         for r in RelayTransaction.objects.filter(requested_by_kind="intent", requested_by_id=str(intent.id)).only(
-            "id", "idempotency_key", "phase", "error"
+            "id", "idempotency_key", "phase", "error", "signer_id", "chain_id"
         )
     }
-    failed = [r for r in relays.values() if r.phase in (TxPhase.FAILED, TxPhase.DEAD_LETTER)]
+    failed = [relays[i] for i in sorted(relays) if relays[i].phase in (TxPhase.FAILED, TxPhase.DEAD_LETTER)]
     if failed:
         ExecutionIntent.objects.filter(pk=intent.pk).update(status=IntentStatus.FAILED, error=failed[0].error[:2000])
         return IntentStatus.FAILED
@@ -215,11 +217,12 @@ def intent_advance(*, intent: ExecutionIntent, now: datetime | None = None) -> s
     if len(done) == len(intent.actions):
         ExecutionIntent.objects.filter(pk=intent.pk).update(status=IntentStatus.EXECUTED, executed_at=timezone.now())
         return IntentStatus.EXECUTED
-    following = len(relays)
-    if following == len(done):  # everything asked for so far is confirmed: ask for the next
+    if len(relays) < len(intent.actions):  # not all asked for yet (an intent from before, or the first look)
         if (now or timezone.now()) > intent.deadline:
             ExecutionIntent.objects.filter(pk=intent.pk).update(status=IntentStatus.EXPIRED, error="deadline passed")
             raise IntentExpired(f"intent #{intent.nonce} expired at {intent.deadline.isoformat()}")
-        _request_action(intent, following)
+        previous = relays.get(len(relays) - 1)
+        for index in range(len(relays), len(intent.actions)):
+            previous = _request_action(intent, index, previous)
         ExecutionIntent.objects.filter(pk=intent.pk, status=IntentStatus.SIGNED).update(status=IntentStatus.RELAYING)
     return None
