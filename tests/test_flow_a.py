@@ -79,7 +79,7 @@ def test_a_feed_leads_to_an_intent_and_balances_that_match_the_allocation(
     # Requested together: the deposit follows the withdrawal, in the same batch at the next nonce,
     # simulated on the funds the withdrawal frees.
     withdraw, deposit = RelayTransaction.objects.filter(requested_by_id=str(intent.id)).order_by("nonce")
-    assert deposit.after_id == withdraw.pk and deposit.nonce == withdraw.nonce + 1
+    assert withdraw.nonce is not None and deposit.after_id == withdraw.pk and deposit.nonce == withdraw.nonce + 1
     assert deposit.workflow_run_id == withdraw.workflow_run_id
     held = onchain.positions(
         w3=Web3(Web3.HTTPProvider(url)),

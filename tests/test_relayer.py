@@ -213,7 +213,9 @@ def test_a_request_after_another_is_simulated_on_the_state_it_leaves_and_sent_at
         passing = relay_request(signer=signer, chain=chain, to=gate, data="0x01", idempotency_key="pass", after=opening)
     first, second = settled(opening.id), settled(passing.id)
     assert first.workflow_run_id == second.workflow_run_id  # one batch, simulated as a sequence
-    assert (first.nonce, second.nonce) == (0, 1) and first.block_number <= second.block_number
+    assert (first.nonce, second.nonce) == (0, 1)
+    assert first.block_number is not None and second.block_number is not None
+    assert first.block_number <= second.block_number
     assert first.receipt_status == second.receipt_status == 1
 
     # The same call alone, at a gate nobody opened, reverts in simulation: the sequence mattered.

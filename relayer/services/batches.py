@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -99,7 +99,7 @@ def relay_batch_form(*, chain_id: int) -> WorkflowRun | None:
     return run
 
 
-def _in_order(rows: list[tuple[uuid.UUID, str, uuid.UUID | None]]) -> list[tuple[uuid.UUID, str]]:
+def _in_order(rows: Sequence[tuple[uuid.UUID, str, uuid.UUID | None]]) -> list[tuple[uuid.UUID, str]]:
     """Of the pending requests a kick took (oldest first), those that may join the batch: a
     request that follows another joins with it (behind it, so at the next nonce) or once it
     has confirmed; it waits for a later batch while the one it follows is still in flight, and
