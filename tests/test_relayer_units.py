@@ -581,6 +581,24 @@ def test_a_lane_kick_queued_and_not_yet_started_absorbs_the_next_ones() -> None:
         queues_purge()
 
 
+@pytest.mark.django_db
+def test_a_batch_freeing_its_lane_kicks_it_only_if_a_request_is_waiting() -> None:
+    queues_purge()
+    chain = make_chain(closed_url())
+    signer = key_manager().create_key(purpose="relayer")
+    try:
+        lanes._send_if_waiting(chain.pk)
+        assert queue_depth("relay") == 0  # nothing waits: no kick to find nothing
+        # A request that came while the batch was at work (its own kick found the lane busy;
+        # here it is never sent, the test's transaction never commits).
+        relay_request(signer=signer, chain=chain, to=RECEIVER, idempotency_key="k-1")
+        lanes._send_if_waiting(chain.pk)
+        assert queue_depth("relay") == 1
+    finally:
+        lanes.lane_kick_started(chain_id=chain.pk)
+        queues_purge()
+
+
 # --- runs from before batches ----------------------------------------------------------------
 
 

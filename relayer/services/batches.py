@@ -233,7 +233,7 @@ def batch_mirror(run: WorkflowRun, from_phase: str, to_phase: str) -> None:
         for tx in txs:
             tx.error = run.error
         relays_finish(txs, phase=phase)
-        lane_kick(chain_id=run.input["chain"])  # the lane is free again
+        lane_kick(chain_id=run.input["chain"], if_waiting=True)  # the lane is free again
     elif from_phase == Phase.DEAD_LETTER:
         # Replayed: those that had a nonce are confirming again; the others submitting.
         open_rows.filter(phase=TxPhase.DEAD_LETTER, nonce__isnull=False).update(

@@ -196,7 +196,7 @@ def relay_sign(ctx: StepContext) -> dict[str, Any]:
     )
     failpoint("relay.sign_before_commit")
     # This batch's nonces are taken (once this commits): the lane may form the next batch.
-    lane_kick(chain_id=ctx.input["chain"])
+    lane_kick(chain_id=ctx.input["chain"], if_waiting=True)
     for tx in txs:
         with correlation(tx.correlation_id or "-"):
             logger.info("relay %s signed nonce %s of %s as %s", tx.id, tx.nonce, tx.signer.address, tx.tx_hash)
