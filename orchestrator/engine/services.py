@@ -234,7 +234,22 @@ def _carry_on_atomic(run: WorkflowRun, workflow: Workflow, outcome: str) -> str:
     its own writes and is recorded as failed, and the steps before it commit. Their database
     effects commit together with their journal entries, so a worker dying in the middle loses
     them all and they run again: exactly once still holds. This saves a commit and a row lock
-    per step; the batch stops at the inline budget, the time cap, a leased step or a wait."""
+    per step; the batch stops at the inline budget, the time cap, a leased step or a wait.
+
+    The run's row is written once, after the last of them: nothing reads it in between (the
+    row is locked, and the steps see the run in memory), and it commits with them anyway."""
+    deferred = _DeferredSave(run)
+    token = _deferred_save.set(deferred)
+    try:
+        outcome = _carry_on_atomic_steps(run, workflow, outcome)
+    finally:
+        _deferred_save.reset(token)
+    if deferred.pending:  # not after an exception: the transaction is rolling back
+        _save(run)
+    return outcome
+
+
+def _carry_on_atomic_steps(run: WorkflowRun, workflow: Workflow, outcome: str) -> str:
     continuation = _inline.get()
     while continuation is not None and _may_carry_on(run, workflow, continuation, outcome, atomic=True):
         continuation.next_index = None
@@ -674,7 +689,22 @@ _RUN_STATE_FIELDS = [
 ]
 
 
+@dataclass
+class _DeferredSave:
+    """While set for a run, its saves wait for the end of _carry_on_atomic."""
+
+    run: WorkflowRun
+    pending: bool = False
+
+
+_deferred_save: contextvars.ContextVar[_DeferredSave | None] = contextvars.ContextVar("deferred_save", default=None)
+
+
 def _save(run: WorkflowRun) -> None:
+    deferred = _deferred_save.get()
+    if deferred is not None and deferred.run is run:
+        deferred.pending = True
+        return
     # Only the fields the engine moves: input and identity never change after the start.
     run.save(update_fields=_RUN_STATE_FIELDS)
 
