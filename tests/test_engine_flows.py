@@ -51,9 +51,35 @@ def test_a_step_failing_twice_with_a_retryable_error_succeeds_on_the_third_try(w
     done = finished(run.id)
     attempts = list(done.steps.filter(name="charge").order_by("id").values_list("attempt", "status"))
     assert attempts == [(1, StepStatus.RETRY), (2, StepStatus.RETRY), (3, StepStatus.DONE)]
-    # The failed attempts' writes were rolled back with their savepoint.
-    assert effects(run.id)["charge"] == 1
+    # charge is carried on in the transaction of reserve and no_undo: its first failure rolled
+    # them back too, and they ran again without it. Each is journaled and took effect once.
+    journal = list(done.steps.order_by("id").values_list("name", "status"))
+    assert journal == [
+        ("reserve", StepStatus.DONE),
+        ("no_undo", StepStatus.DONE),
+        ("charge", StepStatus.RETRY),
+        ("charge", StepStatus.RETRY),
+        ("charge", StepStatus.DONE),
+        ("send", StepStatus.DONE),
+    ]
+    assert effects(run.id) == {"reserve": 1, "no_undo": 1, "charge": 1, "send": 1}
     assert done.attempts == 0 and done.error == ""
+
+
+def test_a_step_failing_after_a_leased_one_in_its_record_transaction_leaves_that_one_run_once(worker: object) -> None:
+    # last is carried on in the transaction that records call (leased): its failure rolls that
+    # record back, and call's outcome is recorded again, not fetched again.
+    run, _ = workflow_start(kind="test.leased", input={"fail": {"last": 1}})
+    done = finished(run.id)
+    assert control.count(f"calls:{run.id}:call") == 1
+    journal = list(done.steps.order_by("id").values_list("name", "attempt", "status"))
+    assert journal == [
+        ("first", 1, StepStatus.DONE),
+        ("call", 1, StepStatus.DONE),
+        ("last", 1, StepStatus.RETRY),
+        ("last", 2, StepStatus.DONE),
+    ]
+    assert effects(run.id) == {"first": 1, "call": 1, "last": 1}
 
 
 def test_a_terminal_error_runs_the_compensations_newest_first(worker: object) -> None:

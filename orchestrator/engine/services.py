@@ -16,7 +16,9 @@ import logging
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -152,6 +154,7 @@ class _Continuation:
     steps_left: int = 0
     give_up_at: float = 0.0
     next_index: int | None = None
+    stop_before: int | None = None  # carry no atomic step from this index on in the same transaction
 
     def may_continue(self) -> bool:
         return self.steps_left > 0 and time.monotonic() < self.give_up_at
@@ -160,11 +163,54 @@ class _Continuation:
 _inline: contextvars.ContextVar[_Continuation | None] = contextvars.ContextVar("inline", default=None)
 
 
+class _CarriedStepRaised(Exception):
+    """A step carried on in the transaction of the steps before it raised: that transaction
+    rolls back whole, and the batch runs again stopping before `index` (see _carry_on_atomic)."""
+
+    def __init__(self, run: WorkflowRun, step: Step, exc: Exception) -> None:
+        super().__init__(f"{step.name}: {exc}")
+        self.index = run.current_step
+        with correlation(run.correlation_id):
+            logger.info(
+                "workflow %s %s step %s raised after the steps carried before it (%s); "
+                "rolling them back to run them again, and %s on its own",
+                run.kind,
+                run.id,
+                step.name,
+                _describe(exc),
+                step.name,
+            )
+
+
+@dataclass(frozen=True)
+class _Rewind:
+    """A continuation as it was before a transaction, to go back to when it rolls back."""
+
+    continuation: _Continuation | None
+    steps_left: int
+
+    @classmethod
+    def of(cls, continuation: _Continuation | None) -> _Rewind:
+        return cls(continuation, continuation.steps_left if continuation else 0)
+
+    def to_stop_before(self, carried: _CarriedStepRaised) -> None:
+        assert self.continuation is not None  # only a continuation carries steps
+        self.continuation.steps_left = self.steps_left
+        self.continuation.next_index = None
+        self.continuation.stop_before = carried.index
+
+
 def _step_once(run_id: uuid.UUID, index: int) -> str:
-    try:
-        claim = _execute_or_claim(run_id, index)
-    except _StepRaised as raised:
-        return _journal_raised(run_id, index, raised)
+    while True:
+        rewind = _Rewind.of(_inline.get())
+        try:
+            claim = _execute_or_claim(run_id, index)
+        except _StepRaised as raised:
+            return _journal_raised(run_id, index, raised)
+        except _CarriedStepRaised as carried:
+            rewind.to_stop_before(carried)
+            continue
+        break
     while isinstance(claim, _Claim):  # a leased step, and maybe the next one claimed on recording it
         claim = _execute_leased(run_id, claim)
     return claim
@@ -186,10 +232,11 @@ def _execute_or_claim(run_id: uuid.UUID, index: int) -> str | _Claim:
                 _finish_compensation(run)
                 return "failed"
             context = _context(run, step)
-            if step.atomic:
-                outcome = _execute_atomic(run, workflow, step, context, compensating)
-                return _carry_on(run, workflow, outcome)
-            return _claim_lease(run, step, context, compensating)
+            with _writes_deferred(run):
+                if step.atomic:
+                    outcome = _execute_atomic(run, workflow, step, context, compensating)
+                    return _carry_on(run, workflow, outcome)
+                return _claim_lease(run, step, context, compensating)
 
 
 def _carry_on(run: WorkflowRun, workflow: Workflow, outcome: str) -> str | _Claim:
@@ -224,32 +271,23 @@ def _may_carry_on(
         and time.monotonic() < continuation.give_up_at
         and run.phase == Phase.SUBMITTING
         and workflow.steps[run.current_step].atomic == atomic
+        and not (atomic and continuation.stop_before is not None and run.current_step >= continuation.stop_before)
     )
 
 
 def _carry_on_atomic(run: WorkflowRun, workflow: Workflow, outcome: str) -> str:
-    """Runs the following steps in the same transaction while they are atomic and due at once.
+    """Runs the following steps in the same transaction while they are atomic and due at once;
+    the batch stops at the inline budget, the time cap, a leased step or a wait.
 
-    Each is still journaled on its own row, inside a savepoint: a step that fails undoes only
-    its own writes and is recorded as failed, and the steps before it commit. Their database
-    effects commit together with their journal entries, so a worker dying in the middle loses
-    them all and they run again: exactly once still holds. This saves a commit and a row lock
-    per step; the batch stops at the inline budget, the time cap, a leased step or a wait.
+    Each is journaled on its own row, and their database effects commit together with their
+    journal entries, so a worker dying in the middle loses them all and they run again:
+    exactly once still holds. This saves a commit and a row lock per step.
 
-    The run's row is written once, after the last of them: nothing reads it in between (the
-    row is locked, and the steps see the run in memory), and it commits with them anyway."""
-    deferred = _DeferredSave(run)
-    token = _deferred_save.set(deferred)
-    try:
-        outcome = _carry_on_atomic_steps(run, workflow, outcome)
-    finally:
-        _deferred_save.reset(token)
-    if deferred.pending:  # not after an exception: the transaction is rolling back
-        _save(run)
-    return outcome
-
-
-def _carry_on_atomic_steps(run: WorkflowRun, workflow: Workflow, outcome: str) -> str:
+    No savepoint per step (two round trips each): a carried step that raises rolls the whole
+    transaction back, its predecessors in the batch included, and _step_once (or
+    _execute_leased, for a leased step's record) runs the batch again stopping before it, so
+    that it runs first in a transaction of its own, where its failure is journaled like any
+    step's. A failure costs the steps before it a second run, undone as the first was."""
     continuation = _inline.get()
     while continuation is not None and _may_carry_on(run, workflow, continuation, outcome, atomic=True):
         continuation.next_index = None
@@ -260,10 +298,9 @@ def _carry_on_atomic_steps(run: WorkflowRun, workflow: Workflow, outcome: str) -
         try:
             if run.deadline is not None and journal.started_at > run.deadline:
                 raise TerminalError(f"deadline {run.deadline.isoformat()} passed")
-            with transaction.atomic():
-                result = _call(step, context, False)
+            result = _call(step, context, False)
         except Exception as exc:
-            return _record_failure(run, workflow, step, journal, exc, False)
+            raise _CarriedStepRaised(run, step, exc) from exc
         outcome = _record_success(run, workflow, step, journal, result, False)
     return outcome
 
@@ -362,9 +399,9 @@ def _claim_lease(run: WorkflowRun, step: Step, context: StepContext, compensatin
             status=StepStatus.FAILED, error="lease expired; superseded by a later attempt", finished_at=now
         )
     journal = _journal(run, step, context, compensating, now)
-    journal.save()
+    _save_journal(run, journal)  # inserted with the rest; its record updates it by id
     run.lease_until = now + timedelta(seconds=step.timeout)
-    run.save(update_fields=["lease_until", "current_step", "updated_at"])
+    _save(run)
     return _Claim(
         index=run.current_step, journal=journal, lease_until=run.lease_until, context=context, compensate=compensating
     )
@@ -381,17 +418,30 @@ def _execute_leased(run_id: uuid.UUID, claim: _Claim) -> str | _Claim:
             outcome = ("ok", _call(workflow_step, claim.context, claim.compensate))
         except Exception as exc:
             outcome = ("error", exc)
-        with transaction.atomic():
-            run = WorkflowRun.objects.select_for_update().get(pk=run_id)
-            if run.lease_until != claim.lease_until or run.current_step != claim.index:
-                # Our lease expired and another attempt took over; its outcome stands.
-                return "superseded"
-            run.lease_until = None
-            journal = claim.journal
+        while True:
+            rewind = _Rewind.of(_inline.get())
+            try:
+                return _record_leased(run_id, claim, workflow, workflow_step, outcome)
+            except _CarriedStepRaised as carried:
+                # The outcome is in hand: recorded again, without the step that raised.
+                rewind.to_stop_before(carried)
+
+
+def _record_leased(
+    run_id: uuid.UUID, claim: _Claim, workflow: Workflow, step: Step, outcome: tuple[str, Any]
+) -> str | _Claim:
+    with transaction.atomic():
+        run = WorkflowRun.objects.select_for_update().get(pk=run_id)
+        if run.lease_until != claim.lease_until or run.current_step != claim.index:
+            # Our lease expired and another attempt took over; its outcome stands.
+            return "superseded"
+        run.lease_until = None
+        journal = claim.journal
+        with _writes_deferred(run):
             if outcome[0] == "ok":
-                recorded = _record_success(run, workflow, workflow_step, journal, outcome[1], claim.compensate)
+                recorded = _record_success(run, workflow, step, journal, outcome[1], claim.compensate)
                 return _carry_on(run, workflow, recorded)
-            return _record_failure(run, workflow, workflow_step, journal, outcome[1], claim.compensate)
+            return _record_failure(run, workflow, step, journal, outcome[1], claim.compensate)
 
 
 def _journal_index(run: WorkflowRun, compensating: bool) -> int:
@@ -419,7 +469,7 @@ def _record_success(
     if isinstance(result, Wait):
         journal.status = StepStatus.WAITING
         journal.output = {"phase": result.phase, **result.info}
-        journal.save()
+        _save_journal(run, journal)
         _log_step_done(run, journal)
         if run.phase != result.phase:
             _transition(run, run.phase, result.phase, reason=str(result.info or "waiting"), actor=ENGINE)
@@ -433,7 +483,7 @@ def _record_success(
 
     journal.status = StepStatus.DONE
     journal.output = result
-    journal.save()
+    _save_journal(run, journal)
     _log_step_done(run, journal)
     if compensating:
         run.current_step -= 1
@@ -690,23 +740,54 @@ _RUN_STATE_FIELDS = [
 
 
 @dataclass
-class _DeferredSave:
-    """While set for a run, its saves wait for the end of _carry_on_atomic."""
+class _Deferred:
+    """The run's writes held for the end of the transaction that has its row locked: its row
+    is written once (not after each step and claim), and the journal rows of the steps done
+    in it are inserted in one statement. Nothing reads them in between: the row is locked,
+    and the steps see the run in memory."""
 
     run: WorkflowRun
-    pending: bool = False
+    save: bool = False
+    journals: list[StepRun] = field(default_factory=list)
+
+    def flush(self) -> None:
+        if self.journals:
+            StepRun.objects.bulk_create(self.journals)
+        if self.save:
+            self.run.save(update_fields=_RUN_STATE_FIELDS)
 
 
-_deferred_save: contextvars.ContextVar[_DeferredSave | None] = contextvars.ContextVar("deferred_save", default=None)
+_deferred: contextvars.ContextVar[_Deferred | None] = contextvars.ContextVar("deferred", default=None)
+
+
+@contextmanager
+def _writes_deferred(run: WorkflowRun) -> Iterator[None]:
+    """Holds the run's writes for the end of the block (a transaction under its row lock).
+    An exception skips them: the transaction is rolling back."""
+    deferred = _Deferred(run)
+    token = _deferred.set(deferred)
+    try:
+        yield
+    finally:
+        _deferred.reset(token)
+    deferred.flush()
 
 
 def _save(run: WorkflowRun) -> None:
-    deferred = _deferred_save.get()
+    deferred = _deferred.get()
     if deferred is not None and deferred.run is run:
-        deferred.pending = True
+        deferred.save = True
         return
     # Only the fields the engine moves: input and identity never change after the start.
     run.save(update_fields=_RUN_STATE_FIELDS)
+
+
+def _save_journal(run: WorkflowRun, journal: StepRun) -> None:
+    deferred = _deferred.get()
+    if deferred is not None and deferred.run is run and journal.pk is None:
+        deferred.journals.append(journal)
+        return
+    journal.save()
 
 
 def _transition(run: WorkflowRun, from_phase: str, to_phase: str, *, reason: str, actor: str) -> None:

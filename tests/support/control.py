@@ -29,3 +29,13 @@ def wait_for_signal(name: str, timeout: float = 60.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def count(name: str) -> int:
+    """How many times `bump(name)` was called."""
+    return int(client().get(name) or 0)
+
+
+def bump(name: str) -> None:
+    client().incr(name)
+    client().expire(name, 600)

@@ -46,7 +46,9 @@ def effect_step(ctx: StepContext) -> dict[str, Any]:
 
 
 def keyed_effect_step(ctx: StepContext) -> dict[str, Any]:
-    # A network-style step: outside any transaction, idempotent through its key.
+    # A network-style step: outside any transaction, idempotent through its key. Its calls
+    # are counted outside the database, where no rollback undoes them.
+    control.bump(f"calls:{ctx.run_id}:{ctx.step}")
     _, created = Effect.objects.get_or_create(run_id=ctx.run_id, name=ctx.step, key=ctx.idempotency_key)
     _behave(ctx)
     return {"step": ctx.step, "created": created}
