@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Q, Subquery
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from orchestrator.engine import (
@@ -35,12 +35,11 @@ from relayer.services.requests import on_relay_finished
 from vaults.models import (
     ExecutionIntent,
     IntentStatus,
-    PolicyStatus,
-    Protocol,
     SignedFeed,
     Vault,
     VaultPolicy,
 )
+from vaults.selectors import rebalance_inputs
 from vaults.services.compliance import PolicyRules, compliance_check
 from vaults.services.feeds import ParsedFeed, feed_entries, feed_signer
 from vaults.services.intents import (
@@ -51,7 +50,6 @@ from vaults.services.intents import (
     intent_emit,
     plan_actions,
 )
-from vaults.services.policies import COMPARED as POLICY_RULES
 from vaults.services.rebalance import REBALANCE_WORKFLOW
 from vaults.services.strategy import Limits, NoCompliantAllocation, Opportunity, allocate
 
@@ -72,67 +70,38 @@ def _policy(ctx: StepContext) -> VaultPolicy:
     return VaultPolicy.objects.get(pk=ctx.outputs["verify"]["policy"])
 
 
-POLICY_FIELDS = ("pk", "version", *POLICY_RULES)
-
-
 def verify(ctx: StepContext) -> dict[str, Any]:
     """Checks the feed against the vault's active policy and snapshots what later steps need:
-    the feed and the policy are immutable, so they are read once, here, and journaled.
-
-    Three queries, on the hot path of every feed: the feed, the active policy with what the
-    steps need of its vault (and whether it trusts the feed's oracle), as plain values rather
-    than four model instances, and the chain's protocols with the policy's whitelist."""
-    feed = _feed(ctx)
-    trusts = VaultPolicy.oracles.through.objects.filter(vaultpolicy_id=OuterRef("pk"), oraclekey_id=feed.oracle_id)
-    policy = (
-        VaultPolicy.objects.filter(vault_id=ctx.input["vault"], status=PolicyStatus.ACTIVE)
-        .annotate(trusts_oracle=Exists(trusts))
-        .values(
-            *POLICY_FIELDS,
-            "trusts_oracle",
-            "vault__strategy",
-            "vault__asset_address",
-            "vault__chain_id",
-            "vault__chain__rpc_url",
-            "vault__account__address",
-        )
-        .first()
-    )
+    the feed and the policy are immutable, so they are read once, here (in one query, on the
+    hot path of every feed: vaults.selectors), and journaled."""
+    found = rebalance_inputs(vault_id=ctx.input["vault"], feed_id=ctx.input["feed"])
+    if found is None:
+        raise TerminalError(f"feed {ctx.input['feed']} is gone")
+    feed, policy = found.feed, found.policy
     if policy is None:
         raise Blocked(f"{_vault(ctx).vault_id} has no active policy")
-    if not policy["trusts_oracle"]:
-        raise Blocked(f"oracle {feed.oracle.address} is not trusted by policy v{policy['version']}")
-    parsed = ParsedFeed(feed.oracle.address, feed.timestamp, feed.entries, feed.signature)
-    if feed_signer(parsed) != feed.oracle.address:
+    if not policy.trusts_oracle:
+        raise Blocked(f"oracle {feed.oracle_address} is not trusted by policy v{policy.version}")
+    parsed = ParsedFeed(feed.oracle_address, feed.timestamp, feed.entries, feed.signature)
+    if feed_signer(parsed) != feed.oracle_address:
         raise TerminalError("the feed's signature no longer verifies")
-    chain_id = policy["vault__chain_id"]
-    listed = VaultPolicy.whitelist.through.objects.filter(vaultpolicy_id=policy["pk"])
-    protocols: dict[str, str] = {}
-    whitelist = set()
     # The whitelist may name protocols of other chains too: it is read whole, as PolicyRules.of reads it.
-    for name, address, protocol_chain_id, whitelisted in (
-        Protocol.objects.filter(Q(chain_id=chain_id) | Q(pk__in=listed.values("protocol_id")))
-        .annotate(whitelisted=Exists(listed.filter(protocol_id=OuterRef("pk"))))
-        .values_list("name", "address", "chain_id", "whitelisted")
-    ):
-        if protocol_chain_id == chain_id:
-            protocols[name] = address
-        if whitelisted:
-            whitelist.add(name)
+    protocols = {name: address for name, address, chain_id, _ in policy.protocols if chain_id == policy.chain_id}
+    whitelist = {name for name, _, _, whitelisted in policy.protocols if whitelisted}
     return {
-        "feed": str(feed.id),
+        "feed": feed.id,
         "feedDigest": feed.digest,
         "feedTime": feed.timestamp.isoformat(),
         "entries": feed.entries,
-        "policy": policy["pk"],
-        "policyVersion": policy["version"],
-        "rules": PolicyRules.of(SimpleNamespace(**policy), whitelist=whitelist).as_json(),
-        "approvalThreshold": str(policy["approval_threshold"]),
-        "intentTtlSeconds": policy["intent_ttl_seconds"],
-        "strategy": policy["vault__strategy"],
-        "rpcUrl": policy["vault__chain__rpc_url"],
-        "account": policy["vault__account__address"],
-        "asset": policy["vault__asset_address"],
+        "policy": policy.pk,
+        "policyVersion": policy.version,
+        "rules": PolicyRules.of(SimpleNamespace(**policy.rules), whitelist=whitelist).as_json(),
+        "approvalThreshold": str(policy.rules["approval_threshold"]),
+        "intentTtlSeconds": policy.rules["intent_ttl_seconds"],
+        "strategy": policy.strategy,
+        "rpcUrl": policy.rpc_url,
+        "account": policy.account,
+        "asset": policy.asset,
         "protocols": protocols,
     }
 
