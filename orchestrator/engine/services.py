@@ -67,33 +67,47 @@ def workflow_start(
     correlation_id: str | None = None,
     deadline_seconds: float | None = None,
     owner: Any = None,
+    new_key: bool = False,
 ) -> tuple[WorkflowRun, bool]:
     """Creates a run and enqueues its first step after commit.
 
     Returns (run, created). The same idempotency key returns the existing run and starts
-    nothing. Raises UnknownWorkflow for an unregistered kind."""
+    nothing. Raises UnknownWorkflow for an unregistered kind.
+
+    With new_key the caller vouches that no run has the key yet (it names a row made in the
+    caller's transaction, or a fresh uuid): the insert goes without the savepoint that catches
+    a lost race (two round trips, on the path of every feed), and a duplicate would fail the
+    caller's transaction instead."""
     workflow = registry.get(kind)
     key = idempotency_key or f"{kind}:{uuid.uuid4()}"
     cid = correlation_id or (current_correlation_id() if current_correlation_id() != "-" else "")
     now = timezone.now()
+    run = WorkflowRun(
+        kind=kind,
+        idempotency_key=key,
+        correlation_id=cid or new_correlation_id(),
+        input=input or {},
+        step_name=workflow.steps[0].name,
+        deadline=now + timedelta(seconds=deadline_seconds) if deadline_seconds else None,
+        owner=owner,
+    )
+    if new_key or idempotency_key is None:
+        with transaction.atomic(savepoint=False):
+            _insert(run, workflow)
+        return run, True
     try:
         with transaction.atomic():
-            run = WorkflowRun(
-                kind=kind,
-                idempotency_key=key,
-                correlation_id=cid or new_correlation_id(),
-                input=input or {},
-                step_name=workflow.steps[0].name,
-                deadline=now + timedelta(seconds=deadline_seconds) if deadline_seconds else None,
-                owner=owner,
-            )
-            _dispatch(run, workflow, delay=0.0, save=False)
-            run.save(force_insert=True)
-            _transition(run, "", Phase.SUBMITTING, reason="started", actor=ENGINE)
+            _insert(run, workflow)
     except IntegrityError:
         # Lost the race on the unique idempotency key (or it existed already): same run.
         return WorkflowRun.objects.get(idempotency_key=key), False
     return run, True
+
+
+def _insert(run: WorkflowRun, workflow: Workflow) -> None:
+    _dispatch(run, workflow, delay=0.0, save=False)
+    run.save(force_insert=True)
+    _transition(run, "", Phase.SUBMITTING, reason="started", actor=ENGINE)
 
 
 # --- executing one step -------------------------------------------------------------------

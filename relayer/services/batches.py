@@ -171,6 +171,7 @@ def relay_batch_split(txs: list[RelayTransaction], *, reason: str) -> WorkflowRu
             kind=RELAY_WORKFLOW,
             input={"chain": chain_id, "size": len(txs), "split": reason},
             idempotency_key=f"relay-split:{txs[0].pk}:{uuid.uuid4().hex}",
+            new_key=True,
         )
         moved = RelayTransaction.objects.filter(pk__in=[tx.pk for tx in txs])
         moved.update(workflow_run=run, updated_at=timezone.now())

@@ -13,24 +13,29 @@ from vaults.models import PolicyStatus, SignedFeed, Vault, VaultPolicy
 REBALANCE_WORKFLOW = "vault.rebalance"
 
 
-def rebalance_start(*, vault: Vault, feed: SignedFeed, correlation_id: str | None = None) -> tuple[WorkflowRun, bool]:
+def rebalance_start(
+    *, vault: Vault, feed: SignedFeed, correlation_id: str | None = None, new_feed: bool = False
+) -> tuple[WorkflowRun, bool]:
     """One run per (vault, feed): a feed seen twice, or beat and the feed's arrival racing,
-    start nothing more. Returns (run, created)."""
+    start nothing more. Returns (run, created). `new_feed`: the feed was stored in this
+    transaction, so no run can have its key yet."""
     return workflow_start(
         kind=REBALANCE_WORKFLOW,
         input={"vault": vault.pk, "feed": str(feed.id)},
         idempotency_key=f"flow-a:{vault.pk}:{feed.id}",
         correlation_id=correlation_id,
+        new_key=new_feed,
     )
 
 
 def rebalances_start_for_feed(*, feed: SignedFeed) -> list[WorkflowRun]:
-    """Flow A for every auto-rebalancing vault whose active policy trusts the feed's oracle."""
+    """Flow A for every auto-rebalancing vault whose active policy trusts the feed's oracle.
+    The feed is new: this runs in the transaction that stored it."""
     # Only the vaults' ids: rebalance_start needs nothing else, and this runs on every feed.
     vaults = Vault.objects.filter(
         auto_rebalance=True, policies__status=PolicyStatus.ACTIVE, policies__oracles=feed.oracle_id
     ).only("pk")
-    return [rebalance_start(vault=vault, feed=feed)[0] for vault in vaults]
+    return [rebalance_start(vault=vault, feed=feed, new_feed=True)[0] for vault in vaults]
 
 
 def rebalances_dispatch(*, now: datetime | None = None) -> int:
