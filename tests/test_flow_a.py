@@ -7,7 +7,7 @@ import pytest
 from web3 import Web3
 
 from approvals.models import RebalanceProposal
-from orchestrator.models import Phase, WorkflowRun
+from orchestrator.models import Phase, StepStatus, WorkflowRun
 from relayer.models import RelayTransaction
 from tests.conftest import AnvilFactory, Workers, wait_until
 from tests.flow_support import ENTRIES, bootstrapped_vault, signed_feed
@@ -122,3 +122,11 @@ def test_a_policy_refusal_blocks_the_run_with_every_violation(workers: Workers, 
     run = finished(run_for(str(feed.id)).id, Phase.BLOCKED)
     assert "no compliant allocation" in run.error
     assert not ExecutionIntent.objects.exists()
+    # allocate ran carried on in the transaction recording positions (a leased RPC read): its
+    # refusal rolled that back, and positions' outcome was recorded again, once.
+    journal = list(run.steps.order_by("id").values_list("name", "status"))
+    assert journal == [
+        ("verify", StepStatus.DONE),
+        ("positions", StepStatus.DONE),
+        ("allocate", StepStatus.FAILED),
+    ]
