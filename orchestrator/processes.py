@@ -3,14 +3,18 @@ test suite, so all three run the same worker, beat and anvil command lines."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import pwd
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import httpx
 from django.conf import settings
@@ -18,6 +22,24 @@ from django.conf import settings
 
 class ProcessFailed(RuntimeError):
     pass
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: the kernel sends it SIGTERM when the process
+    that started it dies, even by SIGKILL, so a killed `manage.py up` or test run leaves no
+    server running behind it. Linux only; elsewhere the next start cleans up (devstack.pidfiles)."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def as_user(user: str | None) -> dict[str, Any]:
+    """subprocess arguments that run a child as `user`, with that user's group and no other: a
+    child left in root's group would be refused where root's group has no access."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 class ManagedProcess:
@@ -30,6 +52,8 @@ class ManagedProcess:
         env: dict[str, str] | None = None,
         ready_text: str | None = None,
         ready_check: Callable[[], bool] | None = None,
+        user: str | None = None,
+        stop_signal: int = signal.SIGTERM,
     ) -> None:
         self.name = name
         self.argv = argv
@@ -37,11 +61,20 @@ class ManagedProcess:
         self.env = {**os.environ, **(env or {})}
         self.ready_text = ready_text
         self.ready_check = ready_check
+        # Run as this system user (PostgreSQL refuses to run as root).
+        self.user = user
+        # What asks it to stop cleanly: SIGTERM for most; PostgreSQL's fast shutdown is SIGINT
+        # (its SIGTERM waits for every client to disconnect).
+        self.stop_signal = stop_signal
         self.proc: subprocess.Popen[bytes] | None = None
+        # Where this start's output begins in the log: the log is appended to across restarts,
+        # and a "ready." line from an earlier start must not count.
+        self._log_start = 0
 
     def start(self) -> ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
+        self._log_start = log.tell()
         # Its own session: a signal to the group reaches the worker's children too.
         self.proc = subprocess.Popen(
             self.argv,
@@ -50,9 +83,24 @@ class ManagedProcess:
             env=self.env,
             start_new_session=True,
             cwd=settings.BASE_DIR,
+            **as_user(self.user),
+            # The kernel ties this to the thread that forks, not the process: a child started
+            # from a short-lived thread would be killed when that thread ends.
+            preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
         )
         log.close()
         return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def how_it_ended(self) -> str:
+        """'was killed by SIGKILL' or 'exited (1)', for a process that is no longer alive."""
+        code = self.proc.returncode if self.proc is not None else None
+        if code is not None and code < 0:
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"exited ({code})"
 
     @property
     def alive(self) -> bool:
@@ -72,7 +120,9 @@ class ManagedProcess:
 
     def _log_text(self) -> str:
         try:
-            return self.log_path.read_bytes().decode(errors="replace")
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_start)
+                return log.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
 
@@ -95,7 +145,7 @@ class ManagedProcess:
         if self.proc is None:
             return
         if self.alive:
-            os.kill(self.proc.pid, signal.SIGTERM)
+            os.kill(self.proc.pid, self.stop_signal)
             with suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=timeout)
         if self.alive:
