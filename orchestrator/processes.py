@@ -95,6 +95,12 @@ class ManagedProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
+    def wait(self, timeout: float) -> int:
+        """Waits for the process to end; its return code (raises subprocess.TimeoutExpired)."""
+        if self.proc is None:
+            raise ProcessFailed(f"{self.name} was never started")
+        return self.proc.wait(timeout=timeout)
+
     def how_it_ended(self) -> str:
         """'was killed by SIGKILL' or 'exited (1)', for a process that is no longer alive."""
         code = self.proc.returncode if self.proc is not None else None

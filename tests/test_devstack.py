@@ -22,7 +22,7 @@ from orchestrator.devstack.embedded import EmbeddedPostgres, EmbeddedUnavailable
 from orchestrator.devstack.rundir import AlreadyRunning, RunDir
 from orchestrator.devstack.supervisor import MAX_RESTARTS, Supervisor
 from orchestrator.processes import ManagedProcess, ProcessFailed
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port
 
 
 def sleeper(name: str, tmp_path: Path) -> ManagedProcess:
@@ -76,8 +76,7 @@ def test_leftovers_of_a_killed_run_are_stopped_and_strangers_left_alone(tmp_path
 
     said: list[str] = []
     assert rundir.stop_leftovers(said.append) == 1
-    assert leftover.proc is not None
-    wait_until(lambda: leftover.proc.poll() is not None, timeout=10, message="the leftover stopped")
+    leftover.wait(10)
     assert said == [f"worker (pid {leftover.pid}) was left running by a `make run` that was killed; stopping it"]
     assert stranger.is_running()
     assert list(rundir.path.glob("*.pid")) == []
@@ -94,7 +93,7 @@ def test_a_dead_worker_is_restarted_and_its_death_logged(tmp_path: Path) -> None
     try:
         assert supervisor.rundir.pid_of("worker") == first_pid
         os.kill(first_pid, signal.SIGKILL)
-        worker.proc.wait(5)
+        worker.wait(5)
         supervisor.check_once()
         assert worker.alive and worker.pid != first_pid
         assert supervisor.rundir.pid_of("worker") == worker.pid
@@ -111,7 +110,7 @@ def test_a_crash_looping_child_stops_everything(tmp_path: Path) -> None:
     supervisor.spawn(crashing)
     with pytest.raises(ProcessFailed, match=r"beat exited \(3\), its 6th death"):
         for _ in range(MAX_RESTARTS + 1):
-            crashing.proc.wait(10)
+            crashing.wait(10)
             supervisor.check_once()
 
 
@@ -120,7 +119,7 @@ def test_a_dead_server_stops_everything_naming_it(tmp_path: Path) -> None:
     supervisor = supervisor_for(tmp_path, [])
     supervisor.spawn(database)
     database.kill()
-    database.proc.wait(5)
+    database.wait(5)
     with pytest.raises(ProcessFailed, match="postgres was killed by SIGKILL; stopped everything else"):
         supervisor.check_once()
 
@@ -139,7 +138,7 @@ def test_embedded_postgres_keeps_its_data_and_recovers_from_a_stale_lock(tmp_pat
             conn.execute("CREATE TABLE kept (n int)")
             conn.execute("INSERT INTO kept VALUES (42)")
         process.kill()  # as a crash would: postmaster.pid stays behind
-        process.proc.wait(10)
+        process.wait(10)
     finally:
         process.stop()
     # The dead server's pid now names a live process that is not PostgreSQL (this one).
