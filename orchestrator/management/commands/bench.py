@@ -8,7 +8,10 @@ from django.core.management.base import BaseCommand, CommandParser
 
 
 class Command(BaseCommand):
-    help = "Run a benchmark (engine, relayer, flow-a, triggers). Needs PostgreSQL and Redis; `make bench` sets them."
+    help = (
+        "Run a benchmark (engine, relayer, flow-a, triggers: on PostgreSQL and Redis, `make bench` sets them; "
+        "soak: starts `manage.py up` on the embedded default itself)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="name", required=True)
@@ -40,6 +43,21 @@ class Command(BaseCommand):
         triggers.add_argument("--interval", type=int, default=30, help="Seconds between firings of one subscription.")
         triggers.add_argument("--registered", type=int, default=100_000, help="Registered, for the dispatch cost.")
         triggers.add_argument("--due", type=int, default=1000, help="Due among them, for the dispatch cost.")
+
+        soak = sub.add_parser(
+            "soak", help="`manage.py up` on the embedded default, used as people would for N minutes."
+        )
+        soak.add_argument("--minutes", type=int, default=30)
+        soak.add_argument(
+            "--kill",
+            default="",
+            help="Comma-separated children to kill -9 in turn during the run (worker,beat,web,executor).",
+        )
+        soak.add_argument(
+            "--external",
+            action="store_true",
+            help="Keep DATABASE_URL and CELERY_BROKER_URL from the environment instead of the embedded servers.",
+        )
 
     def handle(self, *args: Any, name: str, **options: Any) -> None:
         if name == "engine":
@@ -75,4 +93,17 @@ class Command(BaseCommand):
                 registered=options["registered"],
                 due=options["due"],
                 out=self.stdout.write,
+            )
+        elif name == "soak":
+            from orchestrator.benchmarks import soak
+
+            def out(line: str) -> None:
+                self.stdout.write(line)
+                self.stdout.flush()
+
+            soak.run(
+                minutes=options["minutes"],
+                external=options["external"],
+                kill=[n for n in options["kill"].split(",") if n],
+                out=out,
             )
