@@ -184,6 +184,9 @@ RELAYER_RETRY_BASE_SECONDS = env_float("RELAYER_RETRY_BASE_SECONDS", 1.0, minimu
 RELAYER_RETRY_MAX_SECONDS = env_float("RELAYER_RETRY_MAX_SECONDS", 60.0, minimum=0.01)
 RELAYER_MONITOR_SECONDS = env_float("RELAYER_MONITOR_SECONDS", 5.0, minimum=0.5)
 RELAYER_LOW_BALANCE_WEI = env_int("RELAYER_LOW_BALANCE_WEI", 10**16, minimum=0)
+# On a development chain (anvil's 31337, or marked in the admin) a new relayer key is topped up
+# to this from the node's first prefunded account, so a demo's relays can pay gas. 0: never.
+DEV_FUNDING_WEI = env_int("DEV_FUNDING_WEI", 10 * 10**18, minimum=0)
 # Names of failpoints to trigger once (tests only): the worker process kills itself there.
 FAILPOINTS = env_list("FAILPOINTS", [])
 FAILPOINTS_DIR = env_str("FAILPOINTS_DIR", str(VAR_DIR / "failpoints"))

@@ -122,6 +122,7 @@ class ChainAdmin(admin.ModelAdmin):
         "stuck_after",
         "max_fee_cap_wei",
         "enabled",
+        "is_development",
     )
     list_editable = ("enabled",)
 

@@ -47,6 +47,10 @@ class SigningKey(models.Model):
         return f"<SigningKey {self.purpose} {self.address}>"
 
 
+# Anvil's default chain id: always a development chain, whatever its row says.
+ANVIL_CHAIN_ID = 31337
+
+
 class Chain(models.Model):
     chain_id = models.PositiveBigIntegerField(primary_key=True)
     name = models.CharField(max_length=100)
@@ -59,12 +63,21 @@ class Chain(models.Model):
     max_bumps = models.PositiveIntegerField(default=5)
     log_range_cap = models.PositiveIntegerField(default=2000, help_text="Most blocks per eth_getLogs.")
     enabled = models.BooleanField(default=True)
+    is_development = models.BooleanField(
+        default=False,
+        help_text="Relayer keys created for this chain are funded from the node's prefunded dev account; "
+        "never set on a real chain. Chain 31337 (anvil) counts as development either way.",
+    )
 
     class Meta:
         ordering = ["chain_id"]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.chain_id})"
+
+    @property
+    def counts_as_development(self) -> bool:
+        return self.is_development or self.chain_id == ANVIL_CHAIN_ID
 
 
 class NonceCursor(models.Model):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from relayer.models import Chain
+from relayer.models import ANVIL_CHAIN_ID, Chain
 
 
 def chain_seed_from_env(*, overwrite: bool) -> Chain:
@@ -17,6 +17,9 @@ def chain_seed_from_env(*, overwrite: bool) -> Chain:
         "poll_interval": settings.CHAIN_POLL_SECONDS,
         "stuck_after": settings.CHAIN_STUCK_SECONDS,
     }
+    if settings.CHAIN_ID == ANVIL_CHAIN_ID:
+        # Only ever set, never cleared: an admin who marked another CHAIN_ID as development keeps it.
+        values["is_development"] = True
     if overwrite:
         chain, _ = Chain.objects.update_or_create(chain_id=settings.CHAIN_ID, defaults=values)
     else:

@@ -20,6 +20,7 @@ from web3 import Web3
 from relayer.keys import key_manager
 from relayer.models import Chain, KeyPurpose
 from relayer.rpc import as_address, web3_for
+from relayer.services.funding import dev_funding_after_commit
 from vaults import onchain
 from vaults.models import Protocol, Vault
 
@@ -104,6 +105,8 @@ def chain_bootstrap(
                 operator=manager.create_key(purpose=KeyPurpose.OPERATOR, label=f"{vault_id} operator"),
                 asset_address=asset,
             )
+            # Sent as this block commits, so the top-up below already sees it on a development chain.
+            dev_funding_after_commit(keys=[vault.account], chain=chain)
         say(f"created vault {vault_id}: account {vault.account.address}, operator {vault.operator.address}")
     elif as_address(vault.asset_address) != as_address(asset):
         vault.asset_address = asset

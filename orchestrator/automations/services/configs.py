@@ -22,6 +22,7 @@ from orchestrator.automations.services.destinations import destination_check
 from orchestrator.automations.services.signatures import kernel_action_signer
 from relayer.keys import SealedSecret, key_manager, secret_open, secret_seal
 from relayer.models import KeyPurpose
+from relayer.services.funding import dev_funding_after_commit
 
 
 class AutomationError(Exception):
@@ -105,13 +106,16 @@ def config_create(
                 sealed.ciphertext,
             )
             config.save(force_insert=True)
-            config.relayers.set(
-                [
-                    keys.create_key(purpose=KeyPurpose.RELAYER, label=f"relayer {i + 1} of config {config.id}")
-                    for i in range(relayer_count)
-                ]
-            )
+            relayers = [
+                keys.create_key(purpose=KeyPurpose.RELAYER, label=f"relayer {i + 1} of config {config.id}")
+                for i in range(relayer_count)
+            ]
+            config.relayers.set(relayers)
             UsedSignature.objects.create(signature=signature.lower(), action="CREATE", config=config)
+            # Gas on development chains, sent after the commit: a config that loses the race
+            # below funds nothing. The relayers serve any chain a subscription names, so every
+            # development chain gets them funded.
+            dev_funding_after_commit(keys=relayers)
     except IntegrityError:
         # Lost a race: the same signature or a second active config, committed meanwhile.
         raise AutomationError(

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from relayer.keys import KeyManagerError, key_manager, master_keys, new_master_key_entry
 from relayer.models import KeyPurpose, SigningKey
+from relayer.services.funding import dev_funding_after_commit
 
 
 class Command(BaseCommand):
@@ -16,7 +17,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
         sub.add_parser("list", help="Addresses, purposes and master key versions.")
-        create = sub.add_parser("create", help="Generate a key; prints its address.")
+        create = sub.add_parser(
+            "create", help="Generate a key; prints its address (a relayer key is funded on development chains)."
+        )
         create.add_argument("--purpose", required=True, choices=KeyPurpose.values)
         create.add_argument("--label", default="")
         sub.add_parser("rotate-master", help="Re-encrypt every key under the newest master key.")
@@ -32,6 +35,8 @@ class Command(BaseCommand):
                     self.stdout.write(f"{key.address}  {key.purpose:<9} v{key.master_key_version}  {key.label}")
             elif action == "create":
                 key = key_manager().create_key(purpose=options["purpose"], label=options["label"])
+                if key.purpose == KeyPurpose.RELAYER:
+                    dev_funding_after_commit(keys=[key])  # autocommit: funded now, on development chains
                 self.stdout.write(key.address)
             elif action == "rotate-master":
                 count = key_manager().rotate_master()
