@@ -11,6 +11,7 @@ from orchestrator.benchmarks.soak_report import (
     FiringRow,
     Sample,
     deaths,
+    deaths_not_caused,
     error_kinds,
     error_lines,
     firings_check,
@@ -187,3 +188,25 @@ def test_the_result_line_has_the_issues_shape() -> None:
         "RESULT soak minutes=30 deaths=0 http_5xx=0 error_lines=0 missed=0 duplicated=0 unconfirmed=0 "
         "rss_growth_pct=4.50"
     )
+
+
+def test_a_kill_explains_the_first_death_after_it_and_a_failed_restart_is_a_death_of_its_own() -> None:
+    found = deaths(
+        [
+            (10.0, "web died (was killed by SIGKILL); restarting it (restart 1)"),
+            (12.0, "web died (exited (1)); restarting it (restart 2)"),
+            (20.0, "beat died (exited (1)); restarting it (restart 1)"),
+        ]
+    )
+    left = deaths_not_caused(found, [("web", 9.5)])
+    assert [(d.name, d.at) for d in left] == [("web", 12.0), ("beat", 20.0)]
+
+
+def test_lines_quoted_in_ups_log_are_not_counted_again() -> None:
+    text = "\n".join(
+        [
+            "web died (exited (1)); restarting it (restart 2). Last lines of its log:",
+            "    [2026-01-01 12:00:00 +0000] [7] [ERROR] Can't connect to ('127.0.0.1', 8000)",
+        ]
+    )
+    assert error_lines("up", text) == []

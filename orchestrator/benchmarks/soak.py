@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 from django.db import connections
 
 from orchestrator.benchmarks import common, soak_records
@@ -35,6 +36,7 @@ from orchestrator.benchmarks.soak_report import (
     ErrorLine,
     FiringCheck,
     Growth,
+    deaths_not_caused,
     error_kinds,
     error_lines,
     firings_check,
@@ -47,6 +49,8 @@ from orchestrator.benchmarks.soak_stack import Sampler, Stack, Stopped, Summary,
 # A beat that comes back fires a subscription once for its earliest missed due time (README,
 # catch-up rule): due times this long after its restart may be missing by design.
 BEAT_CATCH_UP = 30.0
+# A restarted child counts as back once it has stayed up this long.
+STABLE_SECONDS = 5.0
 
 
 @dataclass
@@ -136,17 +140,31 @@ class Chaos:
             kill = Kill(name, pid, time.time())
             os.kill(pid, signal.SIGKILL)
             self.kills.append(kill)
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and not self._stop.is_set():
-                new = self.stack.pids().get(name)
-                if new is not None and new != pid and _alive(new):
-                    kill.restarted_at, kill.new_pid = time.time(), new
-                    break
-                time.sleep(0.2)
+            self._wait_back(kill)
             back = (
                 f"back as {kill.new_pid} after {kill.restarted_at - kill.at:.1f} s" if kill.restarted_at else "NOT back"
             )
             self.out(f"  kill -9 {name} (pid {pid}): {back}")
+
+    def _wait_back(self, kill: Kill) -> None:
+        """Back: a new process that has stayed up for STABLE_SECONDS (the web server: answering
+        /healthz), not merely one that was started and may fail at once."""
+        deadline = time.monotonic() + 120
+        seen: dict[int, float] = {}
+        while time.monotonic() < deadline and not self._stop.is_set():
+            new = self.stack.pids().get(kill.name)
+            if new is not None and new != kill.pid and _alive(new):
+                since = seen.setdefault(new, time.time())
+                if time.time() - since >= STABLE_SECONDS and (kill.name != "web" or self._web_answers()):
+                    kill.restarted_at, kill.new_pid = since, new
+                    return
+            time.sleep(0.2)
+
+    def _web_answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.stack.base_url}/healthz", timeout=2, trust_env=False).status_code == 200
+        except httpx.HTTPError:
+            return False
 
 
 def _alive(pid: int) -> bool:
@@ -212,8 +230,7 @@ def run_soak(
         stopped = stack.stop()
         if driver is not None:
             driver.close()
-    ours = [(k.name, k.at) for k in chaos.kills]
-    deaths = [d for d in stack.deaths() if not any(n == d.name and 0 <= d.at - at < 60 for n, at in ours)]
+    deaths = deaths_not_caused(stack.deaths(), [(k.name, k.at) for k in chaos.kills])
     assert driver.automation is not None
     return SoakResult(
         minutes=round(minutes),

@@ -122,7 +122,7 @@ def error_lines(source: str, text: str) -> list[ErrorLine]:
             last_error = None
             continue
         parsed = _parse(line)
-        if parsed is None:
+        if parsed is None and line and not line[0].isspace():  # indented: quoted, e.g. a log's tail in up's
             bare = _BARE.search(line)
             if bare and source != "postgres":
                 parsed = _Parsed(bare.group("level"), "-", bare.group("msg"))
@@ -157,6 +157,17 @@ class Death:
     line: str
     restarted: bool
     at: float  # when the line was read (time.time())
+
+
+def deaths_not_caused(found: Sequence[Death], kills: Sequence[tuple[str, float]]) -> list[Death]:
+    """The deaths left once each kill (name, time) is matched with the first death of that child
+    after it. A restart that then fails ("exited (1)") is a death of its own."""
+    left = list(found)
+    for name, at in sorted(kills, key=lambda kill: kill[1]):
+        match = next((d for d in left if d.name == name and d.at >= at), None)
+        if match is not None:
+            left.remove(match)
+    return left
 
 
 def deaths(lines: Iterable[tuple[float, str]]) -> list[Death]:
@@ -284,6 +295,7 @@ class Sample:
     pid: int
     rss: int  # bytes: the PSS of the process and its descendants (shared pages counted once)
     fds: int
+    procs: int = 1  # the process and its descendants (PostgreSQL: one per connection)
 
 
 @dataclass(frozen=True)
@@ -295,6 +307,8 @@ class Growth:
     first_fds: float
     last_fds: float
     restarted: bool
+    first_procs: float = 1
+    last_procs: float = 1
 
 
 def growth(samples: Sequence[Sample], *, start: float, end: float, window: float = 60.0) -> list[Growth]:
@@ -320,6 +334,8 @@ def growth(samples: Sequence[Sample], *, start: float, end: float, window: float
                 first_fds=statistics.median(s.fds for s in first),
                 last_fds=statistics.median(s.fds for s in last),
                 restarted=restarted,
+                first_procs=statistics.median(s.procs for s in first),
+                last_procs=statistics.median(s.procs for s in last),
             )
         )
     return found
@@ -342,6 +358,8 @@ def growth_rows(growths: Sequence[Growth]) -> list[dict[str, Any]]:
             "growth %": "restarted" if g.restarted else (g.rss_pct if g.rss_pct is not None else "-"),
             "open files first": int(g.first_fds),
             "open files last": int(g.last_fds),
+            "processes first": int(g.first_procs),
+            "processes last": int(g.last_procs),
         }
         for g in growths
     ]

@@ -319,7 +319,7 @@ def tree_sample(name: str, pid: int, at: float) -> Sample | None:
         with suppress(psutil.Error):
             rss += proc.memory_full_info().pss
             fds += proc.num_fds()
-    return Sample(at=at, name=name, pid=pid, rss=rss, fds=fds)
+    return Sample(at=at, name=name, pid=pid, rss=rss, fds=fds, procs=len(procs))
 
 
 class Sampler:
