@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from orchestrator.benchmarks.soak import SoakResult, report, run_soak
-from orchestrator.benchmarks.soak_driver import VAULT
+from orchestrator.benchmarks.soak_proposals import VAULT
 from orchestrator.benchmarks.soak_stack import SUPERVISED, Stack, Summary
 from tests.conftest import ARTIFACTS, wait_until
 

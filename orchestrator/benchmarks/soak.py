@@ -13,12 +13,9 @@ decisions, and memory and open-file growth per process from the first minute to 
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,10 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 from django.db import connections
 
 from orchestrator.benchmarks import common, soak_records
+from orchestrator.benchmarks.soak_chaos import Chaos, Kill
 from orchestrator.benchmarks.soak_driver import Driver
 from orchestrator.benchmarks.soak_report import (
     Death,
@@ -49,17 +46,6 @@ from orchestrator.benchmarks.soak_stack import Sampler, Stack, Stopped, Summary,
 # A beat that comes back fires a subscription once for its earliest missed due time (README,
 # catch-up rule): due times this long after its restart may be missing by design.
 BEAT_CATCH_UP = 30.0
-# A restarted child counts as back once it has stayed up this long.
-STABLE_SECONDS = 5.0
-
-
-@dataclass
-class Kill:
-    name: str
-    pid: int
-    at: float
-    restarted_at: float | None = None
-    new_pid: int | None = None
 
 
 @dataclass
@@ -103,76 +89,6 @@ class SoakResult:
                 "rss_growth_pct": self.rss_growth_pct,
             },
         )
-
-
-class Chaos:
-    """SIGKILLs the named children of `up` one after the other, as `kill -9 <pid>` would, and
-    waits for each to be back (a new pid in its pid file)."""
-
-    def __init__(self, stack: Stack, names: Sequence[str], *, seconds: float, out: Callable[[str], Any]) -> None:
-        self.stack = stack
-        self.names = list(names)
-        self.at = [seconds * (i + 1) / (len(names) + 1) for i in range(len(names))]
-        self.out = out
-        self.kills: list[Kill] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="soak-chaos", daemon=True)
-
-    def start(self) -> Chaos:
-        if self.names:
-            self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout=150)
-
-    def _run(self) -> None:
-        began = time.monotonic()
-        for name, offset in zip(self.names, self.at, strict=True):
-            if self._stop.wait(max(0.0, began + offset - time.monotonic())):
-                return
-            pid = self.stack.pids().get(name)
-            if pid is None:
-                self.out(f"  kill -9 {name}: no pid file")
-                continue
-            kill = Kill(name, pid, time.time())
-            os.kill(pid, signal.SIGKILL)
-            self.kills.append(kill)
-            self._wait_back(kill)
-            back = (
-                f"back as {kill.new_pid} after {kill.restarted_at - kill.at:.1f} s" if kill.restarted_at else "NOT back"
-            )
-            self.out(f"  kill -9 {name} (pid {pid}): {back}")
-
-    def _wait_back(self, kill: Kill) -> None:
-        """Back: a new process that has stayed up for STABLE_SECONDS (the web server: answering
-        /healthz), not merely one that was started and may fail at once."""
-        deadline = time.monotonic() + 120
-        seen: dict[int, float] = {}
-        while time.monotonic() < deadline and not self._stop.is_set():
-            new = self.stack.pids().get(kill.name)
-            if new is not None and new != kill.pid and _alive(new):
-                since = seen.setdefault(new, time.time())
-                if time.time() - since >= STABLE_SECONDS and (kill.name != "web" or self._web_answers()):
-                    kill.restarted_at, kill.new_pid = since, new
-                    return
-            time.sleep(0.2)
-
-    def _web_answers(self) -> bool:
-        try:
-            return httpx.get(f"{self.stack.base_url}/healthz", timeout=2, trust_env=False).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 def _utc(seconds: float) -> datetime:
@@ -277,7 +193,7 @@ def _progress(
             f"  {elapsed / 60:4.1f} min: {driver.http.total} requests, 5xx {len(driver.http.server_errors)}, "
             f"transport errors {sum(driver.http.transport_errors.values())}; firings {firings.delivered}/"
             f"{firings.due} (late {firings.late}); relays {relays.confirmed}/{relays.requested} confirmed; "
-            f"proposals executed {sum(1 for p in driver.proposals if p.outcome == 'executed')}; "
+            f"proposals executed {sum(1 for p in driver.proposals.traces if p.outcome == 'executed')}; "
             f"deaths {len(stack.deaths())}; error lines {len(scan_logs(stack.log_dir))}"
         )
 
@@ -289,10 +205,10 @@ def _settle(
     seconds; returns the checks as they then stand."""
     start, end = _utc(driver.started), _utc(driver.ended)
     beat_down = [(_utc(k.at), _utc((k.restarted_at or k.at + 120) + BEAT_CATCH_UP)) for k in kills if k.name == "beat"]
-    received_twice = driver.automation.server.executor.received_twice() if driver.automation else 0
     deadline = time.monotonic() + grace
     waited = time.monotonic()
     while True:
+        received_twice = driver.automation.server.executor.received_twice() if driver.automation else 0
         firings = firings_check(
             soak_records.cadences(alias, labels),
             soak_records.firing_rows(alias),
@@ -302,7 +218,7 @@ def _settle(
             received_twice=received_twice,
         )
         relays = soak_records.relays(alias, until=_utc(driver.ended + 10))
-        decisions = soak_records.decisions(alias, driver.proposals)
+        decisions = soak_records.decisions(alias, driver.proposals.traces)
         post_missing = soak_records.post_executions_missing(alias, until=end)
         settled = not firings.missed and not relays.unconfirmed and not decisions.lost and not post_missing
         if settled or time.monotonic() > deadline:

@@ -3,10 +3,8 @@
 - a second automation client: registers an executor and an EIP-712 signed config (INTERVAL,
   every 2 s) through the REST API, subscribes an account, and answers from its own executor
   server (soak_executor.py) with a task every other firing;
-- proposals: the demo's, then new ones, created by an operator through /v1/proposals and
-  approved by two of the demo approvers at the same moment, each time the vault is quiet
-  (the policy's minimum interval since the last rebalance has passed, so execution is not
-  refused for timing);
+- proposals (soak_proposals.py): the demo's, then new ones, created by an operator through
+  /v1/proposals and approved by two of the demo approvers at the same moment;
 - steady reads: execution logs, vaults, intents, proposals, /metrics, /readyz, the approvers'
   admin list;
 - once, a burst of 50 concurrent API clients for a minute.
@@ -19,11 +17,9 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -35,104 +31,17 @@ from rest_framework.authtoken.models import Token
 
 from orchestrator.automations.services.signatures import KERNEL_ACTION_TYPES, KERNEL_DOMAIN, kernel_action_message
 from orchestrator.benchmarks.soak_executor import ExecutorServer, SoakExecutor
+from orchestrator.benchmarks.soak_http import Http
+from orchestrator.benchmarks.soak_proposals import APPROVERS, VAULT, Proposals
 from orchestrator.benchmarks.soak_stack import Stack, Summary
 
-VAULT = "vault-eth-001"
 OPERATOR = "admin"  # the demo's superuser: an operator may propose
-APPROVERS = ("approver1", "approver2", "approver3")
-ALLOCATIONS = (
-    {"Aave USDC": "20", "Compound USDC": "30", "Morpho USDC": "50"},
-    {"Aave USDC": "50", "Compound USDC": "30", "Morpho USDC": "20"},
-)
 SOAK_CLIENT = "soak-client"
 INTERVAL = 2
 BURST_CLIENTS = 50
 BURST_SECONDS = 60.0
 BURST_CAP = 3000  # requests per burst client at most
 STEADY_PERIOD = 0.5  # seconds between steady reads
-KEEPALIVE_SECONDS = 1.0
-# After a proposal executes, Flow A moves the vault back to its own allocation once the minimum
-# interval has passed; the next approval waits for that (at most this long).
-FLOW_A_RETURN_SECONDS = 150.0
-
-
-class Http:
-    """Every call the soak makes, counted: status codes, 5xx with the path and the start of the
-    body, transport errors (refused, reset, timeouts), latencies by group."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-        self.lock = threading.Lock()
-        self.statuses: Counter[int] = Counter()
-        self.server_errors: list[str] = []
-        self.transport_errors: Counter[str] = Counter()
-        self.probe_failures: list[str] = []  # /readyz answering 503: reported, not a 5xx
-        self.latencies: dict[str, list[float]] = {}
-
-    def client(self, token: str | None = None, *, timeout: float = 30.0) -> httpx.Client:
-        headers = {"Authorization": f"Token {token}"} if token else {}
-        return httpx.Client(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=timeout,
-            # gunicorn closes a keep-alive connection after 2 s idle; a client that reuses one
-            # at that moment gets a reset that says nothing about the server. Drop them first.
-            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS),
-            trust_env=False,  # a proxy in the environment must never see loopback traffic
-        )
-
-    def call(
-        self, client: httpx.Client, method: str, path: str, *, group: str = "steady", **kwargs: Any
-    ) -> httpx.Response | None:
-        began = time.perf_counter()
-        try:
-            response = client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            with self.lock:
-                self.transport_errors[f"{type(exc).__name__} {method} {_route(path)}"] += 1
-            return None
-        elapsed = (time.perf_counter() - began) * 1000
-        with self.lock:
-            self.statuses[response.status_code] += 1
-            self.latencies.setdefault(group, []).append(elapsed)
-            if response.status_code >= 500:
-                note = f"{time.strftime('%H:%M:%S')} {response.status_code} {method} {path}: {response.text[:200]!r}"
-                if path == "/readyz":
-                    self.probe_failures.append(note)
-                    self.statuses[response.status_code] -= 1
-                else:
-                    self.server_errors.append(note)
-        return response
-
-    def retried(
-        self, client: httpx.Client, method: str, path: str, *, until: float, group: str = "user", **kwargs: Any
-    ) -> httpx.Response | None:
-        """A user's call that must land: tried again on transport errors and 5xx (the web
-        process may be restarting) until `until` (time.monotonic())."""
-        delay = 0.5
-        while True:
-            response = self.call(client, method, path, group=group, **kwargs)
-            if (response is not None and response.status_code < 500) or time.monotonic() > until:
-                return response
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-    @property
-    def total(self) -> int:
-        return sum(self.statuses.values()) + sum(self.transport_errors.values())
-
-
-def _route(path: str) -> str:
-    return "/".join("{id}" if len(part) > 20 or part.startswith("PROP-") else part for part in path.split("/"))
-
-
-@dataclass
-class ProposalTrace:
-    proposal_id: str
-    allocation: dict[str, str]
-    decisions: dict[str, str] = field(default_factory=dict)  # approver -> "recorded", "already", "lost: ..."
-    approved_at: float | None = None
-    outcome: str = ""  # as the API last showed it: executed, approved (with an error), ...
 
 
 @dataclass
@@ -174,7 +83,6 @@ class Driver:
         self.http = Http(stack.base_url)
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
-        self.proposals: list[ProposalTrace] = []
         self.automation: AutomationClient | None = None
         self.burst_window: tuple[float, float] | None = None
         self.started = 0.0  # time.time() when the load began
@@ -185,7 +93,16 @@ class Driver:
         self.operator = self.http.client(tokens[OPERATOR])
         self.approver_clients = {name: self.http.client(tokens[name]) for name in APPROVERS}
         self.reader = self.http.client(summary.token)
-        self.vault = self._json(self.reader, f"/v1/vaults/{VAULT}")
+        self.proposals = Proposals(
+            http=self.http,
+            operator=self.operator,
+            approvers=self.approver_clients,
+            reader=self.reader,
+            first=summary.proposal,
+            running=lambda: self.running,
+            stopping=self.stopping,
+        )
+        self.vault = self.http.fetch(self.reader, f"/v1/vaults/{VAULT}")
 
     # --- the run ---
 
@@ -196,7 +113,7 @@ class Driver:
         burst_at = min(max(60.0, self.seconds / 3), max(self.seconds - BURST_SECONDS, 0.0))
         for name, target in (
             ("soak-reads", self._reads),
-            ("soak-proposals", self._proposals),
+            ("soak-proposals", self.proposals.run),
             ("soak-burst", lambda: self._burst(at=burst_at)),
         ):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -234,7 +151,7 @@ class Driver:
         account = Account.create()
         executor = SoakExecutor(account.key.hex(), token=self.vault["asset"])
         server = ExecutorServer(executor).start()
-        registry = self._json(
+        registry = self.http.fetch(
             client, "/v1/executors", method="POST", json={"address": account.address, "name": "soak executor"}
         )["registryID"]
         message = kernel_action_message(destination_url=server.url, verify_payload=True, action="CREATE")
@@ -249,11 +166,11 @@ class Driver:
             "signature": "0x" + account.sign_message(signable).signature.hex().removeprefix("0x"),
         }
         key = {"Idempotency-Key": str(uuid.uuid4())}
-        config = self._json(client, "/v1/config", method="POST", json=body, headers=key, until=until)
+        config = self.http.fetch(client, "/v1/config", method="POST", json=body, headers=key, until=until)
         executor.hmac_key, executor.verifying_address = config["hmacKey"], config["verifyingAddress"]
         funded = self._relayers_funded(config["relayerAddress"])
         sub_account = Account.create().address
-        subscription = self._json(
+        subscription = self.http.fetch(
             client,
             "/v1/subscriptions",
             method="POST",
@@ -342,91 +259,6 @@ class Driver:
         )
         return admin
 
-    # --- proposals ---
-
-    def _proposals(self) -> None:
-        pending: str | None = self.summary.proposal
-        allocation = dict(ALLOCATIONS[1])
-        rounds = 0
-        while self.running and rounds < 1000:
-            rounds += 1
-            if pending is None:
-                allocation = dict(ALLOCATIONS[rounds % 2])
-                created = self._json(
-                    self.operator,
-                    "/v1/proposals",
-                    method="POST",
-                    headers={"Idempotency-Key": str(uuid.uuid4())},
-                    json={
-                        "vaultId": VAULT,
-                        "approvers": list(APPROVERS),
-                        "quorumRequired": 2,
-                        "proposedAllocations": allocation,
-                    },
-                    until=time.monotonic() + 120,
-                    check=False,
-                )
-                if "proposalId" not in created:
-                    self.stopping.wait(10)
-                    continue
-                pending = created["proposalId"]
-            trace = ProposalTrace(pending, allocation)
-            self.proposals.append(trace)
-            if not self._wait_quiet():
-                return
-            with ThreadPoolExecutor(max_workers=2) as pool:  # two approvers deciding at the same moment
-                outcomes = pool.map(self._approve, [trace.proposal_id] * 2, APPROVERS[:2])
-                trace.decisions = dict(zip(APPROVERS[:2], outcomes, strict=True))
-            trace.approved_at = time.time()
-            trace.outcome = self._wait_executed(trace.proposal_id)
-            pending = None
-
-    def _approve(self, proposal: str, name: str) -> str:
-        response = self.http.retried(
-            self.approver_clients[name],
-            "POST",
-            f"/v1/proposals/{proposal}/approve",
-            json={"comment": "soak"},
-            until=time.monotonic() + 120,
-        )
-        if response is None:
-            return "no answer"
-        if response.status_code == 200:
-            return "recorded"
-        if response.status_code == 409 and "already_decided" in response.text:
-            return "already"  # an earlier try landed before the connection broke
-        return f"{response.status_code} {response.text[:120]}"
-
-    def _wait_quiet(self) -> bool:
-        """Until no intent is moving the vault's funds, Flow A has moved it back after our last
-        proposal, and the policy's minimum interval since the last rebalance has passed."""
-        waited_from = time.monotonic()
-        while self.running:
-            vault = self._json(self.reader, f"/v1/vaults/{VAULT}", check=False)
-            intents = self._json(self.reader, f"/v1/vaults/{VAULT}/intents", check=False).get("data", [])
-            policy = vault.get("policy") or {}
-            last = vault.get("lastRebalanceAt")
-            moving = any(i["status"] in ("signed", "relaying") for i in intents)
-            ours_last = bool(intents) and intents[0].get("proposalId") is not None
-            flow_a_done = not ours_last or time.monotonic() - waited_from > FLOW_A_RETURN_SECONDS
-            if last and not moving and flow_a_done:
-                since = time.time() - datetime.fromisoformat(last).timestamp()
-                if since > policy.get("minIntervalSeconds", 60) + 5:
-                    return True
-            self.stopping.wait(2)
-        return False
-
-    def _wait_executed(self, proposal: str) -> str:
-        until = time.monotonic() + 180
-        status = ""
-        while time.monotonic() < until and not self.stopping.is_set():
-            body = self._json(self.approver_clients[APPROVERS[0]], f"/v1/proposals/{proposal}", check=False)
-            status = body.get("status", "")
-            if status == "executed" or body.get("executionError"):
-                return status + (f": {body['executionError']}" if body.get("executionError") else "")
-            self.stopping.wait(2)
-        return status
-
     # --- the burst ---
 
     def _burst(self, *, at: float) -> None:
@@ -452,23 +284,3 @@ class Driver:
         with ThreadPoolExecutor(max_workers=BURST_CLIENTS, thread_name_prefix="soak-burst") as pool:
             list(pool.map(one, range(BURST_CLIENTS)))
         self.burst_window = (start, time.time())
-
-    # --- helpers ---
-
-    def _json(
-        self,
-        client: httpx.Client,
-        path: str,
-        *,
-        method: str = "GET",
-        until: float | None = None,
-        check: bool = True,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        response = self.http.retried(client, method, path, until=until or time.monotonic() + 60, group="user", **kwargs)
-        if response is None or response.status_code >= 400:
-            if check:
-                detail = "no answer" if response is None else f"{response.status_code} {response.text[:300]}"
-                raise RuntimeError(f"{method} {path}: {detail}")
-            return {}
-        return dict(response.json())

@@ -7,6 +7,7 @@ the soak sees hooks that arrived twice and post-execution calls that never came.
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 import time
@@ -39,7 +40,7 @@ class SoakExecutor(Executor):
 
     def on_trigger(self, body: dict[str, Any]) -> dict[str, Any]:
         request_id = body["requestID"]
-        if not hmac_hex(self.hmac_key, request_id) == body["signature"]:
+        if not hmac.compare_digest(hmac_hex(self.hmac_key, request_id), str(body["signature"])):
             raise PermissionError("bad body signature")
         with self.lock:
             self.triggers[request_id] += 1
@@ -75,7 +76,7 @@ class SoakExecutor(Executor):
         }
 
     def on_executed(self, body: dict[str, Any]) -> dict[str, Any]:
-        if not hmac_hex(self.hmac_key, body["requestID"]) == body["signature"]:
+        if not hmac.compare_digest(hmac_hex(self.hmac_key, body["requestID"]), str(body["signature"])):
             raise PermissionError("bad body signature")
         with self.lock:
             self.executed.setdefault(body["executionRequestID"], time.time())

@@ -12,7 +12,7 @@ from django.db.models import Count
 
 from approvals.models import Approval, ProposalStatus, RebalanceProposal
 from orchestrator.automations.models import Firing, SourceType, Subscription
-from orchestrator.benchmarks.soak_driver import ProposalTrace
+from orchestrator.benchmarks.soak_proposals import ProposalTrace
 from orchestrator.benchmarks.soak_report import Cadence, FiringRow
 from orchestrator.models import WorkflowRun
 from relayer.models import RelayTransaction, TxPhase

@@ -123,9 +123,10 @@ def listening(port: int) -> bool:
 def use_database(url: str, alias: str = ALIAS) -> str:
     """Registers `url` as the database alias `alias` of this process and returns the alias."""
     config = environ.Env.db_url_config(url)
-    config["CONN_MAX_AGE"] = 0 if "pytest" in sys.modules else 600
     config.setdefault("OPTIONS", {})["connect_timeout"] = 5
     connections.settings[alias] = connections.configure_settings({"default": config})["default"]
+    with suppress(AttributeError):  # a connection made for an earlier stack's database
+        del connections[alias]
     return alias
 
 
