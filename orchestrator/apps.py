@@ -10,7 +10,11 @@ class OrchestratorConfig(AppConfig):
         from django.utils.module_loading import autodiscover_modules
 
         from orchestrator import observability  # noqa: F401  (connects the Celery signals)
+        from orchestrator.dbpool import register_fork_handler
         from orchestrator.schedules import ensure_periodic_tasks
+
+        # Celery pool children and gunicorn workers are forked: none may use its parent's pool.
+        register_fork_handler()
 
         # Every app declares its workflows in a `workflows` module; workers and web both load
         # them so that any process can start and run any kind.

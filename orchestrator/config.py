@@ -74,3 +74,39 @@ def env_db(name: str, default: str) -> dict[str, Any]:
             f"Environment variable {name} is not a database URL (expected e.g. postgres://user@host/db)."
         )
     return config
+
+
+def env_postgres(name: str, default: str) -> dict[str, Any]:
+    """A PostgreSQL database URL; any other database stops start-up.
+
+    PostgreSQL is the only database: the engine and the relayer serialize steps and nonces
+    with row locks (SELECT ... FOR UPDATE [SKIP LOCKED]), and Flow A's verify is one
+    PostgreSQL statement."""
+    config = env_db(name, default)
+    if config["ENGINE"] != "django.db.backends.postgresql":
+        scheme = env.str(name, default=default).partition(":")[0]  # not the URL: it may hold a password
+        raise ImproperlyConfigured(
+            f"Environment variable {name} must be a PostgreSQL URL (postgres://user@host:5432/db), "
+            f"not {scheme}:...: the engine and the relayer rely on PostgreSQL's row locks."
+        )
+    return config
+
+
+# The brokers production runs, and the engine's tests run on both; kombu's others (filesystem,
+# SQLAlchemy, memory) are refused: the filesystem transport loses messages between processes.
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps")
+
+
+def env_broker_url(name: str, default: str) -> str:
+    """A Celery broker URL on Redis or RabbitMQ (several, for failover, separated by `;`)."""
+    url = env_str(name, default)
+    for part in url.split(";"):
+        scheme, separator, _ = part.strip().partition("://")
+        if not separator or scheme.lower() not in BROKER_SCHEMES:
+            shown = part.strip().partition(":")[0]  # not the URL: it may hold a password
+            raise ImproperlyConfigured(
+                f"Environment variable {name} must be a Redis or RabbitMQ URL "
+                f"(redis://host:6379/0, rediss://, amqp://user:password@host:5672//, amqps://), "
+                f"not {shown!r}:..."
+            )
+    return url

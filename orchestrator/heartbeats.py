@@ -10,7 +10,6 @@ import time."""
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import timedelta
 from typing import Any
 
@@ -29,15 +28,12 @@ def worker_heartbeat_name(hostname: str) -> str:
 
 
 def _write(name: str, *, prune: bool = False) -> None:
-    from django.db import close_old_connections, connection
     from django.utils import timezone
 
+    from orchestrator.dbpool import pools_close
     from orchestrator.health import heartbeat
     from orchestrator.models import Heartbeat
 
-    # The main process keeps its connection between beats; after a database restart Django
-    # would keep reusing the broken one unless told to drop it.
-    close_old_connections()
     try:
         heartbeat(name)
         if prune:
@@ -46,10 +42,14 @@ def _write(name: str, *, prune: bool = False) -> None:
     except Exception as exc:  # the database may be down; the next beat tries again
         logger.warning("worker heartbeat %s not written: %s", name, exc)
     finally:
-        # Without an event loop (the filesystem broker) the timer is a thread of the parent
-        # process: a connection left open there would be inherited by every forked pool child.
-        if threading.current_thread() is not threading.main_thread():
-            connection.close()
+        # This main process forks the pool children (at start, and to replace one that died or
+        # was recycled). A pool kept open here between beats would be inherited by them, its
+        # sockets shared (dbpool.py): one new connection per beat is cheaper than that risk,
+        # and a connection broken by a database restart is never reused.
+        try:
+            pools_close()
+        except Exception as exc:
+            logger.warning("worker heartbeat %s: database pool not closed: %s", name, exc)
 
 
 def _forget(name: str) -> None:

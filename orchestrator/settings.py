@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.config import env_bool, env_db, env_float, env_int, env_list, env_str
+from django.core.exceptions import ImproperlyConfigured
+
+from orchestrator.config import env_bool, env_broker_url, env_float, env_int, env_list, env_postgres, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
@@ -35,6 +37,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files are answered here, before sessions, auth and the database are touched.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "orchestrator.observability.CorrelationIdMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -62,21 +66,49 @@ TEMPLATES = [
     },
 ]
 
-# The embedded default is a SQLite file so `make run` needs no database server. PostgreSQL is
-# the system of record in production and in the test suite: row locks (SELECT ... FOR UPDATE)
-# are what serialize workflow steps and nonces, and SQLite ignores them.
-DATABASES = {"default": env_db("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
-DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 60, minimum=0)
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {
-            "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 5, minimum=1),
-            # A stuck query must not pin a worker forever; steps are short by design.
-            "options": f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 30000, minimum=0)}",
-        }
+# Without DATABASE_URL and CELERY_BROKER_URL, `make run` starts embedded PostgreSQL and Valkey
+# servers on these ports (orchestrator/devstack/) and every process uses them.
+EMBEDDED_POSTGRES_PORT = env_int("EMBEDDED_POSTGRES_PORT", 15432, minimum=1, maximum=65535)
+EMBEDDED_REDIS_PORT = env_int("EMBEDDED_REDIS_PORT", 16379, minimum=1, maximum=65535)
+
+# PostgreSQL only, everywhere: row locks (SELECT ... FOR UPDATE [SKIP LOCKED]) are what
+# serialize workflow steps and nonces (config.env_postgres refuses any other database).
+DATABASES = {
+    "default": env_postgres(
+        "DATABASE_URL", f"postgres://postgres@127.0.0.1:{EMBEDDED_POSTGRES_PORT}/vault_orchestrator"
     )
-else:
-    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20})
+}
+# Every process keeps a bounded pool (psycopg_pool through Django): web threads and worker
+# processes take a connection per request or task and give it back, so the server's connection
+# count is at most the sum of the pools' max sizes, however many requests arrive. Size
+# DB_POOL_MAX_SIZE to a web process's threads (a request waits up to DB_POOL_TIMEOUT for a
+# free connection, then fails); a Celery pool child runs one task at a time and uses one. With
+# the database down, a query also waits DB_POOL_TIMEOUT (the pool retries in the background and
+# logs each failed attempt's cause at WARNING) and then fails with "couldn't get a connection".
+# Pools never cross a fork (orchestrator/dbpool.py).
+DB_POOL_MIN_SIZE = env_int("DB_POOL_MIN_SIZE", 1, minimum=0)
+DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 8, minimum=1)
+DB_POOL_TIMEOUT = env_float("DB_POOL_TIMEOUT", 10.0, minimum=0.1)
+if DB_POOL_MIN_SIZE > DB_POOL_MAX_SIZE:
+    raise ImproperlyConfigured(
+        f"Environment variables DB_POOL_MIN_SIZE={DB_POOL_MIN_SIZE} and DB_POOL_MAX_SIZE={DB_POOL_MAX_SIZE}: "
+        "the minimum must not exceed the maximum."
+    )
+# Django refuses persistent connections with a pool: the pool keeps them (and retires each
+# after an hour, psycopg_pool's max_lifetime).
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+# The pool checks a connection with an empty query as it hands it out (web: once per request;
+# a worker child keeps its connection across tasks, see CELERY_DB_REUSE_MAX): after a database
+# restart an idle pooled connection is broken, and without the check each would fail a request.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DATABASES["default"].setdefault("OPTIONS", {}).update(
+    {
+        "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 5, minimum=1),
+        # A stuck query must not pin a worker forever; steps are short by design.
+        "options": f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 30000, minimum=0)}",
+        "pool": {"min_size": DB_POOL_MIN_SIZE, "max_size": DB_POOL_MAX_SIZE, "timeout": DB_POOL_TIMEOUT},
+    }
+)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -91,7 +123,14 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+# `manage.py collectstatic --noinput` fills it (`make run` does, before gunicorn starts); the web
+# process serves it itself through WhiteNoise, with DJANGO_DEBUG=0 too. Hashed names (the
+# manifest) let browsers cache the files for good; tests/settings.py uses the plain storage.
 STATIC_ROOT = VAR_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 # --- REST API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -116,24 +155,12 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Celery ---------------------------------------------------------------------------------
-# Embedded default: kombu's filesystem transport. It needs no server, survives restarts (the
-# messages are files under var/broker) and is safe for several local processes, which is all a
-# single-machine demo needs. Set CELERY_BROKER_URL=redis://... (or amqp://...) for real use.
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
-_broker_dir = VAR_DIR / "broker"
-CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = (
-    {
-        "data_folder_in": str(_broker_dir / "messages"),
-        "data_folder_out": str(_broker_dir / "messages"),
-        "control_folder": str(_broker_dir / "control"),
-        "store_processed": False,
-    }
-    if CELERY_BROKER_URL.startswith("filesystem")
-    else {
-        # Redis redelivers unacknowledged messages after this; it must exceed the longest task.
-        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60),
-    }
-)
+# Redis (Valkey) or RabbitMQ, the brokers production runs (config.env_broker_url refuses others).
+CELERY_BROKER_URL = env_broker_url("CELERY_BROKER_URL", f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0")
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+    # Redis redelivers unacknowledged messages after this; it must exceed the longest task.
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60),
+}
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -146,9 +173,11 @@ CELERY_TASK_DEFAULT_QUEUE = "workflows"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-# Celery's Django fixup closes the database connection around every task unless this is set:
-# a new PostgreSQL connection per workflow step costs more than the step. Reuse each worker
-# connection for this many tasks (CONN_MAX_AGE still retires old ones).
+# Still needed with the pool. Without it Celery's Django fixup "closes the database" before and
+# after every task, and in a prefork child that closes the whole pool (celery.fixups.django,
+# _close_database): a new PostgreSQL connection per workflow step, which costs more than the
+# step. With it a child keeps its pooled connection for this many tasks, then closes its pool
+# and opens a new one (which also retires old connections, as CONN_MAX_AGE did).
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=0)
 CELERY_TIMEZONE = "UTC"
 
@@ -262,16 +291,12 @@ CHAIN_STUCK_SECONDS = env_float("CHAIN_STUCK_SECONDS", 30.0, minimum=0.1)
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-    from django.core.exceptions import ImproperlyConfigured
-
     # Otherwise logging.config fails with "Unable to configure logger 'celery'", naming nothing.
     raise ImproperlyConfigured(
         f"Environment variable LOG_LEVEL={LOG_LEVEL!r} must be DEBUG, INFO, WARNING, ERROR or CRITICAL."
     )
 LOG_FORMAT = env_str("LOG_FORMAT", "text")
 if LOG_FORMAT not in {"text", "json"}:
-    from django.core.exceptions import ImproperlyConfigured
-
     raise ImproperlyConfigured(f"Environment variable LOG_FORMAT={LOG_FORMAT!r} must be text or json.")
 LOGGING = {
     "version": 1,

@@ -15,22 +15,12 @@ from eth_account import Account
 from orchestrator.engine import Blocked, StepContext, TerminalError
 from relayer.models import Chain
 from tests.vault_support import entry, feed_body, make_oracle, make_policy, make_protocol, make_vault
-from vaults import selectors
 from vaults.models import ExecutionIntent, IntentStatus, Protocol, SignedFeed, Vault
 from vaults.services.feeds import feed_accept
 from vaults.services.intents import intent_emit
 from vaults.workflows import verify
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True, params=["sql", "orm"])
-def reads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each test twice: with PostgreSQL's single statement, and with the ORM reads that
-    make run's embedded SQLite uses."""
-    if request.param == "orm":
-        monkeypatch.setattr(selectors, "SQL_VENDORS", set())
-    return str(request.param)
 
 
 def _context(vault: Vault, feed: SignedFeed) -> StepContext:

@@ -40,7 +40,10 @@ def start_up(**overrides: str) -> subprocess.CompletedProcess[str]:
 
 def test_it_starts_with_the_defaults_and_with_good_values() -> None:
     result = start_up(
-        DB_CONN_MAX_AGE="0",
+        DB_POOL_MIN_SIZE="0",
+        DB_POOL_MAX_SIZE="1",
+        DB_POOL_TIMEOUT="0.5",
+        CELERY_BROKER_URL="amqps://guest:guest@mq.internal:5671//;amqp://guest:guest@127.0.0.1:5672//",
         WORKFLOW_STALL_SECONDS="30.5",
         DJANGO_DEBUG="off",
         LOG_FORMAT="json",
@@ -49,13 +52,34 @@ def test_it_starts_with_the_defaults_and_with_good_values() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert start_up().returncode == 0
+    assert (
+        start_up(DATABASE_URL="postgresql://app@db.internal/orders", CELERY_BROKER_URL="rediss://r:6380/1").returncode
+        == 0
+    )
+
+
+def test_it_defaults_to_the_embedded_servers_of_make_run() -> None:
+    show = "from django.conf import settings as s; print(s.DATABASES['default']['PORT'], s.CELERY_BROKER_URL)"
+    env = {
+        k: v for k, v in os.environ.items() if k not in {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "CELERY_BROKER_URL"}
+    }
+    env.update(EMBEDDED_POSTGRES_PORT="25432", EMBEDDED_REDIS_PORT="26379")
+    result = subprocess.run(
+        [sys.executable, "-c", f"{SETUP}; {show}"], cwd=settings.BASE_DIR, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["25432", "redis://127.0.0.1:26379/0"]
 
 
 @pytest.mark.parametrize(
     "name,value",
     [
-        ("DB_CONN_MAX_AGE", "abc"),
-        ("DB_CONN_MAX_AGE", "-1"),
+        ("DB_POOL_MIN_SIZE", "-1"),
+        ("DB_POOL_MAX_SIZE", "0"),
+        ("DB_POOL_MAX_SIZE", "eight"),
+        ("DB_POOL_TIMEOUT", "0"),
+        ("EMBEDDED_POSTGRES_PORT", "0"),
+        ("EMBEDDED_REDIS_PORT", "65536"),
         ("DB_CONNECT_TIMEOUT", "soon"),
         ("DB_STATEMENT_TIMEOUT_MS", "1.5"),
         ("WORKFLOW_STALL_SECONDS", "-5"),
@@ -71,6 +95,14 @@ def test_it_starts_with_the_defaults_and_with_good_values() -> None:
         ("DATABASE_URL", "garbage"),
         ("DATABASE_URL", ""),
         ("DATABASE_URL", "postgres://u@host:notaport/db"),
+        ("DATABASE_URL", "sqlite:///var/db.sqlite3"),
+        ("DATABASE_URL", "mysql://u:secret@host/db"),
+        ("CELERY_BROKER_URL", "filesystem://"),
+        ("CELERY_BROKER_URL", "memory://"),
+        ("CELERY_BROKER_URL", "sqla+postgresql://u@host/db"),
+        ("CELERY_BROKER_URL", "redis://r:6379/0;filesystem://"),
+        ("CELERY_BROKER_URL", "127.0.0.1:6379"),
+        ("CELERY_BROKER_URL", ""),
         ("CELERY_TASK_TIME_LIMIT", "0"),
         ("CELERY_PREFETCH_MULTIPLIER", "many"),
         ("CELERY_VISIBILITY_TIMEOUT", "59"),
@@ -83,6 +115,26 @@ def test_it_stops_start_up_naming_the_variable_with_a_bad_value(name: str, value
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("django.core.exceptions.ImproperlyConfigured"), result.stderr
     assert name in last_line, result.stderr
+
+
+def test_it_refuses_a_pool_whose_minimum_exceeds_its_maximum() -> None:
+    result = start_up(DB_POOL_MIN_SIZE="9", DB_POOL_MAX_SIZE="8")
+    assert result.returncode != 0
+    assert "DB_POOL_MIN_SIZE=9 and DB_POOL_MAX_SIZE=8" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "name,value,expected",
+    [
+        ("DATABASE_URL", "mysql://app:s3cret@db.internal/orders", "must be a PostgreSQL URL"),
+        ("CELERY_BROKER_URL", "sqs://AKIA:s3cret@", "must be a Redis or RabbitMQ URL"),
+    ],
+)
+def test_it_names_the_servers_it_needs_without_showing_a_password(name: str, value: str, expected: str) -> None:
+    result = start_up(**{name: value})
+    assert result.returncode != 0
+    assert expected in result.stderr.strip().splitlines()[-1], result.stderr
+    assert "s3cret" not in result.stderr
 
 
 # --- the readers, in process ------------------------------------------------------------------
@@ -117,7 +169,7 @@ def test_it_enforces_the_bounds_of_numbers(monkeypatch: pytest.MonkeyPatch) -> N
 @pytest.mark.filterwarnings("ignore:Engine not recognized from url")
 def test_it_reads_a_database_url_and_refuses_one_without_a_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_DB", "postgres://app:secret@db.internal:6432/orders")
-    db = config.env_db("TEST_DB", "sqlite:///x")
+    db = config.env_db("TEST_DB", "postgres://localhost/x")
     assert (db["ENGINE"], db["HOST"], db["PORT"], db["NAME"]) == (
         "django.db.backends.postgresql",
         "db.internal",
@@ -126,7 +178,7 @@ def test_it_reads_a_database_url_and_refuses_one_without_a_scheme(monkeypatch: p
     )
     monkeypatch.setenv("TEST_DB", "db.internal/orders")
     with pytest.raises(ImproperlyConfigured, match="TEST_DB is not a database URL"):
-        config.env_db("TEST_DB", "sqlite:///x")
+        config.env_db("TEST_DB", "postgres://localhost/x")
 
 
 # --- retry backoff --------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from functools import cache
 from typing import Any
 
 from django.db import connection
-from django.db.models import Q
 
 from relayer.models import Chain, SigningKey
 from vaults.models import ExecutionIntent, OracleKey, PolicyStatus, Protocol, SignedFeed, Vault, VaultPolicy
@@ -97,15 +96,8 @@ def _rebalance_inputs_sql() -> str:
     """  # noqa: S608
 
 
-# The statement is PostgreSQL's (json_agg, ANY, casts); make run's embedded SQLite reads the
-# same with the ORM.
-SQL_VENDORS = {"postgresql"}
-
-
 def rebalance_inputs(*, vault_id: int, feed_id: str) -> RebalanceInputs | None:
     """The feed and the vault's active policy as verify needs them; None if the feed is gone."""
-    if connection.vendor not in SQL_VENDORS:
-        return _rebalance_inputs_orm(vault_id=vault_id, feed_id=feed_id)
     with connection.cursor() as cursor:
         cursor.execute(_rebalance_inputs_sql(), [list(IN_FLIGHT), vault_id, PolicyStatus.ACTIVE, feed_id])
         row = cursor.fetchone()
@@ -140,53 +132,5 @@ def rebalance_inputs(*, vault_id: int, feed_id: str) -> RebalanceInputs | None:
             intent_nonce=intent_nonce,
             in_flight=in_flight,
             protocols=[tuple(p) for p in json.loads(protocols)],
-        ),
-    )
-
-
-def _rebalance_inputs_orm(*, vault_id: int, feed_id: str) -> RebalanceInputs | None:
-    feed = SignedFeed.objects.select_related("oracle").filter(pk=feed_id).first()
-    if feed is None:
-        return None
-    row = FeedRow(
-        id=str(feed.id),
-        digest=feed.digest,
-        timestamp=feed.timestamp,
-        entries=feed.entries,
-        signature=feed.signature,
-        oracle_id=feed.oracle_id,
-        oracle_address=feed.oracle.address,
-    )
-    policy = (
-        VaultPolicy.objects.filter(vault_id=vault_id, status=PolicyStatus.ACTIVE)
-        .select_related("vault__chain", "vault__account")
-        .first()
-    )
-    if policy is None:
-        return RebalanceInputs(feed=row, policy=None)
-    vault = policy.vault
-    in_flight = (
-        ExecutionIntent.objects.filter(vault_id=vault_id, status__in=IN_FLIGHT)
-        .order_by("-nonce")
-        .values_list("nonce", flat=True)
-        .first()
-    )
-    whitelist = set(policy.whitelist.values_list("pk", flat=True))
-    protocols = Protocol.objects.filter(Q(chain_id=vault.chain_id) | Q(pk__in=whitelist)).order_by("name")
-    return RebalanceInputs(
-        feed=row,
-        policy=PolicyRow(
-            pk=policy.pk,
-            version=policy.version,
-            rules={name: getattr(policy, name) for name in POLICY_RULES},
-            trusts_oracle=policy.oracles.filter(pk=feed.oracle_id).exists(),
-            strategy=vault.strategy,
-            asset=vault.asset_address,
-            chain_id=vault.chain_id,
-            rpc_url=vault.chain.rpc_url,
-            account=vault.account.address,
-            intent_nonce=vault.intent_nonce,
-            in_flight=in_flight,
-            protocols=[(p.name, p.address, p.chain_id, p.pk in whitelist) for p in protocols],
         ),
     )

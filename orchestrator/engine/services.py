@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -798,9 +798,9 @@ def _save(run: WorkflowRun) -> None:
 
 def _save_journal(run: WorkflowRun, journal: StepRun) -> None:
     deferred = _deferred.get()
-    # A leased step's record updates its claim's row by id: bulk_create must hand ids back.
-    returns_ids = connection.features.can_return_rows_from_bulk_insert
-    if deferred is not None and deferred.run is run and journal.pk is None and returns_ids:
+    # Deferred rows get their ids from bulk_create (PostgreSQL hands them back): a leased step's
+    # record later updates its claim's row by id.
+    if deferred is not None and deferred.run is run and journal.pk is None:
         deferred.journals.append(journal)
         return
     journal.save()
