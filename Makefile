@@ -46,8 +46,8 @@ lint: install
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check --quiet .
 	@$(VENV)/bin/mypy .
-	@DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py check --fail-level WARNING
-	@DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py makemigrations --check --dry-run >/dev/null \
+	@DATABASE_URL=$(TEST_DATABASE_URL) DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py check --fail-level WARNING
+	@DATABASE_URL=$(TEST_DATABASE_URL) DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py makemigrations --check --dry-run >/dev/null \
 		|| (echo "Model changes without migrations: run manage.py makemigrations" && exit 1)
 
 test: lint chromium

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import task_prerun
 from kombu import Exchange, Queue
 
 from orchestrator.heartbeats import WorkerHeartbeat
@@ -32,3 +33,10 @@ def _reuse_db_connections(sender: Celery, **_: object) -> None:
     from django.conf import settings
 
     sender.conf.CELERY_DB_REUSE_MAX = settings.CELERY_DB_REUSE_MAX
+
+
+@task_prerun.connect
+def _drop_broken_connections(**_: object) -> None:
+    from orchestrator.dbpool import broken_connections_drop
+
+    broken_connections_drop()

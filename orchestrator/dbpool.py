@@ -72,3 +72,15 @@ def _after_fork() -> None:
         inherited_pools_drop()
     except Exception:  # never let a child die for this; it would only use a fresh pool anyway
         logger.exception("inherited database pools not dropped")
+
+
+def broken_connections_drop() -> None:
+    """Before a task: a connection on which an error occurred and that no longer answers is
+    closed, so the task gets a fresh one from the pool. Celery keeps a worker child's connection
+    across tasks (CELERY_DB_REUSE_MAX) and Django checks health only around web requests: after
+    a database restart a child would otherwise fail task after task on a dead connection."""
+    from django.db import connections
+
+    for wrapper in connections.all(initialized_only=True):
+        if wrapper.connection is not None and wrapper.errors_occurred and not wrapper.is_usable():
+            wrapper.close()

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import psycopg
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
@@ -307,18 +308,36 @@ class Command(BaseCommand):
         running.chain_note = f"anvil, started here; state kept in {state}"
 
     def _migrate(self) -> None:
+        db = settings.DATABASES["default"]
+        try:
+            # Directly, not through the pool: the pool would wait DB_POOL_TIMEOUT and then report
+            # its timeout instead of the server's reason (refused, unknown database, password).
+            psycopg.connect(
+                host=db["HOST"] or HOST,
+                port=db["PORT"] or 5432,
+                user=db["USER"],
+                password=db["PASSWORD"] or None,
+                dbname=db["NAME"],
+                connect_timeout=5,
+            ).close()
+        except psycopg.OperationalError as exc:
+            raise CommandError(f"Cannot connect to the database {self._database_name()}: {exc}") from exc
         try:
             call_command("migrate", interactive=False, verbosity=0)
         except OperationalError as exc:
-            raise CommandError(f"Cannot use the database: {exc}") from exc
+            raise CommandError(f"Cannot use the database {self._database_name()}: {exc}") from exc
         # gunicorn serves the admin's files through WhiteNoise, from STATIC_ROOT, as in production.
         call_command("collectstatic", interactive=False, verbosity=0)
+
+    def _database_name(self) -> str:
+        return mask_password(os.environ.get("DATABASE_URL", f"{settings.DATABASES['default']['NAME']} (embedded)"))
 
     def _web(self, log_dir: Path, port: int, env: dict[str, str]) -> ManagedProcess:
         if port_in_use(port):
             # Checked again (it may have been taken since the preflight): another server
             # answering /healthz there would look like ours.
             raise CommandError(f"Port {port} is already in use; set PORT to a free port.")
+        threads = env_int("WEB_THREADS", 8, minimum=1)
         argv = [
             sys.executable,
             "-m",
@@ -333,7 +352,7 @@ class Command(BaseCommand):
             "--worker-class",
             "gthread",
             "--threads",
-            str(env_int("WEB_THREADS", 8, minimum=1)),
+            str(threads),
             "--timeout",
             "60",
             "--graceful-timeout",
@@ -344,7 +363,9 @@ class Command(BaseCommand):
             "-",
         ]
         healthz = f"http://{HOST}:{port}/healthz"
-        return ManagedProcess("web", argv, log_path=log_dir / "web.log", env=env, ready_check=http_ok(healthz))
+        # Every thread may hold a connection at once: a smaller pool would make requests wait.
+        pool = {"DB_POOL_MAX_SIZE": str(max(threads, settings.DB_POOL_MAX_SIZE))}
+        return ManagedProcess("web", argv, log_path=log_dir / "web.log", env=env | pool, ready_check=http_ok(healthz))
 
     # --- stopping ---
 
