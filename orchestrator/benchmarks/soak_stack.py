@@ -273,8 +273,13 @@ class Stack:
         text = self.text
         ok = "Stopping ..." in text and "Killing everything now" not in text
         returncode = self.proc.returncode
-        if "manage.py" not in " ".join(self.argv) and returncode in (-signal.SIGINT, 2, 130):
-            returncode = 0  # make passes the SIGINT on and then dies of it itself
+        if "manage.py" not in " ".join(self.argv):
+            # make passes the SIGINT on and then dies of it itself; up's own failure it reports
+            # as "make: *** [Makefile:49: run] Error 1".
+            failed = re.search(r"make: \*\*\* \[[^\]]*\] Error (\d+)", text)
+            returncode = (
+                int(failed.group(1)) if failed else (0 if returncode in (-signal.SIGINT, 2, 130) else returncode)
+            )
         return Stopped(
             returncode=returncode,
             seconds=seconds,
