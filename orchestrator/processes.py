@@ -140,6 +140,19 @@ class ManagedProcess:
             with suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
 
+    def kill_group(self, timeout: float = 5.0) -> None:
+        """SIGKILLs what is left of a dead process's group and waits until it is gone: a killed
+        gunicorn master's workers would otherwise go on holding the port, a killed worker's
+        pool children its tasks."""
+        if self.proc is None:
+            return
+        deadline = time.monotonic() + timeout
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            while time.monotonic() < deadline:
+                os.killpg(self.proc.pid, 0)  # raises ProcessLookupError once the group is empty
+                time.sleep(0.05)
+
     def stop(self, timeout: float = 20.0) -> None:
         """Stops the process and everything in its process group.
 

@@ -89,6 +89,9 @@ DATABASES = {
 DB_POOL_MIN_SIZE = env_int("DB_POOL_MIN_SIZE", 1, minimum=0)
 DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 8, minimum=1)
 DB_POOL_TIMEOUT = env_float("DB_POOL_TIMEOUT", 10.0, minimum=0.1)
+# A pool closes connections above its minimum that sat idle this long: a burst's connections
+# do not stay open (one server process each) for the rest of the day.
+DB_POOL_MAX_IDLE = env_float("DB_POOL_MAX_IDLE", 120.0, minimum=1)
 if DB_POOL_MIN_SIZE > DB_POOL_MAX_SIZE:
     raise ImproperlyConfigured(
         f"Environment variables DB_POOL_MIN_SIZE={DB_POOL_MIN_SIZE} and DB_POOL_MAX_SIZE={DB_POOL_MAX_SIZE}: "
@@ -106,7 +109,12 @@ DATABASES["default"].setdefault("OPTIONS", {}).update(
         "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 5, minimum=1),
         # A stuck query must not pin a worker forever; steps are short by design.
         "options": f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 30000, minimum=0)}",
-        "pool": {"min_size": DB_POOL_MIN_SIZE, "max_size": DB_POOL_MAX_SIZE, "timeout": DB_POOL_TIMEOUT},
+        "pool": {
+            "min_size": DB_POOL_MIN_SIZE,
+            "max_size": DB_POOL_MAX_SIZE,
+            "timeout": DB_POOL_TIMEOUT,
+            "max_idle": DB_POOL_MAX_IDLE,
+        },
     }
 )
 

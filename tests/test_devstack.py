@@ -22,7 +22,7 @@ from orchestrator.devstack.embedded import EmbeddedPostgres, EmbeddedUnavailable
 from orchestrator.devstack.rundir import AlreadyRunning, RunDir
 from orchestrator.devstack.supervisor import MAX_RESTARTS, Supervisor
 from orchestrator.processes import ManagedProcess, ProcessFailed
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 
 
 def sleeper(name: str, tmp_path: Path) -> ManagedProcess:
@@ -86,15 +86,22 @@ def test_leftovers_of_a_killed_run_are_stopped_and_strangers_left_alone(tmp_path
 
 
 def test_a_dead_worker_is_restarted_and_its_death_logged(tmp_path: Path) -> None:
-    worker = sleeper("worker", tmp_path)
+    # Like a Celery worker or a gunicorn master: a leader with a child of its own in its group.
+    pool_pid = tmp_path / "pool.pid"
+    script = f"sleep 300 & echo $! > {pool_pid}; wait"
+    worker = ManagedProcess("worker", ["sh", "-c", script], log_path=tmp_path / "worker.log")
     supervisor = supervisor_for(tmp_path, [])
     supervisor.spawn(worker)
     first_pid = worker.pid
     try:
+        wait_until(pool_pid.exists, timeout=10, message="the pool child")
+        pool = psutil.Process(int(pool_pid.read_text()))
         assert supervisor.rundir.pid_of("worker") == first_pid
         os.kill(first_pid, signal.SIGKILL)
         worker.wait(5)
+        assert pool.is_running()  # orphaned: it would hold the port or the tasks of the dead one
         supervisor.check_once()
+        assert not pool.is_running() or pool.status() == psutil.STATUS_ZOMBIE
         assert worker.alive and worker.pid != first_pid
         assert supervisor.rundir.pid_of("worker") == worker.pid
         log = (tmp_path / "log" / "up.log").read_text()

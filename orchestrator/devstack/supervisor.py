@@ -77,6 +77,7 @@ class Supervisor:
         self.restarts[child.name] = [*recent, now]
         self.restart_counts[child.name] = count = self.restart_counts.get(child.name, 0) + 1
         self.journal.warn(f"{child.name} died ({how}); restarting it (restart {count}). Last lines of its log:\n{tail}")
+        child.kill_group()
         self.spawn(child)
 
     def stop_all(self) -> Iterator[tuple[ManagedProcess, float | Exception]]:

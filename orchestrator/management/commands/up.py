@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,12 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import OperationalError, connections
+from django.db import OperationalError
 
 from orchestrator import processes
 from orchestrator.celery import app as celery_app
 from orchestrator.config import env_int
+from orchestrator.dbpool import pools_close
 from orchestrator.devstack import demo
 from orchestrator.devstack.console import Journal, Progress, Shutdown, Signals, StepOutcome
 from orchestrator.devstack.embedded import EmbeddedPostgres, EmbeddedUnavailable, EmbeddedValkey
@@ -233,8 +235,9 @@ class Command(BaseCommand):
             )
             spawn(executor.process).wait_ready(READY_TIMEOUT)
             running.executor, outcome.text = executor.summary, executor.note
-        # The children open their own connections; ours would sit idle for as long as `up` runs.
-        connections.close_all()
+        # The children open their own connections; ours (and our pool) would sit idle for as long
+        # as `up` runs, and be cut off as errors when PostgreSQL stops.
+        pools_close()
 
         queues = ",".join(queue.name for queue in celery_app.conf.task_queues or ())
         with progress.step(f"Celery worker (queues {queues})"):
@@ -372,6 +375,8 @@ class Command(BaseCommand):
     def _stop_all(self, supervisor: Supervisor) -> None:
         if not supervisor.children:
             return
+        with suppress(Exception):  # a failed start may have left a connection open; not if the server is gone
+            pools_close()
         self.stdout.write("Stopping ...")
         for child, result in supervisor.stop_all():
             if isinstance(result, Exception):
