@@ -9,6 +9,8 @@ ANVIL := node_modules/.installed-stamp
 
 # The suite runs on real services (README, "Tests"); these are this machine's defaults.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/vault_orchestrator
+# The Django checks in `lint` read migration history from a database that always exists.
+LINT_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 TEST_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672//
 PYTEST_ARGS ?=
@@ -46,8 +48,8 @@ lint: install
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check --quiet .
 	@$(VENV)/bin/mypy .
-	@DATABASE_URL=$(TEST_DATABASE_URL) DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py check --fail-level WARNING
-	@DATABASE_URL=$(TEST_DATABASE_URL) DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py makemigrations --check --dry-run >/dev/null \
+	@DATABASE_URL=$(LINT_DATABASE_URL) DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py check --fail-level WARNING
+	@DATABASE_URL=$(LINT_DATABASE_URL) DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py makemigrations --check --dry-run >/dev/null \
 		|| (echo "Model changes without migrations: run manage.py makemigrations" && exit 1)
 
 test: lint chromium

@@ -108,14 +108,14 @@ def test_a_pool_child_forked_after_the_main_process_wrote_heartbeats_runs_steps(
 
 @pytest.mark.django_db(transaction=True)
 def test_a_connection_the_database_dropped_is_replaced_before_the_next_task() -> None:
-    from django.db import DatabaseError, connections
+    from django.db import DatabaseError
 
     from orchestrator.dbpool import broken_connections_drop
 
     connection.ensure_connection()
     dead = _backend_pid(connection.connection)
     # As a database restart would: the server ends the session under the worker's feet.
-    with connections["default"].pool.connection() as other:
+    with cast(DatabaseWrapper, connection).pool.connection() as other:
         other.execute("SELECT pg_terminate_backend(%s)", [dead])
     with pytest.raises(DatabaseError), connection.cursor() as cursor:
         cursor.execute("SELECT 1")
