@@ -33,18 +33,6 @@ UP_IS_UP = "Vault Orchestrator is up."
 # Where the soak reads the system's records: a second alias, so nothing of the bench's own
 # settings (or the test database) is touched.
 ALIAS = "soak"
-# How `up` started before pid files (the old `up`, or external services): children by command line.
-_CMDLINE_NAMES = (
-    ("anvil", "anvil"),
-    ("example_executor", "executor"),
-    (" worker", "worker"),
-    (" beat", "beat"),
-    ("gunicorn", "web"),
-    ("runserver", "web"),
-    ("postgres", "postgres"),
-    ("valkey", "valkey"),
-    ("redis-server", "valkey"),
-)
 
 
 @dataclass(frozen=True)
@@ -227,30 +215,15 @@ class Stack:
         return None
 
     def pids(self) -> dict[str, int]:
-        """Each child's current pid: from VAR_DIR/run/<name>.pid, else from up's children."""
+        """Each child's current pid, from VAR_DIR/run/<name>.pid (`up` rewrites it on a restart)."""
         found = {}
         run = self.var_dir / "run"
         for path in sorted(run.glob("*.pid")) if run.exists() else []:
             pid = _read_pid(path)
             if path.stem != "up" and pid is not None:
                 found[path.stem] = pid
-        if not found:
-            found = self._pids_by_cmdline()
         for name, pid in found.items():
             self.seen.setdefault(pid, name)
-        return found
-
-    def _pids_by_cmdline(self) -> dict[str, int]:
-        up = self.up_pid()
-        found: dict[str, int] = {}
-        if up is None:
-            return found
-        with suppress(psutil.Error):
-            for child in psutil.Process(up).children():
-                with suppress(psutil.Error):
-                    line = " ".join(child.cmdline())
-                    name = next((n for needle, n in _CMDLINE_NAMES if needle in line), child.name())
-                    found.setdefault(name, child.pid)
         return found
 
     def stop(self, *, timeout: float = 180.0) -> Stopped:
