@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import psycopg
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -35,6 +31,7 @@ from orchestrator.dbpool import pools_close
 from orchestrator.devstack import demo
 from orchestrator.devstack.console import Journal, Progress, Shutdown, Signals, StepOutcome
 from orchestrator.devstack.embedded import EmbeddedPostgres, EmbeddedUnavailable, EmbeddedValkey
+from orchestrator.devstack.local import http_ok, mask_password, port_in_use, rotate_log
 from orchestrator.devstack.rundir import AlreadyRunning, RunDir
 from orchestrator.devstack.supervisor import Supervisor
 from orchestrator.processes import ManagedProcess, ProcessFailed
@@ -43,40 +40,6 @@ HOST = "127.0.0.1"
 STEPS = 11
 # Generous: the first start of a worker on a cold machine imports a lot (web3, Django).
 READY_TIMEOUT = 60.0
-
-
-def mask_password(url: str) -> str:
-    """postgres://user:secret@host/db -> postgres://user:***@host/db (for printing)."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((HOST, port)) == 0
-
-
-def http_ok(url: str) -> Callable[[], bool]:
-    def check() -> bool:
-        try:
-            # trust_env=False: an HTTP(S)_PROXY in the developer's shell must not catch localhost.
-            return httpx.get(url, timeout=1, trust_env=False).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    return check
-
-
-def rotate_log(path: Path) -> None:
-    # Each start's log begins empty; the previous run's is kept as .1. (Within a run, a restarted
-    # child appends to its log: the deaths before a restart are what the developer reads.)
-    if path.exists():
-        path.replace(path.with_name(path.name + ".1"))
 
 
 @dataclass(frozen=True)
