@@ -270,7 +270,9 @@ class Command(BaseCommand):
         # often: each dump rewrites the whole chain (the soak's 30 minutes made 3 MB of it).
         state = log_dir.parent / "anvil" / "state.json"
         state.parent.mkdir(parents=True, exist_ok=True)
-        extra = ["--state", str(state), "--state-interval", "30"]
+        # --prune-history: no per-block state snapshots kept in memory (measured: 91 -> 48 MB after
+        # 1,500 transactions); blocks, receipts and logs stay, and nothing here reads old state.
+        extra = ["--state", str(state), "--state-interval", "30", "--prune-history"]
         spawn(processes.anvil(port=settings.ANVIL_PORT, log_path=log_dir / "anvil.log", extra=extra)).wait_ready(30)
         running.chain_note = f"anvil, started here; state kept in {state}"
 
