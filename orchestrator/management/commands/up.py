@@ -152,7 +152,7 @@ class Command(BaseCommand):
         go to up.log: on the terminal they would break the progress lines."""
         root = logging.getLogger()
         handler = logging.FileHandler(path)
-        for old in root.handlers:
+        for old in list(root.handlers):  # a copy: the loop removes them
             handler.setFormatter(old.formatter)
             for log_filter in old.filters:
                 handler.addFilter(log_filter)
