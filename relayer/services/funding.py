@@ -142,7 +142,7 @@ def _fund_and_log(*, keys: list[SigningKey], chain: Chain | None) -> None:
             dev_keys_fund(keys=keys, chain=target)
         except (RpcUnavailable, DevFundingError) as exc:
             _warn(keys=keys, chain=target, reason=str(exc))
-        except Exception as exc:
+        except Exception as exc:  # unforeseen: named by its class, still never raised to the caller
             _warn(keys=keys, chain=target, reason=f"{exc.__class__.__name__}: {exc}")
 
 
