@@ -33,16 +33,6 @@ WORKERS, THREADS, POOL_MAX = 2, 16, 3
 DEBUG_PAGE = ("DEBUG = True", "Traceback", "Using the URLconf")
 
 
-def _ready(url: str) -> Any:
-    def check() -> bool:
-        try:
-            return httpx.get(url, timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    return check
-
-
 @pytest.fixture(scope="module")
 def web(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """gunicorn as `make run` starts it, on the test database, after `collectstatic`, with a
@@ -66,23 +56,9 @@ def web(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
     )
     assert collected.returncode == 0, collected.stderr
     port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "orchestrator.wsgi:application",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(WORKERS),
-        "--worker-class",
-        "gthread",
-        "--threads",
-        str(THREADS),
-    ]
-    log = ARTIFACTS / "logs" / f"gunicorn-{port}.log"
     base = f"http://127.0.0.1:{port}"
-    server = processes.ManagedProcess("web", argv, log_path=log, env=env, ready_check=_ready(f"{base}/healthz"))
+    log = ARTIFACTS / "logs" / f"gunicorn-{port}.log"
+    server = processes.web_server(port=port, log_path=log, env=env, workers=WORKERS, threads=THREADS)
     server.start().wait_ready(timeout=60)
     yield base
     server.stop()

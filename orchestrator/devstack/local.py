@@ -1,14 +1,11 @@
-"""Small things `manage.py up` asks of this machine: is a port taken, does a URL answer, and
+"""Small things `manage.py up` asks of this machine: is a port taken, and
 how a URL or a log file is shown or kept."""
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
-
-import httpx
 
 HOST = "127.0.0.1"
 
@@ -27,17 +24,6 @@ def port_in_use(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((HOST, port)) == 0
-
-
-def http_ok(url: str) -> Callable[[], bool]:
-    def check() -> bool:
-        try:
-            # trust_env=False: an HTTP(S)_PROXY in the developer's shell must not catch localhost.
-            return httpx.get(url, timeout=1, trust_env=False).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    return check
 
 
 def rotate_log(path: Path) -> None:

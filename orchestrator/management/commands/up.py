@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from orchestrator.dbpool import pools_close
 from orchestrator.devstack import demo
 from orchestrator.devstack.console import Journal, Progress, Shutdown, Signals, StepOutcome
 from orchestrator.devstack.embedded import EmbeddedPostgres, EmbeddedUnavailable, EmbeddedValkey
-from orchestrator.devstack.local import http_ok, mask_password, port_in_use, rotate_log
+from orchestrator.devstack.local import mask_password, port_in_use, rotate_log
 from orchestrator.devstack.rundir import AlreadyRunning, RunDir
 from orchestrator.devstack.supervisor import Supervisor
 from orchestrator.processes import ManagedProcess, ProcessFailed
@@ -307,34 +306,15 @@ class Command(BaseCommand):
             # answering /healthz there would look like ours.
             raise CommandError(f"Port {port} is already in use; set PORT to a free port.")
         threads = env_int("WEB_THREADS", 8, minimum=1)
-        argv = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "orchestrator.wsgi:application",
-            "--bind",
-            f"{HOST}:{port}",
-            # Threads share each process's bounded connection pool (DB_POOL_MAX_SIZE): a burst of
-            # clients waits in the listen backlog instead of opening connections without end.
-            "--workers",
-            str(env_int("WEB_WORKERS", 2, minimum=1)),
-            "--worker-class",
-            "gthread",
-            "--threads",
-            str(threads),
-            "--timeout",
-            "60",
-            "--graceful-timeout",
-            "20",
-            "--access-logfile",
-            "-",
-            "--error-logfile",
-            "-",
-        ]
-        healthz = f"http://{HOST}:{port}/healthz"
         # Every thread may hold a connection at once: a smaller pool would make requests wait.
         pool = {"DB_POOL_MAX_SIZE": str(max(threads, settings.DB_POOL_MAX_SIZE))}
-        return ManagedProcess("web", argv, log_path=log_dir / "web.log", env=env | pool, ready_check=http_ok(healthz))
+        return processes.web_server(
+            port=port,
+            log_path=log_dir / "web.log",
+            env=env | pool,
+            workers=env_int("WEB_WORKERS", 2, minimum=1),
+            threads=threads,
+        )
 
     # --- stopping ---
 
