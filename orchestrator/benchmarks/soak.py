@@ -249,7 +249,7 @@ def report(result: SoakResult, out: Callable[[str], Any]) -> None:
             "what": "firings missed (not fired / never answered)",
             "value": f"{f.missed} ({f.not_fired} / {f.undelivered})",
         },
-        {"what": "firings skipped while beat was down", "value": f.excused},
+        {"what": "firings skipped by the catch-up rule (beat down, dispatcher late)", "value": f.excused},
         {
             "what": "firings duplicated (fired twice / hook twice)",
             "value": f"{f.duplicated} ({f.duplicated_rows} / {f.received_twice})",
