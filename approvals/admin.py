@@ -36,7 +36,7 @@ from approvals.services import (
     proposal_current_allocation,
     proposal_reject,
 )
-from orchestrator.admin_base import ReadOnlyAdmin
+from orchestrator.infra.admin_base import ReadOnlyAdmin
 from relayer.models import RelayTransaction
 from vaults.models import ExecutionIntent, PolicyStatus, Protocol
 from vaults.services.compliance import ComplianceResult, Violation

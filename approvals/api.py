@@ -24,8 +24,8 @@ from approvals.services import (
     proposal_execution_start,
     proposal_reject,
 )
-from orchestrator.api.errors import ApiError, Conflict, NotFound
-from orchestrator.api.idempotency import idempotent
+from orchestrator.infra.errors import ApiError, Conflict, NotFound
+from orchestrator.infra.idempotency import idempotent
 from vaults.api import intent_json
 from vaults.models import Vault
 

@@ -14,8 +14,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from approvals.models import Approval, Decision, ProposalSource, ProposalStatus, RebalanceProposal
+from orchestrator.engine.models import WorkflowRun
 from orchestrator.engine.services import workflow_start
-from orchestrator.models import WorkflowRun
 from vaults.models import PolicyStatus, Protocol, SignedFeed, Vault, VaultPolicy
 from vaults.services.compliance import ComplianceResult, PolicyRules, compliance_check
 from vaults.services.feeds import feed_entries

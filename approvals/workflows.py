@@ -15,7 +15,7 @@ from django.utils import timezone
 from approvals.models import ProposalStatus, RebalanceProposal
 from approvals.services import EXECUTE_WORKFLOW, _notify, proposal_compliance
 from orchestrator.engine import Blocked, RetryableError, RetryPolicy, Step, StepContext, Wait, Workflow, registry
-from orchestrator.models import Phase, WorkflowRun
+from orchestrator.engine.models import Phase, WorkflowRun
 from vaults.models import ExecutionIntent, PolicyStatus, Protocol
 from vaults.services.intents import StalePositions, intent_emit, intent_in_flight, plan_actions
 from vaults.workflows import SETTLE_POLL_SECONDS, _current_pct, intent_progress, positions_snapshot

@@ -8,7 +8,7 @@ from celery import Celery
 from celery.signals import task_prerun
 from kombu import Exchange, Queue
 
-from orchestrator.heartbeats import WorkerHeartbeat
+from orchestrator.infra.heartbeats import WorkerHeartbeat
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
 
@@ -37,6 +37,6 @@ def _reuse_db_connections(sender: Celery, **_: object) -> None:
 
 @task_prerun.connect
 def _drop_broken_connections(**_: object) -> None:
-    from orchestrator.dbpool import broken_connections_drop
+    from orchestrator.infra.dbpool import broken_connections_drop
 
     broken_connections_drop()

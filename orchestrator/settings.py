@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from orchestrator.config import env_bool, env_broker_url, env_float, env_int, env_list, env_postgres, env_str
+from orchestrator.infra.config import env_bool, env_broker_url, env_float, env_int, env_list, env_postgres, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
@@ -28,18 +28,21 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
-    "orchestrator",
+    "orchestrator.infra",
+    "orchestrator.engine",
+    "orchestrator.operations",
     "orchestrator.automations",
     "relayer",
     "vaults",
     "approvals",
+    "orchestrator.devtools",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Static files are answered here, before sessions, auth and the database are touched.
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "orchestrator.observability.CorrelationIdMiddleware",
+    "orchestrator.infra.observability.CorrelationIdMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -67,7 +70,7 @@ TEMPLATES = [
 ]
 
 # Without DATABASE_URL and CELERY_BROKER_URL, `make run` starts embedded PostgreSQL and Valkey
-# servers on these ports (orchestrator/devstack/) and every process uses them.
+# servers on these ports (orchestrator/devtools/devstack/) and every process uses them.
 EMBEDDED_POSTGRES_PORT = env_int("EMBEDDED_POSTGRES_PORT", 15432, minimum=1, maximum=65535)
 EMBEDDED_REDIS_PORT = env_int("EMBEDDED_REDIS_PORT", 16379, minimum=1, maximum=65535)
 
@@ -85,7 +88,7 @@ DATABASES = {
 # free connection, then fails); a Celery pool child runs one task at a time and uses one. With
 # the database down, a query also waits DB_POOL_TIMEOUT (the pool retries in the background and
 # logs each failed attempt's cause at WARNING) and then fails with "couldn't get a connection".
-# Pools never cross a fork (orchestrator/dbpool.py).
+# Pools never cross a fork (orchestrator/infra/dbpool.py).
 DB_POOL_MIN_SIZE = env_int("DB_POOL_MIN_SIZE", 1, minimum=0)
 DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 8, minimum=1)
 DB_POOL_TIMEOUT = env_float("DB_POOL_TIMEOUT", 10.0, minimum=0.1)
@@ -147,7 +150,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "orchestrator.api.errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "orchestrator.infra.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -309,12 +312,12 @@ if LOG_FORMAT not in {"text", "json"}:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"correlation": {"()": "orchestrator.observability.CorrelationIdFilter"}},
+    "filters": {"correlation": {"()": "orchestrator.infra.observability.CorrelationIdFilter"}},
     "formatters": {
         "text": {
             "format": "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s",
         },
-        "json": {"()": "orchestrator.observability.JsonFormatter"},
+        "json": {"()": "orchestrator.infra.observability.JsonFormatter"},
     },
     "handlers": {
         "console": {

@@ -11,7 +11,6 @@ from approvals.api import (
     ProposalListView,
     ProposalRejectView,
 )
-from orchestrator.api.views import WorkflowDetailView
 from orchestrator.automations.api import (
     ConfigDetailView,
     ConfigListView,
@@ -22,8 +21,9 @@ from orchestrator.automations.api import (
     SubscriptionListView,
     SubscriptionLogsView,
 )
-from orchestrator.health import readyz
-from orchestrator.metrics import metrics
+from orchestrator.engine.api import WorkflowDetailView
+from orchestrator.operations.health import readyz
+from orchestrator.operations.metrics import metrics
 from vaults.api import FeedView, VaultDetailView, VaultIntentsView, VaultListView
 
 
@@ -62,9 +62,10 @@ urlpatterns = [
 ]
 
 if settings.DEMO_ORACLE:
-    from vaults.views import demo_oracle_feed
+    # The demo's oracle (make run sets DEMO_ORACLE); production never routes it.
+    from orchestrator.devtools.demo.oracle import demo_oracle_feed
 
     urlpatterns.append(path("demo/oracle/feed", demo_oracle_feed, name="demo-oracle-feed"))
 
-handler404 = "orchestrator.api.errors.json_not_found"
-handler500 = "orchestrator.api.errors.json_server_error"
+handler404 = "orchestrator.infra.errors.json_not_found"
+handler500 = "orchestrator.infra.errors.json_server_error"

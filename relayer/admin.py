@@ -11,7 +11,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from orchestrator.admin_base import ReadOnlyAdmin
+from orchestrator.infra.admin_base import ReadOnlyAdmin
 from relayer.models import Broadcast, Chain, NonceCursor, RelayTransaction, SigningKey
 from relayer.rpc import TRANSPORT_ERRORS, as_address, web3_for
 

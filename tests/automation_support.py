@@ -13,9 +13,9 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from web3 import Web3
 
-from orchestrator import processes
 from orchestrator.automations.services.signatures import KERNEL_ACTION_TYPES, KERNEL_DOMAIN
-from orchestrator.schedules import ensure_periodic_tasks
+from orchestrator.devtools import processes
+from orchestrator.operations.schedules import ensure_periodic_tasks
 from tests.conftest import ARTIFACTS
 from tests.executor_server import ExecutorServer
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from orchestrator import processes
-from orchestrator.broker import queues_purge, queues_reset
+from orchestrator.devtools import processes
+from orchestrator.infra.broker import queues_purge, queues_reset
 from tests.support import control
 
 ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"

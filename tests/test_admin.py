@@ -16,7 +16,7 @@ from django.contrib.messages import WARNING, get_messages
 from django.test import Client, RequestFactory
 from django.utils import timezone
 
-from orchestrator.models import (
+from orchestrator.engine.models import (
     AppendOnlyError,
     Phase,
     StepKind,

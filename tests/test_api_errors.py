@@ -12,7 +12,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from orchestrator.models import Phase, StepKind, StepRun, StepStatus, WorkflowRun
+from orchestrator.engine.models import Phase, StepKind, StepRun, StepStatus, WorkflowRun
 
 pytestmark = pytest.mark.django_db
 

@@ -29,7 +29,7 @@ from approvals.services import (
     proposal_reject,
     proposals_expire,
 )
-from orchestrator.models import Phase, WorkflowRun
+from orchestrator.engine.models import Phase, WorkflowRun
 from tests.conftest import AnvilFactory, Workers, wait_until
 from tests.flow_support import ENTRIES, bootstrapped_vault, signed_feed
 from tests.relay_support import make_chain

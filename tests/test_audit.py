@@ -16,7 +16,7 @@ from django.test import Client
 
 from approvals.models import Approval
 from approvals.services import proposal_approve, proposal_create
-from orchestrator.models import Phase, WorkflowTransition
+from orchestrator.engine.models import Phase, WorkflowTransition
 from orchestrator.operations.audit import BadAuditRange, audit_range
 from tests.test_admin import make_run
 from tests.vault_support import make_policy, make_protocol, make_vault

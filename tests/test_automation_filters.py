@@ -12,7 +12,7 @@ from web3 import Web3
 
 from orchestrator.automations.models import Firing, LogCursor
 from orchestrator.automations.services.filters import logs_poll
-from orchestrator.processes import ManagedProcess
+from orchestrator.devtools.processes import ManagedProcess
 from relayer.models import Chain
 from tests.automation_support import LOCAL_DESTINATIONS, automation_create, beat_start
 from tests.conftest import AnvilFactory, Workers, wait_until

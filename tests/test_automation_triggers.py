@@ -17,7 +17,7 @@ from web3 import Web3
 from orchestrator.automations.models import Firing, FiringStatus, ReportStatus, Subscription
 from orchestrator.automations.services.hooks import hmac_hex
 from orchestrator.automations.services.subscriptions import subscription_cancel
-from orchestrator.processes import ManagedProcess
+from orchestrator.devtools.processes import ManagedProcess
 from relayer.models import RelayTransaction
 from tests.automation_support import LOCAL_DESTINATIONS, SUBSCRIPTION_KEYS, automation_create, beat_start, fund
 from tests.conftest import Workers, wait_until

@@ -18,7 +18,7 @@ from django.core.management.base import CommandError
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from orchestrator.models import Phase, StepStatus, WorkflowRun
+from orchestrator.engine.models import Phase, StepStatus, WorkflowRun
 from tests.support import control
 from tests.support.models import Effect
 from tests.support.runs import dead_lettered_run, reach

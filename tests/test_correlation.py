@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from orchestrator.engine.models import WorkflowTransition
 from orchestrator.engine.services import workflow_start
-from orchestrator.models import WorkflowTransition
 from relayer.models import RelayTransaction
 from relayer.services.requests import relay_request
 from tests.conftest import Workers, wait_until

@@ -1,4 +1,4 @@
-"""Connection pools across fork (orchestrator/dbpool.py): a child never uses, nor ends, the
+"""Connection pools across fork (orchestrator/infra/dbpool.py): a child never uses, nor ends, the
 sessions of the pool it inherited, and a real worker's pool children, forked by a main process
 that writes heartbeats, run steps."""
 
@@ -12,9 +12,10 @@ import pytest
 from django.db import connection
 from django.db.backends.postgresql.base import DatabaseWrapper
 
+from orchestrator.engine.models import Phase, WorkflowRun
 from orchestrator.engine.services import workflow_start
-from orchestrator.heartbeats import WORKER_PREFIX
-from orchestrator.models import Heartbeat, Phase, WorkflowRun
+from orchestrator.infra.heartbeats import WORKER_PREFIX
+from orchestrator.infra.models import Heartbeat
 from tests.conftest import Workers, wait_until
 
 
@@ -110,7 +111,7 @@ def test_a_pool_child_forked_after_the_main_process_wrote_heartbeats_runs_steps(
 def test_a_connection_the_database_dropped_is_replaced_before_the_next_task() -> None:
     from django.db import DatabaseError
 
-    from orchestrator.dbpool import broken_connections_drop
+    from orchestrator.infra.dbpool import broken_connections_drop
 
     connection.ensure_connection()
     dead = _backend_pid(connection.connection)

@@ -6,9 +6,9 @@ import pytest
 from django.contrib.auth import authenticate, get_user_model
 from django.test import Client
 
-from approvals.demo import DEMO_ALLOCATION, DEMO_APPROVERS, demo_approvers_setup
 from approvals.models import ProposalStatus
 from approvals.selectors import APPROVERS_GROUP, proposals_waiting_for
+from orchestrator.devtools.demo.approvals import DEMO_ALLOCATION, DEMO_APPROVERS, demo_approvers_setup
 from tests.vault_support import make_policy, make_protocol, make_vault
 
 pytestmark = pytest.mark.django_db

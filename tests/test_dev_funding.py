@@ -14,7 +14,7 @@ from django.core.management import call_command
 from eth_account import Account
 from web3 import Web3
 
-from orchestrator.processes import ManagedProcess
+from orchestrator.devtools.processes import ManagedProcess
 from relayer.keys import key_manager
 from relayer.models import Chain, KeyPurpose, SigningKey
 from relayer.services.chains import chain_seed_from_env

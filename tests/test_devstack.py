@@ -17,11 +17,11 @@ import redis
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from orchestrator.devstack.console import Journal
-from orchestrator.devstack.embedded import EmbeddedPostgres, EmbeddedUnavailable, EmbeddedValkey
-from orchestrator.devstack.rundir import AlreadyRunning, RunDir
-from orchestrator.devstack.supervisor import MAX_RESTARTS, Supervisor
-from orchestrator.processes import ManagedProcess, ProcessFailed
+from orchestrator.devtools.devstack.console import Journal
+from orchestrator.devtools.devstack.embedded import EmbeddedPostgres, EmbeddedUnavailable, EmbeddedValkey
+from orchestrator.devtools.devstack.rundir import AlreadyRunning, RunDir
+from orchestrator.devtools.devstack.supervisor import MAX_RESTARTS, Supervisor
+from orchestrator.devtools.processes import ManagedProcess, ProcessFailed
 from tests.conftest import free_port, wait_until
 
 

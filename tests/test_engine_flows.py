@@ -7,10 +7,10 @@ import uuid
 
 import pytest
 
-from orchestrator.broker import queue_depth, queues_purge
 from orchestrator.celery import app as celery_app
+from orchestrator.engine.models import Phase, StepRun, StepStatus, WorkflowRun
 from orchestrator.engine.services import STEP_TASK, workflow_replay, workflow_start, workflow_sweep
-from orchestrator.models import Phase, StepRun, StepStatus, WorkflowRun
+from orchestrator.infra.broker import queue_depth, queues_purge
 from tests.conftest import Workers, wait_until
 from tests.support import control
 from tests.support.models import Effect

@@ -16,7 +16,7 @@ from django.utils import timezone
 from eth_account import Account
 from rest_framework.test import APIClient
 
-from orchestrator.models import WorkflowRun
+from orchestrator.engine.models import WorkflowRun
 from tests.vault_support import entry, feed_body, make_oracle, make_policy, make_protocol, make_vault, token_client
 from vaults.models import OracleKey, SignedFeed
 from vaults.services.feeds import ParsedFeed

@@ -7,7 +7,7 @@ import pytest
 from web3 import Web3
 
 from approvals.models import RebalanceProposal
-from orchestrator.models import Phase, StepStatus, WorkflowRun
+from orchestrator.engine.models import Phase, StepStatus, WorkflowRun
 from relayer.models import RelayTransaction
 from tests.conftest import AnvilFactory, Workers, wait_until
 from tests.flow_support import ENTRIES, bootstrapped_vault, signed_feed

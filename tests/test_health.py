@@ -11,8 +11,9 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.models import Heartbeat, WorkflowRun
-from orchestrator.tasks import workflow_sweep
+from orchestrator.engine.models import WorkflowRun
+from orchestrator.engine.tasks import workflow_sweep
+from orchestrator.infra.models import Heartbeat
 from relayer.models import RelayTransaction, TxPhase
 from relayer.services.requests import relay_request
 from tests.conftest import AnvilFactory, Workers, free_port, wait_until
@@ -157,7 +158,7 @@ def test_metrics_are_prometheus_text_and_move_with_the_state() -> None:
 
 
 def test_a_failing_collector_is_reported_and_the_others_still_served() -> None:
-    from orchestrator import metrics
+    from orchestrator.operations import metrics
 
     def broken() -> list[object]:
         raise RuntimeError("boom")

@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.benchmarks.soak import SoakResult, report, run_soak
-from orchestrator.benchmarks.soak_proposals import VAULT
-from orchestrator.benchmarks.soak_stack import SUPERVISED, Stack, Summary
+from orchestrator.devtools.benchmarks.soak import SoakResult, report, run_soak
+from orchestrator.devtools.benchmarks.soak_proposals import VAULT
+from orchestrator.devtools.benchmarks.soak_stack import SUPERVISED, Stack, Summary
 from tests.conftest import ARTIFACTS, wait_until
 
 pytestmark = pytest.mark.smoke

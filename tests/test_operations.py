@@ -15,7 +15,8 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 
-from orchestrator.models import Heartbeat, Phase, WorkflowRun
+from orchestrator.engine.models import Phase, WorkflowRun
+from orchestrator.infra.models import Heartbeat
 from relayer.keys import key_manager
 from tests.relay_support import funded_signer, make_chain
 from tests.support import control

@@ -10,8 +10,8 @@ from django.db import transaction
 from django.db.models import Count
 from web3 import Web3
 
+from orchestrator.engine.models import WorkflowRun
 from orchestrator.engine.services import workflow_sweep
-from orchestrator.models import WorkflowRun
 from relayer.models import Broadcast, BroadcastKind, Chain, RelayTransaction, SigningKey, TxPhase
 from relayer.services.monitor import nonce_gaps_fill
 from relayer.services.requests import RelayConflict, relay_request

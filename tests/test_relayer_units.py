@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 from web3 import Web3
 from web3.exceptions import Web3RPCError
 
-from orchestrator.broker import queue_depth, queues_purge
 from orchestrator.engine import RetryableError, TerminalError
+from orchestrator.engine.models import WorkflowRun
 from orchestrator.engine.services import step_execute, workflow_start
-from orchestrator.models import WorkflowRun
+from orchestrator.infra.broker import queue_depth, queues_purge
 from relayer.apps import _seed_chain
 from relayer.keys import key_manager
 from relayer.models import Broadcast, BroadcastKind, Chain, NonceCursor, RelayTransaction, SigningKey, TxPhase

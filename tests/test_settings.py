@@ -13,10 +13,10 @@ from django.core.exceptions import ImproperlyConfigured
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator import config
 from orchestrator.engine import RetryPolicy, Step, Workflow, registry
 from orchestrator.engine.definition import WorkflowRegistry
 from orchestrator.engine.errors import UnknownWorkflow
+from orchestrator.infra import config
 
 SETUP = "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE','orchestrator.settings'); django.setup()"
 POSTGRES = "postgres://postgres@127.0.0.1:5432/never_connected"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from orchestrator.benchmarks import common
-from orchestrator.benchmarks.soak_report import (
+from orchestrator.devtools.benchmarks import common
+from orchestrator.devtools.benchmarks.soak_report import (
     Cadence,
     FiringRow,
     Sample,

@@ -23,7 +23,7 @@ from django.test import Client
 from django.urls import include, path
 from rest_framework.authtoken.models import Token
 
-from orchestrator import processes
+from orchestrator.devtools import processes
 from tests.conftest import ARTIFACTS, _database_url, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -131,8 +131,8 @@ urlpatterns = [
     path("boom", _boom),
     path("", include("orchestrator.urls")),
 ]
-handler404 = "orchestrator.api.errors.json_not_found"
-handler500 = "orchestrator.api.errors.json_server_error"
+handler404 = "orchestrator.infra.errors.json_not_found"
+handler500 = "orchestrator.infra.errors.json_server_error"
 
 
 def test_an_unexpected_error_is_a_json_500_for_the_api_and_a_plain_page_elsewhere(settings: Any) -> None:

@@ -11,7 +11,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from orchestrator.admin_base import ReadOnlyAdmin
+from orchestrator.infra.admin_base import ReadOnlyAdmin
 from relayer.rpc import web3_for
 from vaults.models import ExecutionIntent, OracleKey, PolicyStatus, Protocol, SignedFeed, Vault, VaultPolicy
 from vaults.services.policies import PolicyFrozen, policy_activate, policy_diff

@@ -10,9 +10,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from orchestrator.api.errors import ApiError, NotFound
-from orchestrator.api.idempotency import idempotent
-from orchestrator.models import WorkflowRun
+from orchestrator.engine.models import WorkflowRun
+from orchestrator.infra.errors import ApiError, NotFound
+from orchestrator.infra.idempotency import idempotent
 from vaults.models import ExecutionIntent, PolicyStatus, Vault, VaultPolicy
 from vaults.services.feeds import FEED_DOMAIN, FEED_TYPES, FeedRefused, feed_accept
 from vaults.services.rebalance import REBALANCE_WORKFLOW

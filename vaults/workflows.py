@@ -26,8 +26,8 @@ from orchestrator.engine import (
     Workflow,
     registry,
 )
+from orchestrator.engine.models import Phase
 from orchestrator.engine.services import workflow_resume
-from orchestrator.models import Phase
 from relayer.models import RelayTransaction
 from relayer.rpc import TRANSPORT_ERRORS, web3_for
 from relayer.services.requests import on_relay_finished

@@ -8,8 +8,8 @@ from django.contrib import admin
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
 
-from orchestrator.admin_base import ReadOnlyAdmin
 from orchestrator.automations.models import AutomationConfig, Executor, Firing, LogCursor, Subscription
+from orchestrator.infra.admin_base import ReadOnlyAdmin
 
 
 @admin.register(Executor)

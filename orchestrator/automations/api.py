@@ -14,13 +14,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from orchestrator.api.errors import ApiError, NotFound
-from orchestrator.api.idempotency import idempotent
 from orchestrator.automations.models import AutomationConfig, Executor, SourceType, Subscription
 from orchestrator.automations.selectors import subscription_logs
 from orchestrator.automations.services.configs import AutomationError, config_create, config_delete, executor_register
 from orchestrator.automations.services.subscriptions import subscription_cancel, subscription_create
 from orchestrator.automations.wire import config_json, executor_json, log_entry_json, subscription_json
+from orchestrator.infra.errors import ApiError, NotFound
+from orchestrator.infra.idempotency import idempotent
 
 HEX_SIGNATURE = re.compile(r"^0x[0-9a-fA-F]{130}$")
 TOPIC = re.compile(r"^0x[0-9a-fA-F]{64}$")

@@ -9,8 +9,8 @@ from orchestrator.automations.models import Firing, ReportStatus
 from orchestrator.automations.services.delivery import EXECUTION_WORKFLOW, hook_retry
 from orchestrator.automations.services.execution import execution_check, execution_relay, execution_report
 from orchestrator.engine import RetryPolicy, Step, Workflow, registry
+from orchestrator.engine.models import Phase, WorkflowRun
 from orchestrator.engine.services import workflow_resume
-from orchestrator.models import Phase, WorkflowRun
 from relayer.models import RelayTransaction
 from relayer.services.requests import on_relay_finished
 

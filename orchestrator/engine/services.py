@@ -30,7 +30,7 @@ from django.utils import timezone
 from orchestrator.celery import app as celery_app
 from orchestrator.engine.definition import Step, StepContext, Wait, Workflow, registry
 from orchestrator.engine.errors import Blocked, TerminalError, WorkflowError
-from orchestrator.models import (
+from orchestrator.engine.models import (
     ACTIVE_PHASES,
     WAITING_PHASES,
     Phase,
@@ -40,7 +40,7 @@ from orchestrator.models import (
     WorkflowRun,
     WorkflowTransition,
 )
-from orchestrator.observability import correlation, current_correlation_id, new_correlation_id
+from orchestrator.infra.observability import correlation, current_correlation_id, new_correlation_id
 
 logger = logging.getLogger("orchestrator.engine")
 

@@ -22,7 +22,7 @@ from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.utils.dateparse import parse_date, parse_datetime
 
 from approvals.models import Approval
-from orchestrator.models import WorkflowTransition
+from orchestrator.engine.models import WorkflowTransition
 
 FORMATS = ("csv", "json")
 ADMIN_ACTIONS = {ADDITION: "added", CHANGE: "changed", DELETION: "deleted"}

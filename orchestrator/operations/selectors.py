@@ -12,10 +12,10 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from orchestrator.health import BEAT
-from orchestrator.heartbeats import WORKER_PREFIX
-from orchestrator.models import Heartbeat, WorkflowRun
-from orchestrator.selectors import runs_active_by_kind_and_phase, runs_dead_lettered, runs_stalled
+from orchestrator.engine.models import WorkflowRun
+from orchestrator.engine.selectors import runs_active_by_kind_and_phase, runs_dead_lettered, runs_stalled
+from orchestrator.infra.heartbeats import BEAT, WORKER_PREFIX
+from orchestrator.infra.models import Heartbeat
 
 logger = logging.getLogger("orchestrator.operations")
 
@@ -66,7 +66,7 @@ def operations_overview() -> Overview:
 
 
 def _queues(overview: Overview) -> None:
-    from orchestrator.broker import queue_depths
+    from orchestrator.infra.broker import queue_depths
 
     try:
         overview.queues = queue_depths()

@@ -19,8 +19,8 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET, require_POST
 
+from orchestrator.engine.models import WorkflowRun
 from orchestrator.engine.services import RunNotDiscardable, RunNotReplayable, workflow_discard, workflow_replay
-from orchestrator.models import WorkflowRun
 from orchestrator.operations.audit import audit_export
 from orchestrator.operations.forms import AuditExportForm, DiscardForm
 from orchestrator.operations.selectors import operations_overview

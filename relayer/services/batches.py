@@ -34,12 +34,12 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from orchestrator.bulk import rows_update
 from orchestrator.celery import app as celery_app
 from orchestrator.engine import StepContext
+from orchestrator.engine.models import Phase, WorkflowRun
 from orchestrator.engine.services import step_execute, workflow_start
-from orchestrator.models import Phase, WorkflowRun
-from orchestrator.observability import correlation
+from orchestrator.infra.bulk import rows_update
+from orchestrator.infra.observability import correlation
 from relayer.models import RelayTransaction, TxPhase
 from relayer.services.lanes import LANE_TASK, lane_kick, lane_kick_started
 from relayer.services.requests import FINISH_LISTENERS, RELAY_WORKFLOW

@@ -10,10 +10,10 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from orchestrator.bulk import rows_update
 from orchestrator.engine import StepContext, TerminalError, Wait
-from orchestrator.failpoints import failpoint
-from orchestrator.models import Phase
+from orchestrator.engine.models import Phase
+from orchestrator.infra.bulk import rows_update
+from orchestrator.infra.failpoints import failpoint
 from relayer.models import Broadcast, BroadcastKind, Chain, RelayTransaction, TxPhase
 from relayer.rpc import (
     TRANSPORT_ERRORS,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from orchestrator.observability import correlation
+from orchestrator.infra.observability import correlation
 from relayer.models import Broadcast, BroadcastKind, Chain, RelayTransaction, SigningKey, TxPhase
 from relayer.rpc import (
     TRANSPORT_ERRORS,

@@ -13,7 +13,7 @@ from datetime import datetime
 from django.db import IntegrityError, transaction
 from eth_utils import is_address, is_checksum_address, to_checksum_address
 
-from orchestrator.observability import current_correlation_id, new_correlation_id
+from orchestrator.infra.observability import current_correlation_id, new_correlation_id
 from relayer.models import Chain, RelayTransaction, SigningKey
 from relayer.services.lanes import lane_kick
 

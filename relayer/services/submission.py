@@ -14,10 +14,10 @@ from typing import Any
 from django.utils import timezone
 from eth_account.datastructures import SignedTransaction
 
-from orchestrator.bulk import rows_update
 from orchestrator.engine import RetryableError, StepContext
-from orchestrator.failpoints import failpoint
-from orchestrator.observability import correlation
+from orchestrator.infra.bulk import rows_update
+from orchestrator.infra.failpoints import failpoint
+from orchestrator.infra.observability import correlation
 from relayer.keys import key_manager
 from relayer.models import Broadcast, BroadcastKind, RelayTransaction, TxPhase
 from relayer.rpc import (

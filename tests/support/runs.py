@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from orchestrator.engine.models import Phase, WorkflowRun
 from orchestrator.engine.services import workflow_start
-from orchestrator.models import Phase, WorkflowRun
 from tests.conftest import wait_until
 
 

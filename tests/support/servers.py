@@ -11,7 +11,7 @@ import httpx
 import redis
 from django.conf import settings
 
-from orchestrator.processes import ManagedProcess
+from orchestrator.devtools.processes import ManagedProcess
 
 LOGS = Path(settings.BASE_DIR) / "test-artifacts" / "logs"
 

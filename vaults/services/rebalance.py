@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
+from orchestrator.engine.models import WorkflowRun
 from orchestrator.engine.services import workflow_start
-from orchestrator.models import WorkflowRun
 from vaults.models import PolicyStatus, SignedFeed, Vault, VaultPolicy
 
 REBALANCE_WORKFLOW = "vault.rebalance"

@@ -27,11 +27,11 @@ from orchestrator.automations.services.answers import Verdict, answer_review
 from orchestrator.automations.services.destinations import DestinationRefused, destination_check
 from orchestrator.automations.services.firings import HmacKeys
 from orchestrator.automations.services.hooks import HookCall, HookResult, hook_url, hooks_post
-from orchestrator.bulk import rows_update
 from orchestrator.engine import RetryPolicy
 from orchestrator.engine.services import workflow_start
-from orchestrator.failpoints import failpoint
-from orchestrator.observability import correlation
+from orchestrator.infra.bulk import rows_update
+from orchestrator.infra.failpoints import failpoint
+from orchestrator.infra.observability import correlation
 from relayer.keys import key_manager
 
 logger = logging.getLogger("orchestrator.automations")

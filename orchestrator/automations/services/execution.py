@@ -17,7 +17,7 @@ from orchestrator.automations.services.hooks import HookCall, hmac_hex, hook_url
 from orchestrator.automations.services.policy import task_policy_check
 from orchestrator.automations.wire import rfc3339
 from orchestrator.engine import RetryableError, StepContext, Wait
-from orchestrator.models import Phase
+from orchestrator.engine.models import Phase
 from relayer.keys import key_manager
 from relayer.models import Chain, RelayTransaction, SigningKey, TxPhase
 from relayer.rpc import TRANSPORT_ERRORS, RpcUnavailable, web3_for

@@ -40,7 +40,7 @@ from orchestrator.automations.services.firings import (
     firing_new,
     handoff_prepare,
 )
-from orchestrator.bulk import rows_update
+from orchestrator.infra.bulk import rows_update
 from relayer.models import Chain
 from relayer.rpc import web3_for
 

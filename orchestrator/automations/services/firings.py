@@ -27,8 +27,8 @@ from orchestrator.automations.models import AutomationConfig, Firing, SourceType
 from orchestrator.automations.services.configs import config_hmac_key
 from orchestrator.automations.services.hooks import hmac_hex
 from orchestrator.automations.wire import rfc3339, subscription_json
-from orchestrator.bulk import rows_update
-from orchestrator.observability import new_correlation_id
+from orchestrator.infra.bulk import rows_update
+from orchestrator.infra.observability import new_correlation_id
 
 logger = logging.getLogger("orchestrator.automations")
 

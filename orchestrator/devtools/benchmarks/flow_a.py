@@ -1,0 +1,254 @@
+"""`bench flow-a`: latency from a signed feed's arrival to its signed ExecutionIntent stored.
+
+50 vaults (one oracle each) on an anvil started here, share three ERC-4626 protocols; 500 feeds
+go round-robin over them, one at a time, alternating the protocol they favour so that every
+feed leads to a new intent. The intents are really relayed in the background, as in
+production. Beside it, in the same run: a bare Celery round trip (send a task, see it done)."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_account.signers.local import LocalAccount
+
+from orchestrator.devtools import processes
+from orchestrator.devtools.benchmarks import common
+from orchestrator.devtools.benchmarks.tasks import DONE_KEY, bench_done
+from orchestrator.engine.models import StepRun, WorkflowRun
+from relayer.models import Chain
+from vaults.models import ExecutionIntent, OracleKey, Protocol, Vault
+from vaults.services.bootstrap import chain_bootstrap
+from vaults.services.feeds import FEED_DOMAIN, FEED_TYPES, feed_accept
+from vaults.services.intents import intent_in_flight
+from vaults.services.policies import policy_activate, policy_draft
+
+PROTOCOLS = ("Aave USDC", "Compound USDC", "Morpho USDC")
+FAVOUR = [
+    [("Aave USDC", "0.05", 1), ("Compound USDC", "0.04", 1), ("Morpho USDC", "0.03", 0)],  # Morpho+Aave
+    [("Aave USDC", "0.04", 1), ("Compound USDC", "0.05", 1), ("Morpho USDC", "0.03", 0)],  # Morpho+Compound
+]
+
+
+def _feed(oracle: LocalAccount, variant: int) -> dict[str, Any]:
+    entries = [{"protocol": p, "apy": apy, "tvl": "1000000", "risk": r} for p, apy, r in FAVOUR[variant]]
+    now = timezone.now()
+    message = {"oracle": oracle.address, "timestamp": int(now.timestamp()), "entries": entries}
+    signed = oracle.sign_message(
+        encode_typed_data(domain_data=FEED_DOMAIN, message_types=FEED_TYPES, message_data=message)
+    )
+    return {
+        "oracle": oracle.address,
+        "timestamp": now.isoformat(),
+        "entries": entries,
+        "signature": "0x" + signed.signature.hex().removeprefix("0x"),
+    }
+
+
+def _vaults(chain: Chain, count: int, out: Callable[[str], Any]) -> list[tuple[Vault, LocalAccount]]:
+    run = uuid.uuid4().hex[:6]
+    made = []
+    for i in range(count):
+        vault = chain_bootstrap(
+            chain=chain, vault_id=f"bench-{run}-{i:03d}", protocols=PROTOCOLS, assets=10**12, say=lambda _: None
+        )
+        oracle = Account.create()
+        key = OracleKey.objects.create(address=oracle.address, name=f"bench oracle {run}-{i}")
+        draft = policy_draft(
+            vault=vault,
+            max_exposure_pct=Decimal(50),
+            max_risk_score=5,
+            min_interval_seconds=0,
+            max_feed_age_seconds=300,
+            max_turnover_pct=Decimal(100),
+            approval_threshold=10**30,
+            whitelist=Protocol.objects.filter(chain=chain, name__in=PROTOCOLS),
+            oracles=[key],
+        )
+        policy_activate(policy=draft)
+        made.append((vault, oracle))
+        if (i + 1) % 10 == 0:
+            out(f"  {i + 1}/{count} vaults bootstrapped")
+    return made
+
+
+def _settled(vault_pk: int) -> bool:
+    return intent_in_flight(vault_id=vault_pk) is None
+
+
+def _bare_round_trips(count: int) -> list[float]:
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL, decode_responses=True)
+    client.delete(DONE_KEY)
+    latencies = []
+    for _ in range(count):
+        key = uuid.uuid4().hex
+        started = time.time()
+        bench_done.apply_async(args=(key,), queue="workflows")
+        item = client.blpop([DONE_KEY], timeout=10)
+        if item is None:
+            raise RuntimeError("bare task did not finish")
+        latencies.append((float(item[1].split()[1]) - started) * 1000)
+    return latencies
+
+
+INTENT_CREATED_AT = "SELECT created_at FROM vaults_executionintent WHERE feed_id = %s"
+
+SEGMENTS = (
+    # (what happens in it, the mark it ends at). Marks: StepRun.started_at / finished_at
+    # (finished_at is taken before the journal row is written) and the intent's created_at.
+    ("accept: check, store, start run, commit, enqueue", "accepted"),
+    ("queue: broker, worker pickup, run row lock", "verify.started"),
+    ("verify step", "verify.finished"),
+    ("verify journaled+commit, run locked again", "positions.started"),
+    ("positions: lease commit, RPC read, run lock", "positions.finished"),
+    ("positions journaled+commit, allocate", "allocate.finished"),
+    ("allocate journaled, check", "check.finished"),
+    ("check journaled, decide to intent stored", "intent"),
+)
+
+
+def _breakdown(accepted: list[tuple[Any, float, float]]) -> list[dict[str, Any]]:
+    """Per segment of a feed's path, p50 and p99 over the feeds, from the journal (StepRun's
+    started_at and finished_at) and the intent's created_at: read after the run, untimed."""
+    feed_ids = [feed_id for feed_id, _, _ in accepted]
+    intents = dict(ExecutionIntent.objects.filter(feed_id__in=feed_ids).values_list("feed_id", "created_at"))
+    runs = dict(WorkflowRun.objects.filter(input__feed__in=[str(f) for f in feed_ids]).values_list("input__feed", "id"))
+    marks_by_run: dict[Any, dict[str, float]] = {}
+    for run_id, name, started_at, finished_at in StepRun.objects.filter(
+        run_id__in=runs.values(), kind="forward", status="done"
+    ).values_list("run_id", "name", "started_at", "finished_at"):
+        marks = marks_by_run.setdefault(run_id, {})
+        marks[f"{name}.started"] = started_at.timestamp()
+        if finished_at is not None:  # always, for a step done
+            marks[f"{name}.finished"] = finished_at.timestamp()
+    durations: dict[str, list[float]] = {label: [] for label, _ in SEGMENTS}
+    for feed_id, arrived, returned in accepted:
+        marks = {"arrived": arrived, "accepted": returned, **marks_by_run.get(runs.get(str(feed_id)), {})}
+        if feed_id in intents:
+            marks["intent"] = intents[feed_id].timestamp()
+        previous = "arrived"
+        for label, mark in SEGMENTS:
+            if mark in marks and previous in marks:
+                durations[label].append((marks[mark] - marks[previous]) * 1000)
+            previous = mark
+    return [
+        {
+            "segment": label,
+            "n": len(values),
+            "p50 ms": common.percentile(values, 50),
+            "p99 ms": common.percentile(values, 99),
+            "mean ms": sum(values) / len(values) if values else float("nan"),
+        }
+        for label, values in durations.items()
+    ]
+
+
+def run(*, feeds: int, vault_count: int, concurrency: int, rate: float, out: Callable[[str], Any]) -> None:
+    """Back to back by default (rate 0): the next feed arrives as soon as the last one's intent
+    is stored, so the machine is saturated (relays of earlier intents run meanwhile) and the
+    latency includes waiting for the CPU. With a rate, feeds arrive on a fixed schedule (one
+    every 1/rate seconds, or at once when behind): the latency at that load."""
+    common.require_real_services()
+    logging.getLogger("vaults.feeds").setLevel(logging.WARNING)  # a line per accepted feed: noise here
+    port = common.free_port()
+    node = processes.anvil(port=port, log_path=Path(settings.VAR_DIR) / "log" / f"bench-anvil-{port}.log")
+    node.start().wait_ready(timeout=30)
+    url = f"http://127.0.0.1:{port}"
+    chain, _ = Chain.objects.update_or_create(
+        chain_id=31337, defaults={"name": "bench-anvil", "rpc_url": url, "confirmations": 1, "poll_interval": 0.2}
+    )
+    out(f"bench flow-a: {feeds} feeds over {vault_count} vaults on anvil at {url}")
+    out(f"workers: one on 'workflows' and one on 'relay,triggers', prefork concurrency={concurrency} each")
+    out(f"arrivals: {f'{rate:g} feeds/s' if rate > 0 else 'back to back (each feed once the last intent is stored)'}")
+    latencies: list[float] = []
+    accepted: list[tuple[Any, float, float]] = []  # (feed id, arrival, feed_accept returned)
+    try:
+        vaults = _vaults(chain, vault_count, out)
+        # Two pools, as README's deployment has them: rebalances never queue behind relays.
+        with (
+            common.worker(name="flow-a", concurrency=concurrency, queues="workflows"),
+            common.worker(name="flow-a-relay", concurrency=concurrency, queues="relay,triggers"),
+        ):
+            bare = _bare_round_trips(200)
+            _bare_round_trips(20)
+            paced_from = time.monotonic()
+            for i in range(feeds):
+                if rate > 0:
+                    time.sleep(max(0.0, paced_from + i / rate - time.monotonic()))
+                vault, oracle = vaults[i % vault_count]
+                # As in production, a vault's next feed meets a settled vault (untimed wait).
+                common.wait_until(
+                    partial(_settled, vault.pk),
+                    timeout=60,
+                    what=f"{vault.vault_id}'s previous intent to settle",
+                )
+                payload = _feed(oracle, (i // vault_count) % 2)
+                started = time.time()
+                feed = feed_accept(payload=payload)
+                accepted.append((feed.id, started, time.time()))
+                created: list[datetime] = []
+
+                def stored(feed_id: Any = feed.id, created: list[datetime] = created) -> bool:
+                    # The poller shares the machine's two cores with what it measures: one
+                    # plain SELECT per poll, not an ORM query built each time.
+                    with connection.cursor() as cursor:
+                        cursor.execute(INTENT_CREATED_AT, [feed_id])
+                        created.extend(row[0] for row in cursor.fetchall())
+                    return bool(created)
+
+                common.wait_until(stored, timeout=30, what=f"the intent for feed {i}")
+                latencies.append((created[0].timestamp() - started) * 1000)
+                if (i + 1) % 100 == 0:
+                    out(f"  {i + 1}/{feeds} feeds: p50 so far {common.percentile(latencies, 50):.1f} ms")
+    finally:
+        node.stop()
+    rows = [
+        {
+            "path": "feed -> signed intent stored",
+            "n": len(latencies),
+            "p50 ms": common.percentile(latencies, 50),
+            "p99 ms": common.percentile(latencies, 99),
+            "max ms": max(latencies),
+        },
+        {
+            "path": "bare Celery round trip",
+            "n": len(bare),
+            "p50 ms": common.percentile(bare, 50),
+            "p99 ms": common.percentile(bare, 99),
+            "max ms": max(bare),
+        },
+    ]
+    out("")
+    common.table(rows, out)
+    out("")
+    out("where the time goes (ms, each segment from the end of the one before):")
+    common.table(_breakdown(accepted), out)
+    out("")
+    out("target: p50 <= 50 ms, p99 <= 150 ms")
+    out(
+        common.result_line(
+            "flow-a",
+            {
+                "p50_ms": rows[0]["p50 ms"],
+                "p99_ms": rows[0]["p99 ms"],
+                "bare_roundtrip_p50_ms": rows[1]["p50 ms"],
+                "bare_roundtrip_p99_ms": rows[1]["p99 ms"],
+                "feeds": len(latencies),
+                "vaults": vault_count,
+                "rate_per_s": rate if rate > 0 else "back-to-back",
+            },
+        )
+    )

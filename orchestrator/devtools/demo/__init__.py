@@ -1,0 +1,1 @@
+"""The make-run demo: accounts, vaults, approvers, an automation and the demo oracle."""

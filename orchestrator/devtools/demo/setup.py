@@ -1,0 +1,111 @@
+"""The demo data `manage.py up` creates: an admin, an API client, the approvers and their
+waiting proposal, and the example executor's registration. Each step is safe to run again on
+the data a previous run kept: it reports what it found instead of creating it twice."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+
+from orchestrator.devtools.processes import ManagedProcess
+
+ADMIN_USERNAME = "admin"
+API_CLIENT = "demo-client"
+# The example executor listens on 127.0.0.1 over plain http: a local demo, not production.
+LOCAL_DESTINATIONS = ("AUTOMATION_ALLOW_INSECURE_DESTINATIONS", "AUTOMATION_ALLOW_PRIVATE_DESTINATIONS")
+
+
+@dataclass(frozen=True)
+class DemoAccounts:
+    admin_password: str | None  # None: the admin existed, its password was not changed
+    token: str
+    note: str
+
+
+@dataclass(frozen=True)
+class DemoApprovers:
+    logins: list[str]  # "approver1 / <password>"
+    proposal: str  # "PROP-..., waiting for 2 of 3 approvers"
+    note: str
+
+
+@dataclass(frozen=True)
+class DemoExecutor:
+    process: ManagedProcess
+    summary: str
+    note: str
+
+
+def demo_accounts() -> DemoAccounts:
+    users = get_user_model().objects
+    password: str | None = None
+    if not users.filter(username=ADMIN_USERNAME).exists():
+        # Random and shown once: a fixed demo password would end up on a reachable machine.
+        password = secrets.token_urlsafe(12)
+        users.create_superuser(ADMIN_USERNAME, email="", password=password)
+    # The same logic as `manage.py create_api_client demo-client`: token on stdout.
+    out, err = io.StringIO(), io.StringIO()
+    call_command("create_api_client", API_CLIENT, stdout=out, stderr=err)
+    admin_note = "admin created" if password else "admin exists"
+    client_note = "client created" if err.getvalue().startswith("Created") else "client exists"
+    return DemoAccounts(admin_password=password, token=out.getvalue().strip(), note=f"{admin_note}, {client_note}")
+
+
+def demo_approvers(vault: Any) -> DemoApprovers:
+    from orchestrator.devtools.demo.approvals import demo_approvers_setup
+
+    # Proposing logs at INFO ("notify ..."): here that would break the progress line.
+    logging.getLogger("approvals").setLevel(logging.WARNING)
+    admin = get_user_model().objects.get(username=ADMIN_USERNAME)
+    demo = demo_approvers_setup(vault=vault, proposer=admin)
+    unchanged = "(unchanged; reset it with `manage.py changepassword {}`)"
+    logins = [f"{name} / {password or unchanged.format(name)}" for name, password in demo.passwords.items()]
+    waiting = demo.proposal
+    quorum = f"{waiting.quorum_required} of {waiting.approvers.count()}"
+    created = sum(1 for password in demo.passwords.values() if password)
+    state = "proposed" if demo.proposal_created else "pending"
+    return DemoApprovers(
+        logins=logins,
+        proposal=f"{waiting.proposal_id}, waiting for {quorum} approvers",
+        note=f"{created} approver(s) created, {waiting.proposal_id} {state}",
+    )
+
+
+def local_destinations_env() -> dict[str, str]:
+    """The children may call hooks on 127.0.0.1 over http (the example executor), unless the
+    developer said otherwise."""
+    return {name: "1" for name in LOCAL_DESTINATIONS if name not in os.environ}
+
+
+def demo_executor(*, vault: Any, port: int, env: dict[str, str], log_path: Path) -> DemoExecutor:
+    """Registers the example executor (a signed config, an interval subscription for the demo
+    vault's account) and returns its process, not yet started. Its relayer key is funded on the
+    development chain when the config creates it."""
+    from orchestrator.devtools.demo.automations import automation_demo_setup
+
+    for name in local_destinations_env():  # as in the children
+        setattr(settings, name, True)
+    client = get_user_model().objects.get(username=API_CLIENT)
+    demo = automation_demo_setup(
+        owner=client, port=port, chain_id=vault.chain.chain_id, sub_account=vault.account.address
+    )
+    argv = [sys.executable, "-m", "orchestrator.devtools.example_executor"]
+    env = env | demo.executor_env
+    process = ManagedProcess("executor", argv, log_path=log_path, env=env, ready_text="listening on")
+    sub = demo.subscription
+    every = demo.config.interval_seconds
+    return DemoExecutor(
+        process=process,
+        summary=f"{sub.id} (every {every} s), logs at /v1/{sub.id}/logs",
+        note=f"subscription {str(sub.id)[:8]}, every {every} s",
+    )

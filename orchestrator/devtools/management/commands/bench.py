@@ -1,0 +1,109 @@
+"""./manage.py bench NAME: benchmarks that start what they need and end with a RESULT line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+
+class Command(BaseCommand):
+    help = (
+        "Run a benchmark (engine, relayer, flow-a, triggers: on PostgreSQL and Redis, `make bench` sets them; "
+        "soak: starts `manage.py up` on the embedded default itself)."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="name", required=True)
+        engine = sub.add_parser("engine", help="Workflow engine vs a bare Celery chain.")
+        engine.add_argument("--sequential", type=int, default=200, help="Runs timed one at a time.")
+        engine.add_argument("--burst", type=int, default=1000, help="Runs started at once.")
+        engine.add_argument("--concurrency", type=int, default=2, help="Worker processes.")
+
+        relayer = sub.add_parser("relayer", help="Relayer path vs a bare web3.py send loop on anvil.")
+        relayer.add_argument("--count", type=int, default=300, help="Transactions per case.")
+        relayer.add_argument("--concurrency", type=int, default=4, help="Worker processes.")
+
+        flow_a = sub.add_parser("flow-a", help="Feed arrival to signed ExecutionIntent, vs a bare Celery round trip.")
+        flow_a.add_argument("--feeds", type=int, default=500)
+        flow_a.add_argument("--vaults", type=int, default=50)
+        flow_a.add_argument("--concurrency", type=int, default=2, help="Processes per worker.")
+        flow_a.add_argument(
+            "--rate",
+            type=float,
+            default=0.0,
+            help="Feeds per second (paced arrivals). Default 0: each feed as soon as the last one's intent is stored.",
+        )
+
+        triggers = sub.add_parser("triggers", help="INTERVAL firings at scale vs one PeriodicTask per subscription.")
+        triggers.add_argument("--sizes", default="1000,10000", help="Comma-separated subscription counts.")
+        triggers.add_argument(
+            "--duration", type=int, default=180, help="Seconds per case (at least 180 for the issue)."
+        )
+        triggers.add_argument("--interval", type=int, default=30, help="Seconds between firings of one subscription.")
+        triggers.add_argument("--registered", type=int, default=100_000, help="Registered, for the dispatch cost.")
+        triggers.add_argument("--due", type=int, default=1000, help="Due among them, for the dispatch cost.")
+
+        soak = sub.add_parser(
+            "soak", help="`manage.py up` on the embedded default, used as people would for N minutes."
+        )
+        soak.add_argument("--minutes", type=int, default=30)
+        soak.add_argument(
+            "--kill",
+            default="",
+            help="Comma-separated children to kill -9 in turn during the run (worker,beat,web,executor).",
+        )
+        soak.add_argument(
+            "--external",
+            action="store_true",
+            help="Keep DATABASE_URL and CELERY_BROKER_URL from the environment instead of the embedded servers.",
+        )
+
+    def handle(self, *args: Any, name: str, **options: Any) -> None:
+        if name == "engine":
+            from orchestrator.devtools.benchmarks import engine
+
+            engine.run(
+                sequential=options["sequential"],
+                burst=options["burst"],
+                concurrency=options["concurrency"],
+                out=self.stdout.write,
+            )
+        elif name == "relayer":
+            from orchestrator.devtools.benchmarks import relayer
+
+            relayer.run(count=options["count"], concurrency=options["concurrency"], out=self.stdout.write)
+        elif name == "flow-a":
+            from orchestrator.devtools.benchmarks import flow_a
+
+            flow_a.run(
+                feeds=options["feeds"],
+                vault_count=options["vaults"],
+                concurrency=options["concurrency"],
+                rate=options["rate"],
+                out=self.stdout.write,
+            )
+        elif name == "triggers":
+            from orchestrator.devtools.benchmarks import triggers
+
+            triggers.run(
+                sizes=[int(n) for n in options["sizes"].split(",")],
+                duration=options["duration"],
+                interval=options["interval"],
+                registered=options["registered"],
+                due=options["due"],
+                out=self.stdout.write,
+            )
+        elif name == "soak":
+            from orchestrator.devtools.benchmarks import soak
+
+            def out(line: str) -> None:
+                self.stdout.write(line)
+                self.stdout.flush()
+
+            soak.run(
+                minutes=options["minutes"],
+                external=options["external"],
+                kill=[n for n in options["kill"].split(",") if n],
+                out=out,
+            )

@@ -1,0 +1,1 @@
+"""Infrastructure every app uses: errors, idempotency, logging, configuration, database pools, the broker."""

@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class InfraConfig(AppConfig):
+    name = "orchestrator.infra"
+    label = "infra"
+    verbose_name = "Infrastructure"
+
+    def ready(self) -> None:
+        from orchestrator.infra import observability  # noqa: F401  (connects the Celery signals)
+        from orchestrator.infra.dbpool import register_fork_handler
+
+        # Celery pool children and gunicorn workers are forked: none may use its parent's pool.
+        register_fork_handler()

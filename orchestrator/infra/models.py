@@ -1,0 +1,41 @@
+"""Records of infrastructure every app shares: API idempotency and process heartbeats.
+
+Both tables were created by the engine app's first migrations; they kept their names when the
+models moved here (migrations 0001 of infra and 0005 of the engine move only Django's state)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class IdempotencyRecord(models.Model):
+    """The first answer to a POST with an Idempotency-Key, per API client."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of method, path and body.")
+    status_code = models.PositiveSmallIntegerField(default=0)
+    body = models.JSONField(null=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "orchestrator_idempotencyrecord"  # created by the engine app's migrations, before infra
+        constraints = [models.UniqueConstraint(fields=["owner", "key"], name="idempotency_key_per_client")]
+
+    def __str__(self) -> str:
+        return f"{self.owner_id}:{self.key}"
+
+
+class Heartbeat(models.Model):
+    """The last time a process of a kind (beat, worker) proved it was alive."""
+
+    # "beat", or "worker:<celery hostname>" (one row per worker, see heartbeats.py).
+    name = models.CharField(max_length=200, primary_key=True)
+    at = models.DateTimeField()
+
+    class Meta:
+        db_table = "orchestrator_heartbeat"
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.at:%H:%M:%S}"

@@ -1,0 +1,14 @@
+from django.apps import AppConfig, apps
+from django.db.models.signals import post_migrate
+
+
+class OperationsConfig(AppConfig):
+    name = "orchestrator.operations"
+    label = "operations"
+    verbose_name = "Operations"
+
+    def ready(self) -> None:
+        from orchestrator.operations.schedules import ensure_periodic_tasks
+
+        # The fixed schedule is rows of django-celery-beat's tables: written once they exist.
+        post_migrate.connect(ensure_periodic_tasks, sender=apps.get_app_config("django_celery_beat"))
