@@ -145,9 +145,9 @@ def local_destinations(settings: Any) -> None:
 
 @pytest.fixture
 def server() -> Iterator[Any]:
-    """A running executor server (tests/executor_server.py) that answers every trigger with a
+    """A running executor server (tests/support/executor_server.py) that answers every trigger with a
     signed skip until a test tells it otherwise."""
-    from tests.executor_server import Executor, ExecutorServer
+    from tests.support.executor_server import Executor, ExecutorServer
 
     running = ExecutorServer(Executor()).start()
     running.executor.on_trigger = running.executor.skip

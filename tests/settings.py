@@ -6,6 +6,6 @@ from orchestrator.settings import INSTALLED_APPS, STORAGES
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.support"]
 
 # Pages render without `collectstatic` (the manifest storage needs its manifest) and WhiteNoise
-# has no STATIC_ROOT to scan; tests/test_web_server.py checks the real thing under gunicorn.
+# has no STATIC_ROOT to scan; tests/e2e/test_web_server.py checks the real thing under gunicorn.
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
 STATIC_ROOT = None  # type: ignore[assignment]

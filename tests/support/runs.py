@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
+from typing import Any
 
-from orchestrator.engine.models import Phase, WorkflowRun
+from django.utils import timezone
+
+from orchestrator.engine.models import Phase, StepKind, StepRun, StepStatus, WorkflowRun, WorkflowTransition
 from orchestrator.engine.services import workflow_start
 from tests.conftest import wait_until
 
@@ -26,3 +30,58 @@ def dead_lettered_run() -> WorkflowRun:
     dead-letters it again."""
     run, _ = workflow_start(kind="test.effects", input={"until_released": "charge"})
     return reach(run.id, Phase.DEAD_LETTER)
+
+
+def make_run(phase: str, **fields: Any) -> WorkflowRun:
+    values: dict[str, Any] = {
+        "kind": "test.effects",
+        "idempotency_key": f"key-{uuid.uuid4()}",
+        "correlation_id": uuid.uuid4().hex,
+        "phase": phase,
+        "step_name": "charge",
+        "current_step": 2,
+    }
+    run = WorkflowRun.objects.create(**{**values, **fields})
+    WorkflowTransition.objects.create(
+        run=run,
+        from_phase="",
+        to_phase=Phase.SUBMITTING,
+        step_name="reserve",
+        reason="started",
+        actor="engine",
+        correlation_id=run.correlation_id,
+    )
+    if phase != Phase.SUBMITTING:
+        WorkflowTransition.objects.create(
+            run=run,
+            from_phase=Phase.SUBMITTING,
+            to_phase=phase,
+            step_name="charge",
+            reason=f"moved to {phase} by the test",
+            actor="engine",
+            correlation_id=run.correlation_id,
+        )
+    started = timezone.now() - timedelta(seconds=1)
+    StepRun.objects.create(
+        run=run,
+        index=0,
+        name="reserve",
+        kind=StepKind.FORWARD,
+        attempt=1,
+        status=StepStatus.DONE,
+        output={"reservation": "r-17"},
+        started_at=started,
+        finished_at=started + timedelta(milliseconds=12),
+    )
+    StepRun.objects.create(
+        run=run,
+        index=2,
+        name="charge",
+        kind=StepKind.FORWARD,
+        attempt=1,
+        status=StepStatus.FAILED,
+        error="card processor unreachable",
+        started_at=started,
+        finished_at=started + timedelta(milliseconds=30),
+    )
+    return run

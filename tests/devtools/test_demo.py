@@ -1,0 +1,47 @@
+"""`make run`'s approvers: three staff users who can log in and find a proposal waiting for them."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import authenticate, get_user_model
+from django.test import Client
+
+from approvals.models import ProposalStatus
+from approvals.selectors import APPROVERS_GROUP, proposals_waiting_for
+from orchestrator.devtools.demo.approvals import DEMO_ALLOCATION, DEMO_APPROVERS, demo_approvers_setup
+from tests.support.vaults import make_policy, make_protocol, make_vault
+
+pytestmark = pytest.mark.django_db
+User = get_user_model()
+
+
+def test_it_makes_three_approvers_with_a_proposal_waiting_for_two_of_them_and_only_once() -> None:
+    vault = make_vault()
+    for name in DEMO_ALLOCATION:
+        make_protocol(name)
+    make_policy(vault)
+    admin = User.objects.create_superuser("admin", password="x")
+
+    demo = demo_approvers_setup(vault=vault, proposer=admin)
+    assert set(demo.passwords) == set(DEMO_APPROVERS)
+    approvers = []
+    for name, password in demo.passwords.items():
+        assert password
+        user = authenticate(username=name, password=password)
+        assert user is not None and user.is_staff and not user.is_superuser
+        assert user.groups.filter(name=APPROVERS_GROUP).exists()
+        assert list(proposals_waiting_for(user=user)) == [demo.proposal]
+        approvers.append(user)
+    proposal = demo.proposal
+    assert demo.proposal_created and proposal.status == ProposalStatus.PENDING
+    assert (proposal.quorum_required, proposal.proposer) == (2, admin)
+    assert set(proposal.approvers.all()) == set(approvers) == set(vault.approvers.all())
+
+    again = demo_approvers_setup(vault=vault, proposer=admin)
+    assert again.passwords == dict.fromkeys(DEMO_APPROVERS)  # existing users keep their passwords
+    assert (again.proposal, again.proposal_created) == (proposal, False)
+
+    client = Client()
+    assert client.login(username="approver1", password=demo.passwords["approver1"])
+    page = client.get("/admin/approvals/rebalanceproposal/", follow=True)  # lands on ?waiting=me
+    assert page.status_code == 200 and proposal.proposal_id in page.content.decode()

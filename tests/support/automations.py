@@ -1,0 +1,124 @@
+"""Helpers for the automation tests: an API client, an executor server registered with a signed
+config, subscriptions, a beat process, and reading the logs back over the API."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from eth_account.messages import encode_typed_data
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+from web3 import Web3
+
+from orchestrator.automations.services.signatures import KERNEL_ACTION_TYPES, KERNEL_DOMAIN
+from orchestrator.devtools import processes
+from orchestrator.operations.schedules import ensure_periodic_tasks
+from tests.conftest import ARTIFACTS
+from tests.support.executor_server import ExecutorServer
+
+# The subscription object's fields (API.md, "Subscriptions").
+SUBSCRIPTION_KEYS = {
+    "id",
+    "registryId",
+    "chainId",
+    "subAccountAddress",
+    "status",
+    "duration",
+    "tokenInputs",
+    "tokenLimits",
+    "metadata",
+    "feeToken",
+    "feeAmount",
+    "commitHash",
+    "createdAt",
+}
+
+# The executor server listens on 127.0.0.1 over plain http: allowed in tests only.
+LOCAL_DESTINATIONS = {"AUTOMATION_ALLOW_INSECURE_DESTINATIONS": "1", "AUTOMATION_ALLOW_PRIVATE_DESTINATIONS": "1"}
+
+
+def api_client(name: str | None = None) -> APIClient:
+    user = get_user_model().objects.create_user(name or f"author-{uuid.uuid4().hex[:8]}")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+@dataclass
+class Automation:
+    client: APIClient
+    server: ExecutorServer
+    registry: str
+    config: dict[str, Any]
+
+    @property
+    def hmac_key(self) -> str:
+        return str(self.config["hmacKey"])
+
+    def subscribe(self, *, sub_account: str | None = None, chain_id: int = 31337, **fields: Any) -> dict[str, Any]:
+        body = {
+            "registryID": self.registry,
+            "chainId": chain_id,
+            "subAccountAddress": sub_account or Web3.to_checksum_address("0x" + uuid.uuid4().hex + "0" * 8),
+            "tokenInputs": {},
+            "tokenLimits": {},
+            "metadata": {"every": "2"},
+            "feeToken": "",
+            "feeAmount": "0",
+        } | fields
+        response = self.client.post("/v1/subscriptions", body, format="json")
+        assert response.status_code == 201, response.content
+        return dict(response.json())
+
+    def logs(self, sub_id: str, **query: Any) -> list[dict[str, Any]]:
+        response = self.client.get(f"/v1/{sub_id}/logs", query)
+        assert response.status_code == 200, response.content
+        return list(response.json()["data"])
+
+
+def automation_create(
+    server: ExecutorServer,
+    *,
+    source: dict[str, Any],
+    client: APIClient | None = None,
+    verify: bool = True,
+    **fields: Any,
+) -> Automation:
+    """Registers the server's executor and creates its config (EIP-712 signed, as the seed does)."""
+    client = client or api_client()
+    account = server.executor.account
+    response = client.post("/v1/executors", {"address": account.address, "name": "test executor"}, format="json")
+    assert response.status_code == 201, response.content
+    registry = response.json()["registryID"]
+    message = {"destinationURL": server.url, "verifyPayload": verify, "action": "CREATE"}
+    signable = encode_typed_data(domain_data=KERNEL_DOMAIN, message_types=KERNEL_ACTION_TYPES, message_data=message)
+    body = {
+        "registryID": registry,
+        "source": source,
+        "destination": {"baseURL": server.url},
+        "verifyPayload": verify,
+        "relayerCount": 1,
+        "signature": "0x" + account.sign_message(signable).signature.hex().removeprefix("0x"),
+    } | fields
+    response = client.post("/v1/config", body, format="json")
+    assert response.status_code == 201, response.content
+    config = dict(response.json())
+    server.executor.hmac_key = config["hmacKey"]
+    return Automation(client=client, server=server, registry=registry, config=config)
+
+
+def beat_start(env: dict[str, str]) -> processes.ManagedProcess:
+    """A real celery beat on the database scheduler. Transactional tests empty the tables, so
+    the fixed periodic tasks are put back first."""
+    ensure_periodic_tasks()
+    log = ARTIFACTS / "logs" / f"beat-{uuid.uuid4().hex[:8]}.log"
+    return processes.celery_beat(log_path=log, env=env).start().wait_ready(timeout=60)
+
+
+def fund(rpc_url: str, *addresses: str, eth: int = 10) -> None:
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+    for address in addresses:
+        w3.provider.make_request("anvil_setBalance", [address, hex(eth * 10**18)])
