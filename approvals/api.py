@@ -24,7 +24,7 @@ from approvals.services import (
     proposal_execution_start,
     proposal_reject,
 )
-from orchestrator.infra.errors import ApiError, Conflict, NotFound
+from orchestrator.infra.errors import Conflict, DomainError, NotFound
 from orchestrator.infra.idempotency import idempotent
 from vaults.api import intent_json
 from vaults.models import Vault
@@ -81,20 +81,20 @@ class ProposalListView(APIView):
     @idempotent
     def post(self, request: Request) -> Response:
         if not is_operator(request.user):
-            raise ApiError("Only operators can propose rebalances.", code="permission_denied", status_code=403)
+            raise DomainError("Only operators can propose rebalances.", code="permission_denied", http_status=403)
         body = ProposalCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
         vault = Vault.objects.filter(vault_id=data["vaultId"]).first()
         if vault is None:
-            raise ApiError("No vault with that id.", code="invalid", fields={"vaultId": "Unknown vault."})
+            raise DomainError("No vault with that id.", code="invalid", fields={"vaultId": "Unknown vault."})
         users = list(get_user_model().objects.filter(username__in=data["approvers"]))
         missing = set(data["approvers"]) - {u.get_username() for u in users}
         if missing:
-            raise ApiError("Unknown approvers.", code="invalid", fields={"approvers": f"Unknown: {sorted(missing)}"})
+            raise DomainError("Unknown approvers.", code="invalid", fields={"approvers": f"Unknown: {sorted(missing)}"})
         expires = parse_datetime(data["expiresAt"]) if data.get("expiresAt") else None
         if data.get("expiresAt") and (expires is None or expires.tzinfo is None):
-            raise ApiError("Bad expiry.", code="invalid", fields={"expiresAt": "An RFC 3339 time with a zone."})
+            raise DomainError("Bad expiry.", code="invalid", fields={"expiresAt": "An RFC 3339 time with a zone."})
         try:
             proposal = proposal_create(
                 vault=vault,
@@ -105,7 +105,7 @@ class ProposalListView(APIView):
                 expires_at=expires,
             )
         except ProposalInvalid as exc:
-            raise ApiError(str(exc), code="invalid_proposal", status_code=422) from None
+            raise DomainError(str(exc), code="invalid_proposal", http_status=422) from None
         return Response(proposal_json(proposal), status=status.HTTP_201_CREATED)
 
 
@@ -128,9 +128,9 @@ class _DecisionView(APIView):
                 proposal=proposal, approver=request.user, comment=body.validated_data.get("comment", "")
             )
         except NotAnApprover as exc:
-            raise ApiError(str(exc), code="not_an_approver", status_code=403) from None
+            raise DomainError(str(exc), code="not_an_approver", http_status=403) from None
         except ProposalInvalid as exc:
-            raise ApiError(str(exc), code="own_proposal", status_code=403) from None
+            raise DomainError(str(exc), code="own_proposal", http_status=403) from None
         except AlreadyDecided as exc:
             raise Conflict(str(exc), code="already_decided") from None
         except ProposalClosed as exc:
@@ -151,8 +151,8 @@ class ProposalExecuteView(APIView):
     def post(self, request: Request, proposal_id: str) -> Response:
         proposal = _visible(request, proposal_id)
         if not (is_operator(request.user) or proposal.approvers.filter(username=request.user.get_username()).exists()):
-            raise ApiError(
-                "Only operators and approvers can execute a proposal.", code="permission_denied", status_code=403
+            raise DomainError(
+                "Only operators and approvers can execute a proposal.", code="permission_denied", http_status=403
             )
         try:
             run = proposal_execution_start(proposal=proposal)

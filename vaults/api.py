@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from orchestrator.engine.models import WorkflowRun
-from orchestrator.infra.errors import ApiError, NotFound
+from orchestrator.infra.errors import DomainError, NotFound
 from orchestrator.infra.idempotency import idempotent
 from vaults.models import ExecutionIntent, PolicyStatus, Vault, VaultPolicy
 from vaults.services.feeds import FEED_DOMAIN, FEED_TYPES, FeedRefused, feed_accept
@@ -121,7 +121,9 @@ class FeedView(APIView):
         try:
             feed = feed_accept(payload=request.data)
         except FeedRefused as refused:
-            raise ApiError(str(refused), code=refused.code, status_code=refused.status, fields=refused.fields) from None
+            raise DomainError(
+                str(refused), code=refused.code, http_status=refused.status, fields=refused.fields
+            ) from None
         runs = list(
             WorkflowRun.objects.filter(kind=REBALANCE_WORKFLOW, input__feed=str(feed.id)).values_list("id", flat=True)
         )

@@ -19,7 +19,7 @@ from orchestrator.automations.selectors import subscription_logs
 from orchestrator.automations.services.configs import AutomationError, config_create, config_delete, executor_register
 from orchestrator.automations.services.subscriptions import subscription_cancel, subscription_create
 from orchestrator.automations.wire import config_json, executor_json, log_entry_json, subscription_json
-from orchestrator.infra.errors import ApiError, NotFound
+from orchestrator.infra.errors import DomainError, NotFound
 from orchestrator.infra.idempotency import idempotent
 
 HEX_SIGNATURE = re.compile(r"^0x[0-9a-fA-F]{130}$")
@@ -27,7 +27,7 @@ TOPIC = re.compile(r"^0x[0-9a-fA-F]{64}$")
 
 
 def _raise(exc: AutomationError) -> None:
-    raise ApiError(str(exc), code=exc.code, status_code=exc.status, fields=exc.fields) from None
+    raise DomainError(str(exc), code=exc.code, http_status=exc.status, fields=exc.fields) from None
 
 
 def _client(request: Request) -> Any:
@@ -228,7 +228,7 @@ class SubscriptionListView(APIView):
         raw = dict(request.data) if isinstance(request.data, dict) else {}
         registry = raw.get("registryID", raw.get("registryId"))  # both spellings are accepted
         if not registry:
-            raise ApiError("Invalid request.", code="invalid", fields={"registryID": "This field is required."})
+            raise DomainError("Invalid request.", code="invalid", fields={"registryID": "This field is required."})
         body = SubscriptionSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.http import HttpRequest
+
+from orchestrator.infra.errors import DomainError
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -20,3 +24,19 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class DomainErrorAdminMixin:
+    """The admin's one translation of a DomainError: its message shown to the user as an error,
+    the page answered as if the action had not been tried. Use around any service call:
+
+        with self.domain_errors(request):
+            proposal_decide(...)
+    """
+
+    @contextmanager
+    def domain_errors(self, request: HttpRequest) -> Iterator[None]:
+        try:
+            yield
+        except DomainError as exc:
+            messages.error(request, exc.message)

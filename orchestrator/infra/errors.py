@@ -1,4 +1,4 @@
-"""The API's one error shape: {"error": {"code", "message", "fields"?}} (API.md, Conventions).
+"""The API's one error shape: {"error": {"code", "message", "fields"?}} .
 
 Every exception that reaches a view, from DRF or from a service, is turned into that body here,
 so clients in any language parse exactly one shape."""
@@ -17,37 +17,44 @@ from rest_framework.views import exception_handler
 logger = logging.getLogger("orchestrator.api")
 
 
-class ApiError(exceptions.APIException):
-    """A domain error with a documented code, raised by services and views."""
+class DomainError(Exception):
+    """A refusal the caller can act on: a stable `code`, the HTTP status it maps to, and a message
+    that says what to do. Every app's refusals derive from it; the API's exception handler below
+    and the admin's `DomainErrorAdminMixin` (admin_base.py) translate it, nothing else does."""
 
-    status_code: int = status.HTTP_400_BAD_REQUEST
-    default_code = "bad_request"
-    default_detail = "The request cannot be processed."
+    code: str = "bad_request"
+    http_status: int = 400
+    default_message: str = "The request cannot be processed."
 
     def __init__(
         self,
         message: str | None = None,
         *,
         code: str | None = None,
-        status_code: int | None = None,
+        http_status: int | None = None,
         fields: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(detail=message or self.default_detail, code=code or self.default_code)
-        if status_code is not None:
-            self.status_code = status_code
-        self.error_code = code or self.default_code
+        super().__init__(message or self.default_message)
+        if code is not None:
+            self.code = code
+        if http_status is not None:
+            self.http_status = http_status
         self.fields = fields
 
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.default_message
 
-class Conflict(ApiError):
-    status_code = status.HTTP_409_CONFLICT
-    default_code = "conflict"
+
+class Conflict(DomainError):
+    code = "conflict"
+    http_status = status.HTTP_409_CONFLICT
 
 
-class NotFound(ApiError):
-    status_code = status.HTTP_404_NOT_FOUND
-    default_code = "not_found"
-    default_detail = "Not found."
+class NotFound(DomainError):
+    code = "not_found"
+    http_status = status.HTTP_404_NOT_FOUND
+    default_message = "Not found."
 
 
 _CODES = {
@@ -81,6 +88,8 @@ def _flatten(detail: Any) -> Any:
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DomainError):
+        return Response(error_body(exc.code, exc.message, exc.fields), status=exc.http_status)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
@@ -88,9 +97,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     response = exception_handler(exc, context)
     if response is None:
         return None  # an unexpected error: a real 500, logged by Django
-    if isinstance(exc, ApiError):
-        response.data = error_body(exc.error_code, str(exc.detail), exc.fields)
-    elif isinstance(exc, exceptions.ValidationError):
+    if isinstance(exc, exceptions.ValidationError):
         fields = _flatten(exc.detail)
         if not isinstance(fields, dict):
             fields = {"non_field_errors": fields}

@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from orchestrator.infra.errors import ApiError, Conflict
+from orchestrator.infra.errors import Conflict, DomainError
 from orchestrator.infra.models import IdempotencyRecord
 
 HEADER = "Idempotency-Key"
@@ -36,7 +36,7 @@ def idempotent(view: Callable[..., Response]) -> Callable[..., Response]:
         if key is None:
             return view(self, request, *args, **kwargs)
         if not key or len(key) > MAX_KEY_LENGTH:
-            raise ApiError(f"{HEADER} must be 1 to {MAX_KEY_LENGTH} characters.", code="invalid_idempotency_key")
+            raise DomainError(f"{HEADER} must be 1 to {MAX_KEY_LENGTH} characters.", code="invalid_idempotency_key")
         fingerprint = _fingerprint(request)
         owner = request.user  # authenticated: every POST that creates something needs a token
         assert owner.is_authenticated
