@@ -155,7 +155,7 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Vault Orchestrator API",
-    "DESCRIPTION": "Automation, vault and workflow API. The wire contract is API.md.",
+    "DESCRIPTION": "Automation, vault and workflow API. docs/api.md in the repository describes the contract.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     # Swagger UI's files come from the sidecar package: the docs page works offline.
@@ -232,8 +232,8 @@ FAILPOINTS = env_list("FAILPOINTS", [])
 FAILPOINTS_DIR = env_str("FAILPOINTS_DIR", str(VAR_DIR / "failpoints"))
 # How long a relay step (an RPC call) may run before another worker may take it over.
 RELAYER_STEP_LEASE_SECONDS = env_float("RELAYER_STEP_LEASE_SECONDS", 60.0, minimum=1)
-# Most requests of one signer on one chain sent as one batch (one nonce lock, one JSON-RPC
-# round trip per step). Nodes cap JSON-RPC batches too (geth: 1000 calls); stay well below.
+# Most pending requests of one chain taken into one batch (one nonce lock per signer in it, one
+# JSON-RPC round trip per step). Nodes cap JSON-RPC batches too (geth: 1000 calls); stay well below.
 RELAYER_BATCH_SIZE = env_int("RELAYER_BATCH_SIZE", 100, minimum=1)
 # A request no batch took after this long lost its lane kick; the monitor kicks the lane again.
 RELAYER_ORPHAN_SECONDS = env_float("RELAYER_ORPHAN_SECONDS", 5.0, minimum=0.5)

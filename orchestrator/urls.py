@@ -22,8 +22,8 @@ from orchestrator.automations.api import (
     SubscriptionLogsView,
 )
 from orchestrator.engine.api import WorkflowDetailView
+from orchestrator.infra.metrics import metrics
 from orchestrator.operations.health import readyz
-from orchestrator.operations.metrics import metrics
 from vaults.api import FeedView, VaultDetailView, VaultIntentsView, VaultListView
 
 

@@ -8,6 +8,7 @@ class OperationsConfig(AppConfig):
     verbose_name = "Operations"
 
     def ready(self) -> None:
+        from orchestrator.operations import metrics  # noqa: F401  (registers its collectors)
         from orchestrator.operations.schedules import ensure_periodic_tasks
 
         # The fixed schedule is rows of django-celery-beat's tables: written once they exist.

@@ -2,7 +2,7 @@
 
 /healthz (orchestrator/urls.py) answers as soon as the process is up. /readyz checks what a
 request or a run needs: the database, the broker, every enabled chain's RPC, and a recent beat
-heartbeat; it says which failed. /metrics is in orchestrator/operations/metrics.py."""
+heartbeat; it says which failed. /metrics is served by orchestrator/infra/metrics.py."""
 
 from __future__ import annotations
 

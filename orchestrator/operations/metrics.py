@@ -1,59 +1,37 @@
-"""Prometheus metrics at /metrics, computed when Prometheus scrapes, from the database and the
-broker.
+"""The engine's, the relayer's, the workers' and the broker's metrics, computed when Prometheus
+scrapes /metrics (served by orchestrator/infra/metrics.py), from the database and the broker.
 
 Nothing is counted in a process's memory: workers write what they do to PostgreSQL (runs, relay
 transactions, heartbeats), so one scrape of any web process sees every worker on every machine,
 and a restarted process loses nothing. The counters are counts of rows that never leave the
 state counted (runs in a final phase, confirmed transactions), so they only go up.
 
-Names follow seed 003 (`dalp.ddwf.workflow.completed` -> `orchestrator_workflow_completed_total`,
-`...workflow.stalled` -> `orchestrator_workflow_stalled`). To add metrics from another app,
-register a function that yields metric families, in a module that app imports at start-up (its
-AppConfig.ready):
-
-    from orchestrator.operations.metrics import collector
-
-    @collector
-    def automation_firings() -> Iterator[Metric]:
-        yield GaugeMetricFamily(...)
-
-A collector that raises is reported in `orchestrator_metrics_collector_errors{collector}`; the
-others are still served."""
+Names follow the engine's operational metrics (workflow completed ->
+`orchestrator_workflow_completed_total`, workflow stalled -> `orchestrator_workflow_stalled`);
+docs/operations.md lists them all. Registered when the operations app is ready."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 
 from django.conf import settings
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
-from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from orchestrator.engine.models import FINAL_PHASES, WorkflowRun
 from orchestrator.engine.selectors import runs_stalled
 from orchestrator.infra.heartbeats import WORKER_PREFIX
+from orchestrator.infra.metrics import collector
 from orchestrator.infra.models import Heartbeat
 
 logger = logging.getLogger("orchestrator.operations.metrics")
 
-Collector = Callable[[], Iterable[Metric]]
-COLLECTORS: list[Collector] = []
-
 # Seconds from a relay request to its confirmation: a block or two on a dev chain, minutes when
 # fees are bumped, an hour at the outside.
 CONFIRMATION_BUCKETS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
-
-
-def collector(fn: Collector) -> Collector:
-    """Registers a scrape-time collector (a decorator; registering twice is harmless)."""
-    if fn not in COLLECTORS:
-        COLLECTORS.append(fn)
-    return fn
 
 
 @collector
@@ -143,27 +121,3 @@ def queues() -> Iterator[Metric]:
         depth.add_metric([name], count)
     yield up
     yield depth
-
-
-class ScrapeTimeCollector:
-    """Runs every registered collector; one that fails does not hide the others."""
-
-    def collect(self) -> Iterator[Metric]:
-        errors = GaugeMetricFamily(
-            "orchestrator_metrics_collector_errors",
-            "1 for a collector that failed during this scrape (see the web log).",
-            labels=["collector"],
-        )
-        for fn in COLLECTORS:
-            try:
-                yield from list(fn())
-            except Exception:
-                logger.exception("metrics collector %s failed", fn.__name__)
-                errors.add_metric([fn.__name__], 1)
-        yield errors
-
-
-def metrics(request: HttpRequest) -> HttpResponse:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ScrapeTimeCollector())
-    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -157,7 +157,7 @@ def test_metrics_are_prometheus_text_and_move_with_the_state() -> None:
 
 
 def test_a_failing_collector_is_reported_and_the_others_still_served() -> None:
-    from orchestrator.operations import metrics
+    from orchestrator.infra import metrics
 
     def broken() -> list[object]:
         raise RuntimeError("boom")
