@@ -260,7 +260,7 @@ EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.Emai
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "vault-orchestrator@localhost")
 PROPOSAL_TTL_SECONDS = env_int("PROPOSAL_TTL_SECONDS", 3 * 24 * 3600, minimum=60)
 
-# --- Automations (seed 001) -----------------------------------------------------------------
+# --- Automations (docs/automations.md) ------------------------------------------------------------
 # Plain-http hook destinations, and ones that resolve to loopback, private or link-local
 # addresses (SSRF), are refused unless these are on (development and tests only).
 AUTOMATION_ALLOW_INSECURE_DESTINATIONS = env_bool("AUTOMATION_ALLOW_INSECURE_DESTINATIONS", DEBUG)

@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -118,7 +118,7 @@ def _wants_json(request: HttpRequest) -> bool:
     return request.path.startswith(("/v1/", "/api/")) or "application/json" in request.headers.get("Accept", "")
 
 
-def json_not_found(request: HttpRequest, exception: Exception | None = None) -> Any:
+def json_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _wants_json(request):
         return JsonResponse(error_body("not_found", "Not found."), status=404)
     from django.views.defaults import page_not_found
@@ -126,7 +126,7 @@ def json_not_found(request: HttpRequest, exception: Exception | None = None) -> 
     return page_not_found(request, exception or Http404())
 
 
-def json_server_error(request: HttpRequest) -> Any:
+def json_server_error(request: HttpRequest) -> HttpResponse:
     if _wants_json(request):
         return JsonResponse(error_body("server_error", "Internal error; it has been logged."), status=500)
     from django.views.defaults import server_error

@@ -1,4 +1,4 @@
-"""Idempotency-Key for POSTs that create things (API.md, Conventions).
+"""Idempotency-Key for POSTs that create things (docs/api.md, "Conventions").
 
 The same key with the same body returns the first response again (same status, same body,
 nothing created twice); the same key with a different body is 409 idempotency_key_reused.

@@ -1,4 +1,4 @@
-"""The fixed periodic tasks beat runs (DESIGN.md, "Scheduling at scale").
+"""The fixed periodic tasks beat runs (docs/engine.md, "Operating it").
 
 A handful of dispatchers claim due work from indexed tables; nothing here grows with the
 number of runs or subscriptions. Created after every migrate, so a fresh database has them."""
