@@ -1,7 +1,8 @@
-"""Automation metrics, computed at scrape time from the firings table (see orchestrator.operations.metrics):
-firings by trigger type and outcome, their lateness (hook sent minus due), hook latency, and
-post-execution reports. Counts over the whole table: index-only on firing_status_idx, and a
-sequential scan for the histograms; keep the table pruned if it grows past a few million rows."""
+"""Automation metrics, computed at scrape time from the firings table (collectors registered
+with orchestrator.infra.metrics): firings by trigger type and outcome, their lateness (hook
+sent minus due), hook latency, and post-execution reports. Counts over the whole table:
+index-only on firing_status_idx, and a sequential scan for the histograms; keep the table
+pruned if it grows past a few million rows."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from orchestrator.automations.models import Firing
-from orchestrator.operations.metrics import collector
+from orchestrator.infra.metrics import collector
 
 LATENESS_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
 HOOK_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
