@@ -174,6 +174,11 @@ class ManagedProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+def _celery(*args: str) -> list[str]:
+    """`celery -A orchestrator ...` in this interpreter, so a virtualenv need not be activated."""
+    return [sys.executable, "-m", "celery", "-A", "orchestrator", *args, "-l", "INFO"]
+
+
 def celery_worker(
     *,
     log_path: Path,
@@ -183,12 +188,7 @@ def celery_worker(
     name: str = "worker",
     extra: list[str] | None = None,
 ) -> ManagedProcess:
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "orchestrator",
+    argv = _celery(
         "worker",
         "-Q",
         queues,
@@ -196,30 +196,15 @@ def celery_worker(
         str(concurrency),
         "-n",
         f"{name}-{os.getpid()}-{time.time_ns()}@%h",
-        "-l",
-        "INFO",
         "--without-gossip",
         "--without-mingle",
         *(extra or []),
-    ]
+    )
     return ManagedProcess(name, argv, log_path=log_path, env=env, ready_text=" ready.")
 
 
 def celery_beat(*, log_path: Path, env: dict[str, str] | None = None) -> ManagedProcess:
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "orchestrator",
-        "beat",
-        "-l",
-        "INFO",
-        "--scheduler",
-        "django_celery_beat.schedulers:DatabaseScheduler",
-        "--pidfile",
-        "",
-    ]
+    argv = _celery("beat", "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler", "--pidfile", "")
     return ManagedProcess("beat", argv, log_path=log_path, env=env, ready_text="beat: Starting")
 
 

@@ -8,6 +8,7 @@ LogEntry, so the decision shows in the run's history and in the audit export."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
@@ -64,22 +65,34 @@ def dashboard(request: HttpRequest) -> TemplateResponse:
     return TemplateResponse(request, "admin/operations/dashboard.html", context)
 
 
+def _operate(
+    request: HttpRequest, verb: str, operate: Callable[[], WorkflowRun], note: str, done: Callable[[WorkflowRun], str]
+) -> HttpResponseRedirect:
+    """Replays or discards a run. One transaction: the engine's transition and the LogEntry commit
+    together, and a replay's step message is sent only after both are in."""
+    try:
+        with transaction.atomic():
+            run = operate()
+            _log(request, run, note)
+    except WorkflowRun.DoesNotExist:
+        raise Http404("no such run") from None
+    except (RunNotReplayable, RunNotDiscardable) as exc:
+        messages.warning(request, f"Not {verb}: {exc}.")
+    else:
+        messages.success(request, done(run))
+    return redirect("ops-dashboard")
+
+
 @require_POST
 def run_replay(request: HttpRequest, run_id: uuid.UUID) -> HttpResponseRedirect:
     _require(request, OPERATE_RUNS)
-    try:
-        # One transaction: the replay's transition and the LogEntry commit together, and the
-        # step message is sent only after both are in.
-        with transaction.atomic():
-            run = workflow_replay(run_id=run_id, actor=_actor(request))
-            _log(request, run, "Replayed from the operations dashboard.")
-    except WorkflowRun.DoesNotExist:
-        raise Http404("no such run") from None
-    except RunNotReplayable as exc:
-        messages.warning(request, f"Not replayed: {exc}.")
-    else:
-        messages.success(request, f"Replayed {run.kind} {run.id}; it continues at {run.step_name}.")
-    return redirect("ops-dashboard")
+    return _operate(
+        request,
+        "replayed",
+        lambda: workflow_replay(run_id=run_id, actor=_actor(request)),
+        "Replayed from the operations dashboard.",
+        lambda run: f"Replayed {run.kind} {run.id}; it continues at {run.step_name}.",
+    )
 
 
 @require_POST
@@ -90,17 +103,13 @@ def run_discard(request: HttpRequest, run_id: uuid.UUID) -> HttpResponseRedirect
         messages.error(request, "Not discarded: a discard needs a reason.")
         return redirect("ops-dashboard")
     reason = form.cleaned_data["reason"]
-    try:
-        with transaction.atomic():
-            run = workflow_discard(run_id=run_id, actor=_actor(request), reason=reason)
-            _log(request, run, f"Discarded from the operations dashboard: {reason}")
-    except WorkflowRun.DoesNotExist:
-        raise Http404("no such run") from None
-    except RunNotDiscardable as exc:
-        messages.warning(request, f"Not discarded: {exc}.")
-    else:
-        messages.success(request, f"Discarded {run.kind} {run.id}: it is now failed.")
-    return redirect("ops-dashboard")
+    return _operate(
+        request,
+        "discarded",
+        lambda: workflow_discard(run_id=run_id, actor=_actor(request), reason=reason),
+        f"Discarded from the operations dashboard: {reason}",
+        lambda run: f"Discarded {run.kind} {run.id}: it is now failed.",
+    )
 
 
 @require_GET
