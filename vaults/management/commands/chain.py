@@ -1,25 +1,29 @@
-"""./manage.py chain seed|status|bootstrap"""
+"""./manage.py chain seed|status|bootstrap
+
+`seed` and `status` are the relayer's (relayer/management/chain.py); `bootstrap` is added here
+because it deploys a vault, and the relayer imports no vaults."""
 
 from __future__ import annotations
 
+from argparse import _SubParsersAction
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from relayer.management.chain import ChainCommand
 from relayer.models import Chain
-from relayer.rpc import TRANSPORT_ERRORS, web3_for
+from relayer.rpc import TRANSPORT_ERRORS
 from relayer.services.chains import chain_seed_from_env
+from vaults.onchain import OnchainError
+from vaults.services.bootstrap import BootstrapError, chain_bootstrap
 
 
-class Command(BaseCommand):
+class Command(ChainCommand):
     help = "Chains: seed the local one from the environment, show every chain's head, or bootstrap a vault."
 
-    def add_arguments(self, parser: CommandParser) -> None:
-        sub = parser.add_subparsers(dest="action", required=True)
-        sub.add_parser("seed", help="Create or reset the chain CHAIN_ID at CHAIN_RPC_URL.")
-        sub.add_parser("status", help="Each chain's RPC and head block.")
-        boot = sub.add_parser(
+    def add_actions(self, actions: _SubParsersAction[CommandParser]) -> None:
+        boot = actions.add_parser(
             "bootstrap",
             help="Deploy a test asset and protocol vaults to a local anvil and create a funded vault.",
         )
@@ -34,27 +38,9 @@ class Command(BaseCommand):
         )
         boot.add_argument("--assets", type=int, help="Base units of the asset the vault holds.")
 
-    def handle(self, *args: Any, action: str, **options: Any) -> None:
-        if action == "seed":
-            chain = chain_seed_from_env(overwrite=True)
-            self.stdout.write(f"chain {chain.chain_id} ({chain.name}) at {chain.rpc_url}")
-        elif action == "status":
-            for chain in Chain.objects.all():
-                try:
-                    head = str(web3_for(chain.rpc_url).eth.block_number)
-                except TRANSPORT_ERRORS as exc:
-                    head = f"unreachable ({exc.__class__.__name__})"
-                self.stdout.write(f"{chain.chain_id:<10} {chain.name:<15} {chain.rpc_url:<40} head={head}")
-        elif action == "bootstrap":
-            self.bootstrap(**options)
-
-    def bootstrap(
-        self, *, chain_id: int, vault_id: str, protocols: list[str] | None, assets: int | None, **_: Any
+    def action_bootstrap(
+        self, *, chain_id: int, vault_id: str, protocols: list[str] | None, assets: int | None, **_: object
     ) -> None:
-        # Imported here: the relayer app does not otherwise depend on vaults.
-        from vaults.onchain import OnchainError
-        from vaults.services.bootstrap import BootstrapError, chain_bootstrap
-
         chain = Chain.objects.filter(chain_id=chain_id).first()
         if chain is None and chain_id == settings.CHAIN_ID:
             chain = chain_seed_from_env(overwrite=False)
