@@ -4,7 +4,7 @@ Key material is never shown: SigningKey's encrypted columns are excluded from ev
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.contrib import admin
@@ -15,8 +15,16 @@ from orchestrator.infra.admin_base import ReadOnlyAdmin
 from relayer.models import Broadcast, Chain, NonceCursor, RelayTransaction, SigningKey
 from relayer.rpc import TRANSPORT_ERRORS, as_address, web3_for
 
+if TYPE_CHECKING:  # the admin's classes take type arguments only in django-stubs, not at run time
+    BroadcastInlineBase = admin.TabularInline[Broadcast, RelayTransaction]
+    ChainAdminBase = admin.ModelAdmin[Chain]
+    NonceCursorAdminBase = admin.ModelAdmin[NonceCursor]
+else:
+    BroadcastInlineBase = admin.TabularInline
+    ChainAdminBase = NonceCursorAdminBase = admin.ModelAdmin
 
-class BroadcastInline(admin.TabularInline):
+
+class BroadcastInline(BroadcastInlineBase):
     model = Broadcast
     extra = 0
     can_delete = False
@@ -32,7 +40,7 @@ class BroadcastInline(admin.TabularInline):
     )
     readonly_fields = fields
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_add_permission(self, request: HttpRequest, obj: RelayTransaction | None = None) -> bool:
         return False
 
 
@@ -112,7 +120,7 @@ class SigningKeyAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Chain)
-class ChainAdmin(admin.ModelAdmin):
+class ChainAdmin(ChainAdminBase):
     list_display = (
         "chain_id",
         "name",
@@ -128,7 +136,7 @@ class ChainAdmin(admin.ModelAdmin):
 
 
 @admin.register(NonceCursor)
-class NonceCursorAdmin(admin.ModelAdmin):
+class NonceCursorAdmin(NonceCursorAdminBase):
     list_display = ("signer", "chain", "next_nonce", "updated_at")
     readonly_fields = ("signer", "chain", "next_nonce", "updated_at")
 

@@ -1,10 +1,8 @@
-from typing import Any
-
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
 
-def _seed_chain(**_: Any) -> None:
+def _seed_chain(**_: object) -> None:
     from relayer.services.chains import chain_seed_from_env
 
     chain_seed_from_env(overwrite=False)

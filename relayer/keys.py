@@ -30,16 +30,22 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.utils import timezone
 from eth_account import Account
-from eth_account.datastructures import SignedTransaction
-from eth_account.messages import encode_defunct, encode_typed_data
+from eth_account.datastructures import SignedMessage, SignedTransaction
+from eth_account.messages import SignableMessage, encode_defunct, encode_typed_data
+from eth_account.types import TransactionDictType
 
+from orchestrator.infra.errors import DomainError
 from relayer.models import KeyPurpose, SigningKey
 
 logger = logging.getLogger("relayer.keys")
 
 
-class KeyManagerError(Exception):
-    """Key material unavailable: unknown key, wrong master key, tampered ciphertext."""
+class KeyManagerError(DomainError):
+    """Key material unavailable: unknown key, wrong master key, tampered ciphertext. Nothing a
+    client can fix: were one to reach the API, it is the server's failure (500)."""
+
+    code = "key_unavailable"
+    http_status = 500
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,10 @@ def _aad(address: str, purpose: str) -> bytes:
     return f"vault-orchestrator:{address.lower()}:{purpose}".encode()
 
 
+def _secret_aad(context: str) -> bytes:
+    return f"vault-orchestrator:secret:{context}".encode()
+
+
 @dataclass(frozen=True)
 class SealedSecret:
     """A secret other than a private key (an HMAC key, say), encrypted like the keys are."""
@@ -106,30 +116,39 @@ class SealedSecret:
     ciphertext: bytes
 
 
+def _seal(plaintext: bytes, aad: bytes) -> SealedSecret:
+    """AES-256-GCM under the current master key, with a fresh 12-byte nonce."""
+    masters = master_keys()
+    nonce = secrets.token_bytes(12)
+    return SealedSecret(masters.current, nonce, masters.aead(masters.current).encrypt(nonce, plaintext, aad))
+
+
+def _open(sealed: SealedSecret, aad: bytes, *, what: str) -> bytes:
+    """Raises KeyManagerError, naming `what` and never the plaintext, when the master key
+    version is missing or the ciphertext does not decrypt."""
+    try:
+        return master_keys().aead(sealed.version).decrypt(bytes(sealed.nonce), bytes(sealed.ciphertext), aad)
+    except (InvalidTag, ValueError):  # ValueError: a nonce of the wrong length
+        raise KeyManagerError(f"{what} does not decrypt: wrong master key or tampered row") from None
+
+
 def secret_seal(plaintext: bytes, *, context: str) -> SealedSecret:
     """Encrypts under the current master key; `context` (what the secret is for, e.g. the
     config id) is bound in as associated data, so the ciphertext only opens for that owner."""
-    masters = master_keys()
-    nonce = secrets.token_bytes(12)
-    aad = f"vault-orchestrator:secret:{context}".encode()
-    return SealedSecret(masters.current, nonce, masters.aead(masters.current).encrypt(nonce, plaintext, aad))
+    return _seal(plaintext, _secret_aad(context))
 
 
 def secret_open(sealed: SealedSecret, *, context: str) -> bytes:
     """Raises KeyManagerError when the master key is missing or the row was tampered with."""
-    aad = f"vault-orchestrator:secret:{context}".encode()
-    try:
-        return master_keys().aead(sealed.version).decrypt(bytes(sealed.nonce), bytes(sealed.ciphertext), aad)
-    except (InvalidTag, ValueError):
-        raise KeyManagerError(f"secret for {context} does not decrypt: wrong master key or tampered row") from None
+    return _open(sealed, _secret_aad(context), what=f"secret for {context}")
 
 
 class KeyManager(Protocol):
     def create_key(self, *, purpose: str, label: str = "") -> SigningKey: ...
 
-    def sign_transaction(self, *, key: SigningKey, tx: dict[str, Any]) -> SignedTransaction: ...
+    def sign_transaction(self, *, key: SigningKey, tx: TransactionDictType) -> SignedTransaction: ...
 
-    def sign_transactions(self, *, key: SigningKey, txs: list[dict[str, Any]]) -> list[SignedTransaction]: ...
+    def sign_transactions(self, *, key: SigningKey, txs: list[TransactionDictType]) -> list[SignedTransaction]: ...
 
     def sign_typed_data(
         self, *, key: SigningKey, domain: dict[str, Any], types: dict[str, Any], message: dict[str, Any]
@@ -145,33 +164,26 @@ class LocalKeyManager:
         if purpose not in KeyPurpose.values:
             raise KeyManagerError(f"unknown key purpose {purpose!r}")
         account = Account.create()
-        masters = master_keys()
-        nonce = secrets.token_bytes(12)
-        ciphertext = masters.aead(masters.current).encrypt(nonce, bytes(account.key), _aad(account.address, purpose))
+        sealed = _seal(bytes(account.key), _aad(account.address, purpose))
         return SigningKey.objects.create(
             address=account.address,
             purpose=purpose,
             label=label[:200],
             backend=self.backend,
-            master_key_version=masters.current,
-            nonce=nonce,
-            ciphertext=ciphertext,
+            master_key_version=sealed.version,
+            nonce=sealed.nonce,
+            ciphertext=sealed.ciphertext,
         )
 
     def _private_key(self, key: SigningKey) -> bytes:
-        try:
-            return (
-                master_keys()
-                .aead(key.master_key_version)
-                .decrypt(bytes(key.nonce), bytes(key.ciphertext), _aad(key.address, key.purpose))
-            )
-        except (InvalidTag, ValueError):  # ValueError: a nonce of the wrong length
-            raise KeyManagerError(f"key {key.address} does not decrypt: wrong master key or tampered row") from None
+        sealed = SealedSecret(key.master_key_version, bytes(key.nonce), bytes(key.ciphertext))
+        return _open(sealed, _aad(key.address, key.purpose), what=f"key {key.address}")
 
-    def sign_transaction(self, *, key: SigningKey, tx: dict[str, Any]) -> SignedTransaction:
-        return Account.sign_transaction(tx, self._private_key(key))
+    def sign_transaction(self, *, key: SigningKey, tx: TransactionDictType) -> SignedTransaction:
+        signed: SignedTransaction = Account.sign_transaction(tx, self._private_key(key))
+        return signed
 
-    def sign_transactions(self, *, key: SigningKey, txs: list[dict[str, Any]]) -> list[SignedTransaction]:
+    def sign_transactions(self, *, key: SigningKey, txs: list[TransactionDictType]) -> list[SignedTransaction]:
         """Signs a relay batch: the key is decrypted once, not once per transaction."""
         account = Account.from_key(self._private_key(key))
         return [account.sign_transaction(tx) for tx in txs]
@@ -180,10 +192,14 @@ class LocalKeyManager:
         self, *, key: SigningKey, domain: dict[str, Any], types: dict[str, Any], message: dict[str, Any]
     ) -> str:
         signable = encode_typed_data(domain_data=domain, message_types=types, message_data=message)
-        return "0x" + Account.sign_message(signable, self._private_key(key)).signature.hex().removeprefix("0x")
+        return self._signature(key, signable)
 
     def sign_message(self, *, key: SigningKey, text: str) -> str:
-        signed = Account.sign_message(encode_defunct(text=text), self._private_key(key))
+        return self._signature(key, encode_defunct(text=text))
+
+    def _signature(self, key: SigningKey, signable: SignableMessage) -> str:
+        """The 0x-prefixed hex signature of `signable` (EIP-191, or EIP-712 typed data)."""
+        signed: SignedMessage = Account.sign_message(signable, self._private_key(key))
         return "0x" + signed.signature.hex().removeprefix("0x")
 
     def rotate_master(self) -> int:
@@ -196,11 +212,8 @@ class LocalKeyManager:
                 key = SigningKey.objects.select_for_update().get(pk=key_id)
                 if key.master_key_version == masters.current:
                     continue
-                plaintext = self._private_key(key)
-                nonce = secrets.token_bytes(12)
-                key.ciphertext = masters.aead(masters.current).encrypt(nonce, plaintext, _aad(key.address, key.purpose))
-                key.nonce = nonce
-                key.master_key_version = masters.current
+                sealed = _seal(self._private_key(key), _aad(key.address, key.purpose))
+                key.master_key_version, key.nonce, key.ciphertext = sealed.version, sealed.nonce, sealed.ciphertext
                 key.rotated_at = timezone.now()
                 key.save(update_fields=["ciphertext", "nonce", "master_key_version", "rotated_at"])
                 rotated += 1

@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from decimal import Decimal
+from typing import Literal, overload
 
 from django.db import models
 from django.db.models import Q
+from django.db.models.expressions import Combinable
+from django.db.models.fields import NOT_PROVIDED
+
+# What a wei column accepts (ints, as the relayer computes them, or Decimals) and gives back.
+WeiIn = int | Decimal | str | Combinable
 
 
-def wei_field(**kwargs: Any) -> models.DecimalField:
+@overload
+def wei_field(
+    *, null: Literal[False] = False, blank: bool = False, default: int | type[NOT_PROVIDED] = ..., help_text: str = ""
+) -> models.DecimalField[WeiIn, Decimal]: ...
+@overload
+def wei_field(
+    *, null: Literal[True], blank: bool = False, default: int | type[NOT_PROVIDED] = ..., help_text: str = ""
+) -> models.DecimalField[WeiIn | None, Decimal | None]: ...
+def wei_field(
+    *, null: bool = False, blank: bool = False, default: int | type[NOT_PROVIDED] = NOT_PROVIDED, help_text: str = ""
+) -> models.DecimalField[WeiIn, Decimal] | models.DecimalField[WeiIn | None, Decimal | None]:
     """An amount of wei: any uint256 fits in 78 decimal digits."""
-    return models.DecimalField(max_digits=78, decimal_places=0, **kwargs)
+    return models.DecimalField(
+        max_digits=78, decimal_places=0, null=null, blank=blank, default=default, help_text=help_text
+    )
 
 
 class KeyPurpose(models.TextChoices):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, TypeAlias
 
 import requests
 from django.conf import settings
@@ -74,26 +74,30 @@ def _session(rpc_url: str) -> requests.Session:
     return session
 
 
+# A JSON value, as JSON-RPC parameters are sent.
+Json: TypeAlias = "bool | int | float | str | Sequence[Json] | Mapping[str, Json] | None"
+
+
 @dataclass(frozen=True)
 class RpcResult:
     """One answer of a batch: `result`, or the node's `error` ({code, message, data})."""
 
-    result: Any = None
-    error: dict[str, Any] | None = None
+    result: Any = None  # JSON as the node sent it: its shape depends on the method
+    error: dict[str, object] | None = None
 
     @property
     def message(self) -> str:
         return str((self.error or {}).get("message", ""))
 
 
-def rpc_batch(rpc_url: str, calls: Sequence[tuple[str, list[Any]]]) -> list[RpcResult]:
+def rpc_batch(rpc_url: str, calls: Sequence[tuple[str, Sequence[Json]]]) -> list[RpcResult]:
     """Sends many JSON-RPC calls in one HTTP request (a JSON-RPC batch) and returns their
     answers in the order asked. A relay batch of 100 transactions costs one round trip per
     step this way, instead of 100. Raises RpcUnavailable when the node cannot be reached or
     does not answer the batch as a batch."""
     if not calls:
         return []
-    payload: list[Any] = [
+    payload: list[Json] = [
         {"jsonrpc": "2.0", "id": i, "method": method, "params": params} for i, (method, params) in enumerate(calls)
     ]
     try:

@@ -27,7 +27,6 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from functools import partial
-from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -248,7 +247,7 @@ def batch_mirror(run: WorkflowRun, from_phase: str, to_phase: str) -> None:
 LEGACY_WORKFLOW = "relay.transaction"
 
 
-def relay_rebatch_legacy(ctx: StepContext) -> dict[str, Any]:
+def relay_rebatch_legacy(ctx: StepContext) -> dict[str, str | None]:
     """Carries a request over from a `relay.transaction` run (one run per request, before
     batches) still in flight at upgrade: unsigned, it goes back to its lane; signed, into a
     batch of its own, which re-sends the stored bytes and confirms them. Safe to run again:

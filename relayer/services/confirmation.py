@@ -4,7 +4,8 @@ follow reorgs, and replace a transaction that does not mine with higher fees."""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
@@ -31,7 +32,7 @@ from relayer.services.submission import record_broadcast, send_stored, sign_for
 logger = logging.getLogger("relayer")
 
 
-def relay_confirm(ctx: StepContext) -> dict[str, Any] | Wait:
+def relay_confirm(ctx: StepContext) -> dict[str, int] | Wait:
     """Looks up the receipts of every broadcast of the batch's open requests in one JSON-RPC
     batch (and, for a depth above 1, the head and the blocks that hold them). Requests confirmed
     deep enough complete (or fail, if they reverted on chain); the rest are looked at again
@@ -54,7 +55,7 @@ def relay_confirm(ctx: StepContext) -> dict[str, Any] | Wait:
     if any(a.error is not None for a in answers):
         raise RpcUnavailable(f"RPC refused a receipt lookup: {next(a.message for a in answers if a.error)}")
     head = int(answers[-1].result, 16) if chain.confirmations > 1 else None
-    receipts: dict[Any, tuple[Broadcast, dict[str, Any]]] = {}
+    receipts: dict[uuid.UUID, tuple[Broadcast, dict[str, Any]]] = {}  # a receipt: the node's JSON
     for (tx, broadcast), answer in zip(hashes, answers, strict=False):
         if answer.result is not None and tx.pk not in receipts:
             receipts[tx.pk] = (broadcast, answer.result)  # the newest broadcast that mined
@@ -107,7 +108,7 @@ def _canonical_blocks(chain: Chain, head: int | None, numbers: list[int]) -> dic
     return {n: a.result["hash"] for n, a in zip(wanted, answers, strict=True) if a.result}
 
 
-def _not_mined(tx: RelayTransaction, now: Any) -> None:
+def _not_mined(tx: RelayTransaction, now: datetime) -> None:
     """No receipt: dropped by a reorg (send it again), stuck (bump its fees), or just pending."""
     try:
         if tx.block_hash:

@@ -28,6 +28,7 @@ from django.db import transaction
 from django.db.models import Q
 from web3 import Web3
 
+from orchestrator.infra.errors import DomainError
 from relayer.models import ANVIL_CHAIN_ID, Chain, KeyPurpose, SigningKey
 from relayer.rpc import RpcUnavailable, SendOutcome, as_address, classify_send_message, rpc_batch
 
@@ -39,8 +40,11 @@ logger = logging.getLogger(__name__)
 _SEND_ATTEMPTS = 6
 
 
-class DevFundingError(Exception):
+class DevFundingError(DomainError):
     """The node answered but cannot fund: another chain id, no prefunded account, a refused transfer."""
+
+    code = "dev_funding_refused"
+    http_status = 502  # the node's refusal, not the caller's mistake
 
 
 @dataclass(frozen=True)

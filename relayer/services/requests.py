@@ -13,6 +13,7 @@ from datetime import datetime
 from django.db import IntegrityError, transaction
 from eth_utils import is_address, is_checksum_address, to_checksum_address
 
+from orchestrator.infra.errors import Conflict, DomainError
 from orchestrator.infra.observability import current_correlation_id, new_correlation_id
 from relayer.models import Chain, RelayTransaction, SigningKey
 from relayer.services.lanes import lane_kick
@@ -35,12 +36,18 @@ def on_relay_finished(kind: str) -> Callable[[Callable[[RelayTransaction], None]
     return register
 
 
-class InvalidRelayRequest(ValueError):
-    """The request is malformed: bad address (or checksum), negative value, data that is not hex."""
+class InvalidRelayRequest(DomainError, ValueError):
+    """The request is malformed: bad address (or checksum), negative value, data that is not hex.
+    (Still a ValueError, as it always was, for callers that catch that.)"""
+
+    code = "invalid_relay_request"
 
 
-class RelayConflict(Exception):
-    """The idempotency key was used before for a different transaction."""
+class RelayConflict(Conflict):
+    """The idempotency key was used before for a different transaction (409, as the API's own
+    Idempotency-Key reuse)."""
+
+    code = "idempotency_key_reused"
 
 
 def _normalise(to: str, value: int, data: str) -> tuple[str, int, str]:

@@ -15,14 +15,14 @@ are held back: they go in a later batch, once the request they follow has confir
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
 
 from relayer.models import RelayTransaction
-from relayer.rpc import RpcResult, rpc_batch
+from relayer.rpc import Json, RpcResult, rpc_batch
 
 REFUND_CAP = 1.25  # EIP-3529: refunds are at most gas used / 5
 ERROR_STRING = bytes.fromhex("08c379a0")  # the selector of Error(string)
@@ -33,21 +33,21 @@ UNSUPPORTED_CODES = (-32601, -32602)  # method not found; invalid params (an old
 class Simulated:
     # Per request simulated: `result` is the gas it needs (hex, as eth_estimateGas answers),
     # or `error` why not ("insufficient funds", a revert...).
-    results: dict[Any, RpcResult] = field(default_factory=dict)
+    results: dict[RelayTransaction, RpcResult] = field(default_factory=dict)
     # Requests the node could not simulate after the ones they follow: for a later batch.
     held_back: list[RelayTransaction] = field(default_factory=list)
 
 
-def _call(tx: RelayTransaction) -> dict[str, Any]:
+def _call(tx: RelayTransaction) -> dict[str, str]:
     return {"from": tx.signer.address, "to": tx.to, "value": hex(int(tx.value)), "data": tx.data}
 
 
-def _estimate(tx: RelayTransaction) -> tuple[str, list[Any]]:
+def _estimate(tx: RelayTransaction) -> tuple[str, list[dict[str, str]]]:
     return ("eth_estimateGas", [_call(tx)])
 
 
-def _sequence(txs: list[RelayTransaction]) -> tuple[str, list[Any]]:
-    block = {"calls": [_call(tx) for tx in txs]}
+def _sequence(txs: list[RelayTransaction]) -> tuple[str, list[Json]]:
+    block: Json = {"calls": [_call(tx) for tx in txs]}
     return ("eth_simulateV1", [{"blockStateCalls": [block], "validation": False}, "latest"])
 
 
@@ -68,7 +68,7 @@ def _revert_reason(data: str) -> str:
         return ""
 
 
-def _call_result(call: dict[str, Any]) -> RpcResult:
+def _call_result(call: Mapping[str, object]) -> RpcResult:
     if str(call.get("status")) == "0x1":
         return RpcResult(result=hex(int(int(str(call["gasUsed"]), 16) * REFUND_CAP)))
     # As eth_estimateGas words it ("execution reverted: <reason>"), so failures read alike.

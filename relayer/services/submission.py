@@ -9,10 +9,10 @@ second, different transaction for one request."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from django.utils import timezone
 from eth_account.datastructures import SignedTransaction
+from eth_account.types import TransactionDictType
 
 from orchestrator.engine import RetryableError, StepContext
 from orchestrator.infra.bulk import rows_update
@@ -62,7 +62,7 @@ def _simulation_failure(result: RpcResult) -> str | None:
     return f"simulation failed: {message}"
 
 
-def relay_prepare(ctx: StepContext) -> dict[str, Any]:
+def relay_prepare(ctx: StepContext) -> dict[str, int]:
     """Simulates and prices every request of the batch that has no nonce yet, in one JSON-RPC
     batch. A request that reverts fails here, alone and before any nonce is taken, so it leaves
     no gap behind. Requests whose signer cannot pay are split into a batch of their own while
@@ -127,14 +127,14 @@ def relay_prepare(ctx: StepContext) -> dict[str, Any]:
     return {"simulated": len(priced), "failed": len(failed) + len(late), "split": len(short)}
 
 
-def _unsigned(tx: RelayTransaction, *, nonce: int, fees: Fees) -> dict[str, Any]:
+def _unsigned(tx: RelayTransaction, *, nonce: int, fees: Fees) -> TransactionDictType:
     return {
         "type": 2,
         "chainId": tx.chain.chain_id,
         "nonce": nonce,
-        "to": tx.to,
+        "to": as_hex(tx.to),
         "value": int(tx.value),
-        "data": tx.data,
+        "data": as_hex(tx.data),
         "gas": int(tx.gas_limit or 21000),
         "maxFeePerGas": fees.max_fee_per_gas,
         "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
@@ -155,11 +155,17 @@ def sign_for(
     (which overrides what is sent)."""
     unsigned = _unsigned(tx, nonce=nonce, fees=fees)
     overrides = {"to": to, "value": value, "data": data, "gas": gas}
-    unsigned.update({field: given for field, given in overrides.items() if given is not None})
+    unsigned.update(
+        {
+            field: as_hex(given) if isinstance(given, str) else given
+            for field, given in overrides.items()
+            if given is not None
+        }
+    )
     return key_manager().sign_transaction(key=tx.signer, tx=unsigned)
 
 
-def relay_sign(ctx: StepContext) -> dict[str, Any]:
+def relay_sign(ctx: StepContext) -> dict[str, int]:
     """Takes one nonce per priced request, signs them, and stores the signed bytes: all in one
     transaction (an atomic step), under each signer's nonce cursor lock."""
     txs = list(batch_open(ctx.run_id).filter(nonce__isnull=True).select_for_update(of=("self",)))
@@ -259,7 +265,7 @@ def known_on_chain(tx: RelayTransaction) -> bool:
     return False
 
 
-def relay_broadcast(ctx: StepContext) -> dict[str, Any]:
+def relay_broadcast(ctx: StepContext) -> dict[str, int | dict[str, int]]:
     """Sends the stored bytes of every signed, open request of the batch in nonce order, in
     one JSON-RPC batch. Sending again after a crash is harmless: the node answers "already
     known" or "nonce too low" for what it has."""
