@@ -1,4 +1,6 @@
-"""REST endpoints for rebalance proposals (API.md, "Vaults, feeds, intents, proposals")."""
+"""REST endpoints for rebalance proposals (docs/api.md). The services' refusals are DomainErrors
+with their own codes (invalid_proposal, not_an_approver, own_proposal, already_decided,
+proposal_closed, not_approved): the API's exception handler answers them."""
 
 from __future__ import annotations
 
@@ -14,17 +16,8 @@ from rest_framework.views import APIView
 
 from approvals.models import RebalanceProposal
 from approvals.selectors import is_operator, proposals_visible_to
-from approvals.services import (
-    AlreadyDecided,
-    NotAnApprover,
-    ProposalClosed,
-    ProposalInvalid,
-    proposal_approve,
-    proposal_create,
-    proposal_execution_start,
-    proposal_reject,
-)
-from orchestrator.infra.errors import Conflict, DomainError, NotFound
+from approvals.services import proposal_approve, proposal_create, proposal_execution_start, proposal_reject
+from orchestrator.infra.errors import DomainError, NotFound
 from orchestrator.infra.idempotency import idempotent
 from vaults.api import intent_json
 from vaults.models import Vault
@@ -95,17 +88,14 @@ class ProposalListView(APIView):
         expires = parse_datetime(data["expiresAt"]) if data.get("expiresAt") else None
         if data.get("expiresAt") and (expires is None or expires.tzinfo is None):
             raise DomainError("Bad expiry.", code="invalid", fields={"expiresAt": "An RFC 3339 time with a zone."})
-        try:
-            proposal = proposal_create(
-                vault=vault,
-                allocation=data["proposedAllocations"],
-                proposer=request.user,
-                approvers=users,
-                quorum=data["quorumRequired"],
-                expires_at=expires,
-            )
-        except ProposalInvalid as exc:
-            raise DomainError(str(exc), code="invalid_proposal", http_status=422) from None
+        proposal = proposal_create(
+            vault=vault,
+            allocation=data["proposedAllocations"],
+            proposer=request.user,
+            approvers=users,
+            quorum=data["quorumRequired"],
+            expires_at=expires,
+        )
         return Response(proposal_json(proposal), status=status.HTTP_201_CREATED)
 
 
@@ -123,18 +113,7 @@ class _DecisionView(APIView):
         proposal = _visible(request, proposal_id)
         body = DecisionSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        try:
-            proposal = self.decide(
-                proposal=proposal, approver=request.user, comment=body.validated_data.get("comment", "")
-            )
-        except NotAnApprover as exc:
-            raise DomainError(str(exc), code="not_an_approver", http_status=403) from None
-        except ProposalInvalid as exc:
-            raise DomainError(str(exc), code="own_proposal", http_status=403) from None
-        except AlreadyDecided as exc:
-            raise Conflict(str(exc), code="already_decided") from None
-        except ProposalClosed as exc:
-            raise Conflict(str(exc), code="proposal_closed") from None
+        proposal = self.decide(proposal=proposal, approver=request.user, comment=body.validated_data.get("comment", ""))
         return Response(proposal_json(proposal))
 
 
@@ -154,10 +133,7 @@ class ProposalExecuteView(APIView):
             raise DomainError(
                 "Only operators and approvers can execute a proposal.", code="permission_denied", http_status=403
             )
-        try:
-            run = proposal_execution_start(proposal=proposal)
-        except ProposalClosed as exc:
-            raise Conflict(str(exc), code="not_approved") from None
+        run = proposal_execution_start(proposal=proposal)
         return Response(
             {"proposalId": proposal.proposal_id, "workflowId": str(run.id), "phase": run.phase},
             status=status.HTTP_202_ACCEPTED,

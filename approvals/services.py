@@ -1,5 +1,8 @@
-"""Rebalance proposals (seed 000, Flow B): creation, decisions under a row lock, quorum,
-expiry, execution and notifications."""
+"""Rebalance proposals (Flow B, docs/flow-b.md): creation, decisions under a row lock, quorum,
+expiry, execution and notifications.
+
+Every refusal is a DomainError: its code and HTTP status are what the API answers, and the
+admin shows its message."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from django.utils import timezone
 from approvals.models import Approval, Decision, ProposalSource, ProposalStatus, RebalanceProposal
 from orchestrator.engine.models import WorkflowRun
 from orchestrator.engine.services import workflow_start
+from orchestrator.infra.errors import Conflict, DomainError
 from vaults.models import PolicyStatus, Protocol, SignedFeed, Vault, VaultPolicy
 from vaults.services.compliance import ComplianceResult, PolicyRules, compliance_check
 from vaults.services.feeds import feed_entries
@@ -26,26 +30,49 @@ logger = logging.getLogger("approvals")
 EXECUTE_WORKFLOW = "proposal.execute"
 
 
-class ProposalInvalid(ValueError):
+class ProposalInvalid(DomainError, ValueError):
     """Quorum out of range, no approvers, the proposer among the approvers, a bad allocation."""
 
+    code = "invalid_proposal"
+    http_status = 422
 
-class NotAnApprover(PermissionError):
+
+class OwnProposal(ProposalInvalid):
+    """The proposer tried to decide on their own proposal."""
+
+    code = "own_proposal"
+    http_status = 403
+
+
+class NotAnApprover(DomainError, PermissionError):
     """The user is not a designated approver of this proposal."""
 
+    code = "not_an_approver"
+    http_status = 403
 
-class AlreadyDecided(Exception):
+
+class AlreadyDecided(Conflict):
     """This approver has decided on this proposal before."""
 
+    code = "already_decided"
 
-class ProposalClosed(Exception):
+
+class ProposalClosed(Conflict):
     """The proposal is no longer pending (approved, rejected, expired, ...)."""
+
+    code = "proposal_closed"
+
+
+class ProposalNotApproved(ProposalClosed):
+    """Only an approved proposal executes."""
+
+    code = "not_approved"
 
 
 # --- notifications ---------------------------------------------------------------------------
 
 
-def _notify(users: list[Any], subject: str, body: str) -> None:
+def notify(users: list[Any], subject: str, body: str) -> None:
     """E-mail after commit, so nobody is told about a decision that rolled back."""
     messages = [(subject, body, settings.DEFAULT_FROM_EMAIL, [u.email]) for u in users if u.email]
     if messages:
@@ -135,7 +162,7 @@ def proposal_create(
                     expires_at=expires,
                 )
                 proposal.approvers.set(approvers)
-                _notify(
+                notify(
                     approvers,
                     f"{proposal.proposal_id} needs your decision",
                     f"A rebalance of {vault.vault_id} waits for {quorum} of {len(approvers)} approvers: "
@@ -168,7 +195,7 @@ def proposal_reject(*, proposal: RebalanceProposal, approver: Any, comment: str 
 def _decide(*, proposal: RebalanceProposal, approver: Any, decision: str, comment: str) -> RebalanceProposal:
     """Records one decision under the proposal's row lock, so two approvers deciding at the same
     moment are counted one after the other and quorum is reached exactly once. Raises
-    NotAnApprover, ProposalInvalid (own proposal), ProposalClosed, AlreadyDecided."""
+    NotAnApprover, OwnProposal, ProposalClosed, AlreadyDecided."""
     with transaction.atomic():
         locked = (
             RebalanceProposal.objects.select_for_update(of=("self",))
@@ -178,7 +205,7 @@ def _decide(*, proposal: RebalanceProposal, approver: Any, decision: str, commen
         if not locked.approvers.filter(pk=approver.pk).exists():
             raise NotAnApprover(f"{approver.get_username()} is not an approver of {locked.proposal_id}")
         if locked.proposer_id is not None and locked.proposer_id == approver.pk:
-            raise ProposalInvalid("a proposer cannot decide on their own proposal")
+            raise OwnProposal("a proposer cannot decide on their own proposal")
         if locked.status == ProposalStatus.PENDING and locked.expires_at <= timezone.now():
             _close(locked, ProposalStatus.EXPIRED, "expired before this decision")
         if locked.status != ProposalStatus.PENDING:
@@ -207,7 +234,7 @@ def _close(proposal: RebalanceProposal, status: str, why: str) -> None:
     proposal.decided_at = timezone.now()
     proposal.save(update_fields=["status", "decided_at"])
     if proposal.proposer is not None:
-        _notify([proposal.proposer], f"{proposal.proposal_id} is {status}", f"{why}: {_link(proposal)}")
+        notify([proposal.proposer], f"{proposal.proposal_id} is {status}", f"{why}: {_link(proposal)}")
 
 
 def proposals_expire(*, now: datetime | None = None) -> int:
@@ -233,7 +260,7 @@ def proposal_execution_start(*, proposal: RebalanceProposal) -> WorkflowRun:
     """Starts (once: the idempotency key is the proposal) the workflow that re-checks compliance
     against the policy active now, emits the intent and relays it."""
     if proposal.status not in (ProposalStatus.APPROVED, ProposalStatus.EXECUTED):
-        raise ProposalClosed(f"{proposal.proposal_id} is {proposal.status}; only approved proposals execute")
+        raise ProposalNotApproved(f"{proposal.proposal_id} is {proposal.status}; only approved proposals execute")
     run, _ = workflow_start(
         kind=EXECUTE_WORKFLOW,
         input={"proposal": proposal.pk},

@@ -13,12 +13,36 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals.models import ProposalStatus, RebalanceProposal
-from approvals.services import EXECUTE_WORKFLOW, _notify, proposal_compliance
+from approvals.services import EXECUTE_WORKFLOW, ProposalInvalid, notify, proposal_compliance, proposal_create
 from orchestrator.engine import Blocked, RetryableError, RetryPolicy, Step, StepContext, Wait, Workflow, registry
 from orchestrator.engine.models import Phase, WorkflowRun
-from vaults.models import ExecutionIntent, PolicyStatus, Protocol
+from vaults.models import PolicyStatus, Protocol, SignedFeed, Vault, VaultPolicy
 from vaults.services.intents import StalePositions, intent_emit, intent_in_flight, plan_actions
-from vaults.workflows import SETTLE_POLL_SECONDS, _current_pct, intent_progress, positions_snapshot
+from vaults.services.policies import PolicySnapshot
+from vaults.services.rebalance import (
+    ApprovalRequest,
+    ApprovalUnavailable,
+    allocation_pct,
+    intent_for_progress,
+    intent_progress,
+    on_approval_needed,
+    positions_snapshot,
+    settle_wait,
+)
+
+
+@on_approval_needed
+def propose_rebalance(request: ApprovalRequest) -> str:
+    """Flow A's rebalance above the policy's approval threshold becomes a proposal for the
+    vault's approvers (Flow A journals its id and stops there)."""
+    vault = Vault.objects.select_related("chain", "account", "operator").get(pk=request.vault_id)
+    feed = SignedFeed.objects.select_related("oracle").get(pk=request.feed_id)
+    policy = VaultPolicy.objects.get(pk=request.policy_id)
+    try:
+        proposal = proposal_create(vault=vault, policy=policy, allocation=request.allocation, feed=feed, proposer=None)
+    except ProposalInvalid as exc:
+        raise ApprovalUnavailable(str(exc)) from exc
+    return proposal.proposal_id
 
 
 def _proposal(ctx: StepContext) -> RebalanceProposal:
@@ -32,11 +56,7 @@ def read_positions(ctx: StepContext) -> dict[str, Any] | Wait:
     vault = proposal.vault
     if proposal.intent_id is None and intent_in_flight(vault_id=vault.pk) is not None:
         # Another intent is moving the funds: an approved rebalance waits for it to settle.
-        return Wait(
-            phase=Phase.CONFIRMING,
-            resume_at=timezone.now() + timedelta(seconds=SETTLE_POLL_SECONDS),
-            info={"waiting": "the vault's previous intent"},
-        )
+        return settle_wait("the vault's previous intent")
     return positions_snapshot(
         rpc_url=vault.chain.rpc_url,
         account=vault.account.address,
@@ -49,7 +69,7 @@ def read_positions(ctx: StepContext) -> dict[str, Any] | Wait:
 def check(ctx: StepContext) -> dict[str, Any]:
     """Execution re-runs the compliance check against the policy active at this moment."""
     proposal = _proposal(ctx)
-    result = proposal_compliance(proposal=proposal, current=_current_pct(ctx.outputs["positions"]))
+    result = proposal_compliance(proposal=proposal, current=allocation_pct(ctx.outputs["positions"]))
     if not result.ok and proposal.intent_id is None:
         raise Blocked(f"compliance at execution: {result.summary()}")
     return result.as_dict()
@@ -77,11 +97,11 @@ def emit(ctx: StepContext) -> dict[str, Any]:
         raise Blocked("the vault already holds the proposed allocation; nothing to execute")
     try:
         intent = intent_emit(
-            vault=vault,
-            policy=policy,
+            vault_id=vault.pk,
+            policy=PolicySnapshot.of(policy),
             allocation=allocation,
             actions=plan.actions,
-            feed=proposal.feed,
+            feed_id=proposal.feed_id,
             deadline=timezone.now() + timedelta(seconds=policy.intent_ttl_seconds),
             proposal_id=proposal.proposal_id,
             workflow_run_id=ctx.run_id,
@@ -100,9 +120,7 @@ def emit(ctx: StepContext) -> dict[str, Any]:
 
 
 def relay(ctx: StepContext) -> dict[str, Any] | Wait:
-    intent = ExecutionIntent.objects.select_related("vault__chain", "vault__account", "workflow_run").get(
-        pk=ctx.outputs["emit"]["intent"]
-    )
+    intent = intent_for_progress(intent_id=ctx.outputs["emit"]["intent"])
     progress = intent_progress(intent)
     if isinstance(progress, dict):
         with transaction.atomic():
@@ -115,7 +133,7 @@ def relay(ctx: StepContext) -> dict[str, Any] | Wait:
                 proposal.status = ProposalStatus.EXECUTED
                 proposal.save(update_fields=["status"])
                 if proposal.proposer is not None:
-                    _notify(
+                    notify(
                         [proposal.proposer],
                         f"{proposal.proposal_id} is executed",
                         f"Its intent #{intent.nonce} confirmed: {', '.join(progress['transactions'])}",

@@ -1,4 +1,5 @@
-"""REST endpoints for feeds, vaults and intents (API.md, "Vaults, feeds, intents, proposals")."""
+"""REST endpoints for feeds, vaults and intents (docs/api.md). Refusals are DomainErrors: the
+API's exception handler answers them."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from orchestrator.engine.models import WorkflowRun
-from orchestrator.infra.errors import DomainError, NotFound
+from orchestrator.infra.errors import NotFound
 from orchestrator.infra.idempotency import idempotent
 from vaults.models import ExecutionIntent, PolicyStatus, Vault, VaultPolicy
-from vaults.services.feeds import FEED_DOMAIN, FEED_TYPES, FeedRefused, feed_accept
+from vaults.services.feeds import FEED_DOMAIN, FEED_TYPES, feed_accept
 from vaults.services.rebalance import REBALANCE_WORKFLOW
 
 
@@ -118,12 +119,7 @@ class FeedView(APIView):
     )
     @idempotent
     def post(self, request: Request) -> Response:
-        try:
-            feed = feed_accept(payload=request.data)
-        except FeedRefused as refused:
-            raise DomainError(
-                str(refused), code=refused.code, http_status=refused.status, fields=refused.fields
-            ) from None
+        feed = feed_accept(payload=request.data)
         runs = list(
             WorkflowRun.objects.filter(kind=REBALANCE_WORKFLOW, input__feed=str(feed.id)).values_list("id", flat=True)
         )

@@ -1,4 +1,5 @@
-"""Vaults, their versioned policies, oracle keys, signed feeds and execution intents (seed 000)."""
+"""Vaults, their versioned policies, oracle keys, signed feeds, execution intents and the relays
+that carry an intent's actions."""
 
 from __future__ import annotations
 
@@ -133,6 +134,21 @@ class VaultPolicy(models.Model):
         return f"{self.vault.vault_id} v{self.version} ({self.status})"
 
 
+# The settings of a policy version that rules a rebalance (the whitelist and the oracles apart):
+# what a new draft copies, what a diff compares, what Flow A reads with the policy.
+POLICY_RULES = [
+    "max_exposure_pct",
+    "max_risk_score",
+    "min_interval_seconds",
+    "window_start_hour",
+    "window_end_hour",
+    "max_feed_age_seconds",
+    "max_turnover_pct",
+    "approval_threshold",
+    "intent_ttl_seconds",
+]
+
+
 class SignedFeed(models.Model):
     """A market feed that passed verification. Refused feeds are stored nowhere."""
 
@@ -157,6 +173,10 @@ class IntentStatus(models.TextChoices):
     EXECUTED = "executed", "Executed"
     EXPIRED = "expired", "Expired"
     FAILED = "failed", "Failed"
+
+
+# Signed or relaying: the intent's transactions may still move the vault's funds.
+IN_FLIGHT = (IntentStatus.SIGNED, IntentStatus.RELAYING)
 
 
 class ExecutionIntent(models.Model):
@@ -186,3 +206,20 @@ class ExecutionIntent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.vault.vault_id} intent #{self.nonce} ({self.status})"
+
+
+class IntentRelay(models.Model):
+    """One of an intent's actions handed to the relayer: which transaction carries it, and its
+    place among the intent's actions (0 first). The relayer knows nothing of intents; the link
+    lives here."""
+
+    intent = models.ForeignKey(ExecutionIntent, on_delete=models.CASCADE, related_name="relays")
+    relay = models.OneToOneField("relayer.RelayTransaction", on_delete=models.CASCADE, related_name="intent_link")
+    position = models.PositiveSmallIntegerField(help_text="The action's index in the intent's actions.")
+
+    class Meta:
+        ordering = ["intent", "position"]
+        constraints = [models.UniqueConstraint(fields=["intent", "position"], name="intent_relay_position_unique")]
+
+    def __str__(self) -> str:
+        return f"intent {self.intent_id} action {self.position}: relay {self.relay_id}"

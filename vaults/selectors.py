@@ -1,4 +1,5 @@
-"""Reads on the hot path of every feed, in one round trip each.
+"""Reads of vaults: those on the hot path of every feed, in one round trip each, and the relays
+of an intent.
 
 `rebalance_inputs` is what Flow A's verify step reads: the feed, the vault's active policy
 with the parts of the vault it needs (its intent nonce and its intent in flight included),
@@ -14,14 +15,26 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.db import connection
+from django.db.models import F, QuerySet
 
-from relayer.models import Chain, SigningKey
-from vaults.models import ExecutionIntent, OracleKey, PolicyStatus, Protocol, SignedFeed, Vault, VaultPolicy
-from vaults.services.intents import IN_FLIGHT
-from vaults.services.policies import COMPARED as POLICY_RULES
+from relayer.models import Chain, RelayTransaction, SigningKey
+from vaults.models import (
+    IN_FLIGHT,
+    POLICY_RULES,
+    ExecutionIntent,
+    OracleKey,
+    PolicyStatus,
+    Protocol,
+    SignedFeed,
+    Vault,
+    VaultPolicy,
+)
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
 
 
 @dataclass(frozen=True)
@@ -69,23 +82,28 @@ def _rebalance_inputs_sql() -> str:
     intent = ExecutionIntent._meta.db_table
     trusted = VaultPolicy.oracles.through._meta.db_table
     listed = VaultPolicy.whitelist.through._meta.db_table
-    rules = ", ".join(f"p.{_column(VaultPolicy, name)}" for name in POLICY_RULES)
-    # Names from the models' metadata, values as parameters.
+    # Each rule's column under the rule's name.
+    rules = ", ".join(f'p.{_column(VaultPolicy, name)} AS "{name}"' for name in POLICY_RULES)
+    # Names from the models' metadata, values as parameters; every column named, and read by name.
     return f"""
-        SELECT f."id", f."digest", f."timestamp", f."entries"::text, f."signature", f."oracle_id", o."address",
-               p."id", p."version", {rules},
+        SELECT f."id" AS "feed_id", f."digest" AS "feed_digest", f."timestamp" AS "feed_timestamp",
+               f."entries"::text AS "feed_entries", f."signature" AS "feed_signature",
+               f."oracle_id" AS "oracle_id", o."address" AS "oracle_address",
+               p."id" AS "policy_id", p."version" AS "policy_version", {rules},
                EXISTS (SELECT 1 FROM "{trusted}" t
-                        WHERE t."vaultpolicy_id" = p."id" AND t."oraclekey_id" = f."oracle_id"),
-               v."strategy", v."asset_address", v."chain_id", c."rpc_url", k."address", v."intent_nonce",
+                        WHERE t."vaultpolicy_id" = p."id" AND t."oraclekey_id" = f."oracle_id") AS "trusts_oracle",
+               v."strategy" AS "strategy", v."asset_address" AS "asset", v."chain_id" AS "chain_id",
+               c."rpc_url" AS "rpc_url", k."address" AS "account", v."intent_nonce" AS "intent_nonce",
                (SELECT i."nonce" FROM "{intent}" i
                  WHERE i."vault_id" = p."vault_id" AND i."status" = ANY(%s)
-                 ORDER BY i."nonce" DESC LIMIT 1),
+                 ORDER BY i."nonce" DESC LIMIT 1) AS "in_flight",
                (SELECT coalesce(json_agg(json_build_array(pr."name", pr."address", pr."chain_id",
                                                           w."protocol_id" IS NOT NULL)
                                         ORDER BY pr."name"), '[]')::text
                   FROM "{protocol}" pr
                   LEFT JOIN "{listed}" w ON w."protocol_id" = pr."id" AND w."vaultpolicy_id" = p."id"
                  WHERE p."id" IS NOT NULL AND (pr."chain_id" = v."chain_id" OR w."protocol_id" IS NOT NULL))
+                 AS "protocols"
           FROM "{feed}" f
           JOIN "{oracle}" o ON o."id" = f."oracle_id"
           LEFT JOIN "{policy}" p ON p."vault_id" = %s AND p."status" = %s
@@ -100,37 +118,50 @@ def rebalance_inputs(*, vault_id: int, feed_id: str) -> RebalanceInputs | None:
     """The feed and the vault's active policy as verify needs them; None if the feed is gone."""
     with connection.cursor() as cursor:
         cursor.execute(_rebalance_inputs_sql(), [list(IN_FLIGHT), vault_id, PolicyStatus.ACTIVE, feed_id])
-        row = cursor.fetchone()
-    if row is None:
+        values = cursor.fetchone()
+        names = [column.name for column in cursor.description or ()]
+    if values is None:
         return None
+    row = dict(zip(names, values, strict=True))
     feed = FeedRow(
-        id=str(row[0]),
-        digest=row[1],
-        timestamp=row[2],
-        entries=json.loads(row[3]),
-        signature=row[4],
-        oracle_id=row[5],
-        oracle_address=row[6],
+        id=str(row["feed_id"]),
+        digest=row["feed_digest"],
+        timestamp=row["feed_timestamp"],
+        entries=json.loads(row["feed_entries"]),
+        signature=row["feed_signature"],
+        oracle_id=row["oracle_id"],
+        oracle_address=row["oracle_address"],
     )
-    if row[7] is None:
+    if row["policy_id"] is None:
         return RebalanceInputs(feed=feed, policy=None)
-    n = len(POLICY_RULES)
-    rules = dict(zip(POLICY_RULES, row[9 : 9 + n], strict=True))
-    trusts, strategy, asset, chain_id, rpc_url, account, intent_nonce, in_flight, protocols = row[9 + n :]
     return RebalanceInputs(
         feed=feed,
         policy=PolicyRow(
-            pk=row[7],
-            version=row[8],
-            rules=rules,
-            trusts_oracle=trusts,
-            strategy=strategy,
-            asset=asset,
-            chain_id=chain_id,
-            rpc_url=rpc_url,
-            account=account,
-            intent_nonce=intent_nonce,
-            in_flight=in_flight,
-            protocols=[tuple(p) for p in json.loads(protocols)],
+            pk=row["policy_id"],
+            version=row["policy_version"],
+            rules={name: row[name] for name in POLICY_RULES},
+            trusts_oracle=row["trusts_oracle"],
+            strategy=row["strategy"],
+            asset=row["asset"],
+            chain_id=row["chain_id"],
+            rpc_url=row["rpc_url"],
+            account=row["account"],
+            intent_nonce=row["intent_nonce"],
+            in_flight=row["in_flight"],
+            protocols=[tuple(p) for p in json.loads(row["protocols"])],
         ),
+    )
+
+
+class _Position(TypedDict):
+    position: int
+
+
+def intent_relays(*, intent_id: Any) -> QuerySet[WithAnnotations[RelayTransaction, _Position]]:
+    """The relays carrying an intent's actions, in the actions' order, each with `position`
+    (its action's index in the intent)."""
+    return (
+        RelayTransaction.objects.filter(intent_link__intent_id=intent_id)
+        .annotate(position=F("intent_link__position"))
+        .order_by("intent_link__position")
     )

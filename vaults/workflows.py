@@ -1,71 +1,56 @@
-"""Flow A: the automated, policy-driven rebalance (seed 000), as an engine workflow.
+"""Flow A: the automated, policy-driven rebalance (docs/flow-a.md), as an engine workflow.
 
 feed ─► verify ─► positions ─► allocate ─► check ─► decide ─┬─► intent ─► relay (its actions in sequence)
                                                             └─► proposal (Flow B), nothing relayed
 Each step's output is journaled: the feed and policy version used, the on-chain positions, the
-allocation, every compliance result, the intent or proposal, the transactions."""
+allocation, every compliance result, the intent or proposal, the transactions. What Flow B
+shares with it is in vaults.services.rebalance."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
-from types import SimpleNamespace
 from typing import Any
 
-from django.conf import settings
 from django.utils import timezone
 
-from orchestrator.engine import (
-    Blocked,
-    RetryableError,
-    RetryPolicy,
-    Step,
-    StepContext,
-    TerminalError,
-    Wait,
-    Workflow,
-    registry,
-)
-from orchestrator.engine.models import Phase
+from orchestrator.engine import Blocked, RetryPolicy, Step, StepContext, TerminalError, Wait, Workflow, registry
 from orchestrator.engine.services import workflow_resume
 from relayer.models import RelayTransaction
-from relayer.rpc import TRANSPORT_ERRORS, web3_for
 from relayer.services.requests import on_relay_finished
-from vaults.models import (
-    ExecutionIntent,
-    IntentStatus,
-    SignedFeed,
-    Vault,
-    VaultPolicy,
-)
+from vaults.models import ExecutionIntent, Vault
 from vaults.selectors import rebalance_inputs
 from vaults.services.compliance import PolicyRules, compliance_check
 from vaults.services.feeds import ParsedFeed, feed_entries, feed_signer
-from vaults.services.intents import (
-    IntentExpired,
-    StalePositions,
-    intent_advance,
-    intent_emit,
-    plan_actions,
+from vaults.services.intents import StalePositions, intent_emit, plan_actions
+from vaults.services.policies import PolicySnapshot
+from vaults.services.rebalance import (
+    REBALANCE_WORKFLOW,
+    ApprovalRequest,
+    ApprovalUnavailable,
+    allocation_pct,
+    approval_request,
+    intent_for_progress,
+    intent_progress,
+    positions_snapshot,
 )
-from vaults.services.rebalance import REBALANCE_WORKFLOW
 from vaults.services.strategy import Limits, NoCompliantAllocation, Opportunity, allocate
-
-# Relays wake the waiting run when they finish (on_relay_finished below); this poll is only
-# the fallback for a lost wake-up (a worker dying between a relay's commit and the wake-up).
-SETTLE_POLL_SECONDS = settings.FLOW_SETTLE_POLL_SECONDS
 
 
 def _vault(ctx: StepContext) -> Vault:
     return Vault.objects.select_related("chain", "account", "operator").get(pk=ctx.input["vault"])
 
 
-def _feed(ctx: StepContext) -> SignedFeed:
-    return SignedFeed.objects.select_related("oracle").get(pk=ctx.input["feed"])
-
-
-def _policy(ctx: StepContext) -> VaultPolicy:
-    return VaultPolicy.objects.get(pk=ctx.outputs["verify"]["policy"])
+def _policy(ctx: StepContext) -> PolicySnapshot:
+    """The policy verify used, from its journal: the row is immutable, so it is not read again."""
+    seen = ctx.outputs["verify"]
+    return PolicySnapshot(
+        pk=seen["policy"],
+        vault_id=ctx.input["vault"],
+        version=seen["policyVersion"],
+        approval_threshold=Decimal(seen["approvalThreshold"]),
+        intent_ttl_seconds=seen["intentTtlSeconds"],
+    )
 
 
 def verify(ctx: StepContext) -> dict[str, Any]:
@@ -97,7 +82,7 @@ def verify(ctx: StepContext) -> dict[str, Any]:
         "entries": feed.entries,
         "policy": policy.pk,
         "policyVersion": policy.version,
-        "rules": PolicyRules.of(SimpleNamespace(**policy.rules), whitelist=whitelist).as_json(),
+        "rules": PolicyRules.of_fields(policy.rules, whitelist=whitelist).as_json(),
         "approvalThreshold": str(policy.rules["approval_threshold"]),
         "intentTtlSeconds": policy.rules["intent_ttl_seconds"],
         "strategy": policy.strategy,
@@ -106,26 +91,6 @@ def verify(ctx: StepContext) -> dict[str, Any]:
         "asset": policy.asset,
         "protocols": protocols,
         "intentNonce": policy.intent_nonce,
-    }
-
-
-def positions_snapshot(
-    *, rpc_url: str, account: str, asset: str, protocols: dict[str, str], nonce: int
-) -> dict[str, Any]:
-    """The on-chain positions as a journaled step output (Flow A and Flow B), with the vault's
-    intent nonce at the time: a plan made from them is refused if another intent came since."""
-    from vaults.onchain import positions
-
-    try:
-        found = positions(w3=web3_for(rpc_url), account=account, asset=asset, protocols=protocols)
-    except TRANSPORT_ERRORS as exc:
-        raise RetryableError(f"chain at {rpc_url} unreachable reading positions") from exc
-    return {
-        "idle": str(found.idle),
-        "protocols": {k: str(v) for k, v in found.by_protocol.items()},
-        "total": str(found.total),
-        "atIntentNonce": nonce,
-        "addresses": protocols,
     }
 
 
@@ -158,15 +123,6 @@ def allocate_target(ctx: StepContext) -> dict[str, Any]:
     return {"strategy": seen["strategy"], "allocation": {k: str(v) for k, v in allocation.items()}}
 
 
-def _current_pct(held: dict[str, Any]) -> dict[str, Decimal]:
-    total = Decimal(held["total"])
-    if total == 0:
-        return {}
-    current = {name: Decimal(v) * 100 / total for name, v in held["protocols"].items()}
-    current["idle"] = Decimal(held["idle"]) * 100 / total
-    return current
-
-
 def check(ctx: StepContext) -> dict[str, Any]:
     seen = ctx.outputs["verify"]
     last_rebalance_at = Vault.objects.values_list("last_rebalance_at", flat=True).get(pk=ctx.input["vault"])
@@ -174,7 +130,7 @@ def check(ctx: StepContext) -> dict[str, Any]:
         rules=PolicyRules.from_json(seen["rules"]),
         allocation={k: Decimal(v) for k, v in ctx.outputs["allocate"]["allocation"].items()},
         risks={e.protocol: e.risk for e in feed_entries(seen["entries"])},
-        current=_current_pct(ctx.outputs["positions"]),
+        current=allocation_pct(ctx.outputs["positions"]),
         feed_time=datetime.fromisoformat(seen["feedTime"]),
         last_rebalance_at=last_rebalance_at,
         now=timezone.now(),
@@ -196,32 +152,32 @@ def decide(ctx: StepContext) -> dict[str, Any]:
     )
     if not plan.actions:
         return {"decision": "none", "reason": "already at the target allocation"}
-    if plan.value_moved > Decimal(seen["approvalThreshold"]):
-        from approvals.services import ProposalInvalid, proposal_create
-
-        vault, feed, policy = _vault(ctx), _feed(ctx), _policy(ctx)
+    policy = _policy(ctx)
+    if plan.value_moved > policy.approval_threshold:
+        request = ApprovalRequest(
+            vault_id=ctx.input["vault"], policy_id=policy.pk, feed_id=ctx.input["feed"], allocation=allocation
+        )
         try:
-            proposal = proposal_create(vault=vault, policy=policy, allocation=allocation, feed=feed, proposer=None)
-        except ProposalInvalid as exc:
+            proposal_id = approval_request(request)
+        except ApprovalUnavailable as exc:
             raise Blocked(f"the rebalance needs approval but no proposal can be made: {exc}") from exc
         return {
             "decision": "proposal",
-            "proposal": proposal.proposal_id,
+            "proposal": proposal_id,
             "valueMoved": str(plan.value_moved),
             "approvalThreshold": str(policy.approval_threshold),
         }
-    # The intent points at the feed and the policy (and signs the policy's version): both rows
-    # are immutable and verify journaled what is needed of them, so they are not read again.
-    # intent_emit reads the vault itself, under its lock.
+    # The intent points at the feed and the policy by id (both rows are immutable, and verify
+    # journaled what is signed of the policy); intent_emit reads the vault itself, under its lock.
     feed_time = datetime.fromisoformat(seen["feedTime"])
     try:
         intent = intent_emit(
-            vault=Vault(pk=ctx.input["vault"]),
-            policy=VaultPolicy(pk=seen["policy"], vault_id=ctx.input["vault"], version=seen["policyVersion"]),
+            vault_id=ctx.input["vault"],
+            policy=policy,
             allocation=allocation,
             actions=plan.actions,
-            feed=SignedFeed(pk=ctx.input["feed"], timestamp=feed_time),
-            deadline=feed_time + timedelta(seconds=seen["intentTtlSeconds"]),
+            feed_id=ctx.input["feed"],
+            deadline=feed_time + timedelta(seconds=policy.intent_ttl_seconds),
             workflow_run_id=ctx.run_id,
             planned_at_nonce=held["atIntentNonce"],
         )
@@ -236,61 +192,12 @@ def decide(ctx: StepContext) -> dict[str, Any]:
     }
 
 
-def _intent(ctx: StepContext) -> ExecutionIntent | None:
-    decided = ctx.outputs["decide"]
-    if decided["decision"] != "intent":
-        return None
-    # Runs on every wake-up while the intent executes. Of the rows around it, only what
-    # intent_progress uses: not the vault's other columns, nor the run's journal (the JSON of
-    # every step's output), only its correlation id.
-    return (
-        ExecutionIntent.objects.select_related("vault__chain", "vault__account", "workflow_run")
-        .only(*INTENT_PROGRESS_FIELDS)
-        .get(pk=decided["intent"])
-    )
-
-
-# The chain and the signer are whole rows: they are what relay_request is given.
-INTENT_PROGRESS_FIELDS = (
-    "id",
-    "nonce",
-    "actions",
-    "deadline",
-    "vault__chain",
-    "vault__account",
-    "workflow_run__correlation_id",
-)
-
-
-def intent_progress(intent: ExecutionIntent) -> dict[str, Any] | Wait:
-    """One look at an intent being executed (Flow A and Flow B share it): request its actions
-    (the first look), wait while they are under way, finish when they have."""
-    try:
-        status = intent_advance(intent=intent)
-    except IntentExpired as exc:
-        raise Blocked(str(exc)) from exc
-    if status is None:
-        return Wait(
-            phase=Phase.CONFIRMING,
-            resume_at=timezone.now() + timedelta(seconds=SETTLE_POLL_SECONDS),
-            info={"waiting": "intent transactions"},
-        )
-    if status == IntentStatus.FAILED:
-        raise TerminalError(f"intent #{intent.nonce} failed: {ExecutionIntent.objects.get(pk=intent.pk).error}")
-    hashes = list(
-        RelayTransaction.objects.filter(requested_by_kind="intent", requested_by_id=str(intent.id))
-        .order_by("nonce")
-        .values_list("mined_hash", flat=True)
-    )
-    return {"status": status, "transactions": hashes}
-
-
 def relay(ctx: StepContext) -> dict[str, Any] | Wait:
     """Hands the intent's actions to the relayer as one sequence and waits for them."""
-    intent = _intent(ctx)
-    if intent is None:
-        return {"status": ctx.outputs["decide"]["decision"]}
-    return intent_progress(intent)
+    decided = ctx.outputs["decide"]
+    if decided["decision"] != "intent":
+        return {"status": decided["decision"]}
+    return intent_progress(intent_for_progress(intent_id=decided["intent"]))
 
 
 @on_relay_finished("intent")

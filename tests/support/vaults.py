@@ -1,14 +1,16 @@
 """Helpers for vault tests: a chain without a node, vaults with real keys, policies, oracles,
-signed feeds and API clients."""
+signed feeds, intents and API clients."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from io import StringIO
 from typing import Any
 
 from django.core.management import call_command
+from django.db import transaction
+from django.utils import timezone
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
@@ -16,11 +18,13 @@ from rest_framework.test import APIClient
 
 from relayer.keys import key_manager
 from relayer.models import Chain
-from vaults.models import OracleKey, Protocol, Vault, VaultPolicy
+from vaults.models import ExecutionIntent, OracleKey, Protocol, SignedFeed, Vault, VaultPolicy
 from vaults.services.feeds import FEED_DOMAIN, FEED_TYPES
-from vaults.services.policies import policy_activate, policy_draft
+from vaults.services.intents import intent_emit
+from vaults.services.policies import PolicySnapshot, policy_activate, policy_draft
 
 ASSET = "0x" + "a5" * 20
+FEEDS = "/v1/feeds"
 
 
 def make_chain() -> Chain:
@@ -67,6 +71,21 @@ def make_policy(vault: Vault, **overrides: Any) -> VaultPolicy:
     return policy_activate(policy=policy_draft(vault=vault, **policy_values(**overrides)))
 
 
+def emit_intent(vault: Vault, policy: VaultPolicy, **overrides: Any) -> ExecutionIntent:
+    """A signed intent of `vault` under `policy`, stored in its own transaction: all of Aave
+    USDC, no actions and an hour to live unless `overrides` say otherwise."""
+    values: dict[str, Any] = {
+        "vault_id": vault.pk,
+        "policy": PolicySnapshot.of(policy),
+        "allocation": {"Aave USDC": Decimal(100)},
+        "actions": [],
+        "deadline": timezone.now() + timedelta(hours=1),
+    }
+    values.update(overrides)
+    with transaction.atomic():
+        return intent_emit(**values)
+
+
 def make_oracle(name: str = "oracle", *, active: bool = True) -> tuple[OracleKey, LocalAccount]:
     account = Account.create()
     return OracleKey.objects.create(address=account.address, name=name, active=active), account
@@ -109,3 +128,25 @@ def token_client(name: str = "feed-bot") -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {out.getvalue().strip()}")
     return client
+
+
+def now_s() -> datetime:
+    """Now, in whole seconds (what a feed's RFC 3339 time carries)."""
+    return timezone.now().replace(microsecond=0)
+
+
+def post_feed(client: APIClient, body: Any, **headers: str) -> Any:
+    return client.post(FEEDS, body, format="json", **headers)
+
+
+def assert_refused(response: Any, status: int, code: str) -> dict[str, Any]:
+    """The API's error body with `code`, at `status`, and no feed stored. Returns the error."""
+    assert response.status_code == status, response.content
+    assert response["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert SignedFeed.objects.count() == 0, "a refused feed must be stored nowhere"
+    error: dict[str, Any] = body["error"]
+    return error

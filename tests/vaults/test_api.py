@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.db import transaction
-from django.utils import timezone
 from rest_framework.test import APIClient
 
-from tests.support.vaults import ASSET, make_oracle, make_policy, make_protocol, make_vault, token_client
+from tests.support.vaults import ASSET, emit_intent, make_oracle, make_policy, make_protocol, make_vault, token_client
 from vaults.models import ExecutionIntent, IntentStatus, Vault, VaultPolicy
-from vaults.services.intents import intent_emit
 
 pytestmark = pytest.mark.django_db
 
@@ -36,15 +33,7 @@ def emit(vault: Vault, policy: VaultPolicy, **fields: Any) -> ExecutionIntent:
         "amount": "1000",
         "calldata": "0x6e553f65" + "00" * 64,
     }
-    with transaction.atomic():
-        return intent_emit(
-            vault=vault,
-            policy=policy,
-            allocation={"Aave USDC": Decimal(100)},
-            actions=[action],
-            deadline=timezone.now() + timedelta(hours=1),
-            **fields,
-        )
+    return emit_intent(vault, policy, actions=[action], **fields)
 
 
 def test_it_lists_the_vaults_by_id() -> None:

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.db import transaction
 from django.utils import timezone
 from eth_account import Account
 
 from orchestrator.engine import Blocked, StepContext, TerminalError
 from relayer.models import Chain
-from tests.support.vaults import entry, feed_body, make_oracle, make_policy, make_protocol, make_vault
+from tests.support.vaults import emit_intent, entry, feed_body, make_oracle, make_policy, make_protocol, make_vault
 from vaults.models import ExecutionIntent, IntentStatus, Protocol, SignedFeed, Vault
 from vaults.services.feeds import feed_accept
-from vaults.services.intents import intent_emit
 from vaults.workflows import verify
 
 pytestmark = pytest.mark.django_db
@@ -77,14 +73,7 @@ def test_verify_blocks_a_vault_whose_last_intent_is_still_executing() -> None:
     vault = make_vault()
     policy = make_policy(vault, whitelist=[make_protocol("Aave USDC")], oracles=[key])
     feed = _feed(oracle)
-    with transaction.atomic():
-        intent = intent_emit(
-            vault=vault,
-            policy=policy,
-            allocation={"Aave USDC": Decimal(100)},
-            actions=[],
-            deadline=timezone.now() + timedelta(hours=1),
-        )
+    intent = emit_intent(vault, policy)
     with pytest.raises(Blocked, match=f"intent #{intent.nonce} of this vault is still executing"):
         verify(_context(vault, feed))
     ExecutionIntent.objects.filter(pk=intent.pk).update(status=IntentStatus.EXECUTED)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from django.db import transaction
 from web3 import Web3
 
+from orchestrator.infra.errors import DomainError
 from relayer.keys import key_manager
 from relayer.models import Chain, KeyPurpose
 from relayer.rpc import as_address, web3_for
@@ -29,8 +30,12 @@ DEFAULT_ASSETS = 1_000_000 * 10**6  # one million tUSD (6 decimals)
 GAS_ETH = 10 * 10**18  # wei the vault account holds for gas
 
 
-class BootstrapError(RuntimeError):
-    pass
+class BootstrapError(DomainError, RuntimeError):
+    """A chain or vault that cannot be set up as asked (no protocols, the wrong chain, no
+    account to deploy from, a vault id taken): the operator changes the request."""
+
+    code = "bootstrap_refused"
+    http_status = 400
 
 
 def _share_symbol(name: str) -> str:

@@ -5,7 +5,7 @@ policy active then), and the automation hook for its own transactions."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -36,6 +36,18 @@ class ComplianceResult:
 
     def summary(self) -> str:
         return "; ".join(f"{v.rule}: {v.message}" for v in self.violations) or "compliant"
+
+
+# The VaultPolicy fields the check reads.
+RULE_FIELDS = (
+    "max_exposure_pct",
+    "max_risk_score",
+    "min_interval_seconds",
+    "window_start_hour",
+    "window_end_hour",
+    "max_feed_age_seconds",
+    "max_turnover_pct",
+)
 
 
 @dataclass(frozen=True)
@@ -80,15 +92,21 @@ class PolicyRules:
     def of(cls, policy: Any, *, whitelist: Iterable[str] | None = None) -> PolicyRules:
         """The policy's rules; `whitelist` (its protocols' names) when the caller has read it
         already, else it is queried here."""
+        names = policy.whitelist.values_list("name", flat=True) if whitelist is None else whitelist
+        return cls.of_fields({name: getattr(policy, name) for name in RULE_FIELDS}, whitelist=names)
+
+    @classmethod
+    def of_fields(cls, rules: Mapping[str, Any], *, whitelist: Iterable[str]) -> PolicyRules:
+        """The rules from a policy's field values by field name (a row read without the ORM)."""
         return cls(
-            max_exposure_pct=policy.max_exposure_pct,
-            whitelist=frozenset(policy.whitelist.values_list("name", flat=True) if whitelist is None else whitelist),
-            max_risk=policy.max_risk_score,
-            min_interval=timedelta(seconds=policy.min_interval_seconds),
-            window_start_hour=policy.window_start_hour,
-            window_end_hour=policy.window_end_hour,
-            max_feed_age=timedelta(seconds=policy.max_feed_age_seconds),
-            max_turnover_pct=policy.max_turnover_pct,
+            max_exposure_pct=rules["max_exposure_pct"],
+            whitelist=frozenset(whitelist),
+            max_risk=rules["max_risk_score"],
+            min_interval=timedelta(seconds=rules["min_interval_seconds"]),
+            window_start_hour=rules["window_start_hour"],
+            window_end_hour=rules["window_end_hour"],
+            max_feed_age=timedelta(seconds=rules["max_feed_age_seconds"]),
+            max_turnover_pct=rules["max_turnover_pct"],
         )
 
 

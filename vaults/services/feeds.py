@@ -28,9 +28,11 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from eth_account import Account
 from eth_account.messages import SignableMessage, encode_typed_data
-from eth_utils import is_address, keccak, to_checksum_address
+from eth_utils import is_address, to_checksum_address
 
+from orchestrator.infra.errors import DomainError
 from vaults.models import OracleKey, SignedFeed
+from vaults.services.typed_data import typed_data_hash
 
 logger = logging.getLogger("vaults.feeds")
 
@@ -51,14 +53,14 @@ FEED_TYPES = {
 MAX_ENTRIES = 100
 
 
-class FeedRefused(Exception):
-    """A feed that is not accepted; `code` and `status` map to the API error body."""
+class FeedRefused(DomainError):
+    """A feed that is not accepted: `code`, the HTTP `status` and any `fields` are the API's
+    error body."""
 
-    def __init__(self, code: str, message: str, *, status: int = 422, fields: dict[str, str] | None = None):
-        super().__init__(message)
-        self.code = code
-        self.status = status
-        self.fields = fields
+    http_status = 422
+
+    def __init__(self, code: str, message: str, *, status: int = 422, fields: dict[str, Any] | None = None):
+        super().__init__(message, code=code, http_status=status, fields=fields)
 
 
 @dataclass(frozen=True)
@@ -84,11 +86,6 @@ class ParsedFeed:
 
     def digest(self) -> str:
         return typed_data_hash(self.signable())
-
-
-def typed_data_hash(signable: SignableMessage) -> str:
-    """The EIP-712 hash a signature covers (what recovers the signer), as 0x hex."""
-    return "0x" + keccak(b"\x19" + signable.version + signable.header + signable.body).hex()
 
 
 def feed_entries(entries: list[dict[str, Any]]) -> list[FeedEntry]:

@@ -20,11 +20,14 @@ from typing import Any
 from django.utils import timezone
 from eth_account.messages import encode_typed_data
 
+from orchestrator.infra.errors import DomainError
 from relayer.keys import key_manager
 from relayer.models import RelayTransaction, TxPhase
 from relayer.services.requests import relay_request
-from vaults.models import ExecutionIntent, IntentStatus, SignedFeed, Vault, VaultPolicy
-from vaults.services.feeds import typed_data_hash
+from vaults.models import IN_FLIGHT, ExecutionIntent, IntentRelay, IntentStatus, Vault
+from vaults.selectors import intent_relays
+from vaults.services.policies import PolicySnapshot
+from vaults.services.typed_data import typed_data_hash
 
 logger = logging.getLogger("vaults.intents")
 
@@ -46,11 +49,11 @@ INTENT_TYPES = {
 }
 
 
-class StalePositions(Exception):
+class StalePositions(DomainError):
     """Another intent was issued for the vault after the positions a plan was made from."""
 
-
-IN_FLIGHT = (IntentStatus.SIGNED, IntentStatus.RELAYING)
+    code = "stale_positions"
+    http_status = 409
 
 
 def intent_in_flight(*, vault_id: int) -> ExecutionIntent | None:
@@ -59,8 +62,11 @@ def intent_in_flight(*, vault_id: int) -> ExecutionIntent | None:
     return ExecutionIntent.objects.filter(vault_id=vault_id, status__in=IN_FLIGHT).order_by("-nonce").first()
 
 
-class IntentExpired(Exception):
+class IntentExpired(DomainError):
     """The intent's deadline passed before it was relayed; it never will be."""
+
+    code = "intent_expired"
+    http_status = 409
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,9 @@ def plan_actions(
     return Plan(actions=withdrawals + deposits, value_moved=moved)
 
 
-def _typed(intent: ExecutionIntent) -> dict[str, Any]:
+def intent_message(intent: ExecutionIntent, *, policy_version: int | None = None) -> dict[str, Any]:
+    """The intent as the typed-data message its operator signs; `policy_version` when the
+    caller has it (else it is read from the intent's policy)."""
     return {
         "vaultId": intent.vault.vault_id,
         "nonce": intent.nonce,
@@ -121,7 +129,7 @@ def _typed(intent: ExecutionIntent) -> dict[str, Any]:
         ],
         "deadline": int(intent.deadline.timestamp()),
         "issuer": intent.issuer,
-        "policyVersion": intent.policy.version,
+        "policyVersion": intent.policy.version if policy_version is None else policy_version,
     }
 
 
@@ -131,12 +139,12 @@ def intent_domain(vault: Vault) -> dict[str, Any]:
 
 def intent_emit(
     *,
-    vault: Vault,
-    policy: VaultPolicy,
+    vault_id: int,
+    policy: PolicySnapshot,
     allocation: dict[str, Decimal],
     actions: list[dict[str, Any]],
     deadline: datetime,
-    feed: SignedFeed | None = None,
+    feed_id: Any = None,
     proposal_id: str = "",
     workflow_run_id: Any = None,
     planned_at_nonce: int | None = None,
@@ -144,12 +152,14 @@ def intent_emit(
     """Takes the vault's next nonce, signs the intent with the operator key and stores it.
     Must run in a transaction: the vault row stays locked until it commits. With
     `planned_at_nonce` (the vault's intent nonce when the positions were read), raises
-    StalePositions if another intent was issued since: the plan was made from old positions."""
+    StalePositions if another intent was issued since: the plan was made from old positions.
+    The intent points at the policy and the feed by id: both rows are immutable, and what is
+    signed of the policy (its version) is in the snapshot, so neither is read here."""
     # Only the vault's row: the chain's and the operator key's are shared by many vaults, and
     # locking them would queue every intent of the chain (and FK inserts) behind this one.
     # NO KEY: rows that merely reference the vault (its intents) need not wait.
     locked = (
-        Vault.objects.select_for_update(of=("self",), no_key=True).select_related("operator", "chain").get(pk=vault.pk)
+        Vault.objects.select_for_update(of=("self",), no_key=True).select_related("operator", "chain").get(pk=vault_id)
     )
     if planned_at_nonce is not None and locked.intent_nonce != planned_at_nonce:
         raise StalePositions(
@@ -165,12 +175,12 @@ def intent_emit(
         allocation={k: str(v) for k, v in allocation.items()},
         deadline=deadline,
         issuer=locked.operator.address,
-        policy=policy,
-        feed=feed,
+        policy_id=policy.pk,
+        feed_id=feed_id,
         proposal_id=proposal_id,
         workflow_run_id=workflow_run_id,
     )
-    domain, message = intent_domain(locked), _typed(intent)
+    domain, message = intent_domain(locked), intent_message(intent, policy_version=policy.version)
     signable = encode_typed_data(domain_data=domain, message_types=INTENT_TYPES, message_data=message)
     intent.digest = typed_data_hash(signable)
     intent.signature = key_manager().sign_typed_data(
@@ -204,10 +214,7 @@ def intent_advance(*, intent: ExecutionIntent, now: datetime | None = None) -> s
     failed) or None while actions are under way. Raises IntentExpired, marking it expired,
     when actions would be requested past the deadline: nothing is relayed past it."""
     relays = {
-        int(r.idempotency_key.rsplit(":", 1)[1]): r
-        for r in RelayTransaction.objects.filter(requested_by_kind="intent", requested_by_id=str(intent.id)).only(
-            "id", "idempotency_key", "phase", "error", "signer_id", "chain_id"
-        )
+        r.position: r for r in intent_relays(intent_id=intent.pk).only("id", "phase", "error", "signer_id", "chain_id")
     }
     failed = [relays[i] for i in sorted(relays) if relays[i].phase in (TxPhase.FAILED, TxPhase.DEAD_LETTER)]
     if failed:
@@ -221,8 +228,13 @@ def intent_advance(*, intent: ExecutionIntent, now: datetime | None = None) -> s
         if (now or timezone.now()) > intent.deadline:
             ExecutionIntent.objects.filter(pk=intent.pk).update(status=IntentStatus.EXPIRED, error="deadline passed")
             raise IntentExpired(f"intent #{intent.nonce} expired at {intent.deadline.isoformat()}")
-        previous = relays.get(len(relays) - 1)
+        previous: RelayTransaction | None = relays.get(len(relays) - 1)
+        links = []
         for index in range(len(relays), len(intent.actions)):
             previous = _request_action(intent, index, previous)
+            links.append(IntentRelay(intent_id=intent.pk, relay=previous, position=index))
+        # One statement for the links. A relay requested before it had its link (the key
+        # returned the same relay) is linked now; one linked already is left as it is.
+        IntentRelay.objects.bulk_create(links, ignore_conflicts=True)
         ExecutionIntent.objects.filter(pk=intent.pk, status=IntentStatus.SIGNED).update(status=IntentStatus.RELAYING)
     return None

@@ -2,29 +2,49 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from vaults.models import PolicyStatus, Vault, VaultPolicy
+from orchestrator.infra.errors import DomainError
+from vaults.models import POLICY_RULES, PolicyStatus, Vault, VaultPolicy
 
-COMPARED = [
-    "max_exposure_pct",
-    "max_risk_score",
-    "min_interval_seconds",
-    "window_start_hour",
-    "window_end_hour",
-    "max_feed_age_seconds",
-    "max_turnover_pct",
-    "approval_threshold",
-    "intent_ttl_seconds",
-]
+COMPARED = POLICY_RULES
 
 
-class PolicyFrozen(Exception):
+class PolicyFrozen(DomainError):
     """An active or retired policy cannot change; make a new version instead."""
+
+    code = "policy_frozen"
+    http_status = 409
+
+
+@dataclass(frozen=True)
+class PolicySnapshot:
+    """The values of one policy version that a rebalance decision rests on: the row it points
+    at, the version the intent signs, the value above which approvers decide and the intent's
+    time to live. Versions are immutable once active, so a snapshot taken once (Flow A journals
+    it in verify) stands for the row without reading it again."""
+
+    pk: int
+    vault_id: int
+    version: int
+    approval_threshold: Decimal
+    intent_ttl_seconds: int
+
+    @classmethod
+    def of(cls, policy: VaultPolicy) -> PolicySnapshot:
+        return cls(
+            pk=policy.pk,
+            vault_id=policy.vault_id,
+            version=policy.version,
+            approval_threshold=policy.approval_threshold,
+            intent_ttl_seconds=policy.intent_ttl_seconds,
+        )
 
 
 def policy_activate(*, policy: VaultPolicy) -> VaultPolicy:

@@ -1,16 +1,37 @@
-"""Starting Flow A (automated rebalance) runs: when a feed arrives, and from beat."""
+"""A rebalance, the part both flows share: Flow A (vaults.workflows) runs it from a feed, Flow B
+(approvals.workflows) from an approved proposal. This module is what Flow B may use of Flow A:
+
+- starting Flow A runs, when a feed arrives and from beat;
+- the on-chain positions as a step output, and the allocation they make in %;
+- one look at an intent being executed (request its actions, wait, finish);
+- the hand-off of a rebalance that needs approval: the approvals app registers who takes it
+  (`on_approval_needed`), so vaults names nothing of approvals."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 
-from orchestrator.engine.models import WorkflowRun
+from orchestrator.engine import Blocked, RetryableError, TerminalError, Wait
+from orchestrator.engine.models import Phase, WorkflowRun
 from orchestrator.engine.services import workflow_start
-from vaults.models import PolicyStatus, SignedFeed, Vault, VaultPolicy
+from orchestrator.infra.errors import DomainError
+from relayer.rpc import TRANSPORT_ERRORS, web3_for
+from vaults.models import ExecutionIntent, IntentStatus, PolicyStatus, SignedFeed, Vault, VaultPolicy
+from vaults.selectors import intent_relays
+from vaults.services.intents import IntentExpired, intent_advance
 
 REBALANCE_WORKFLOW = "vault.rebalance"
+
+# Relays wake the waiting run when they finish (vaults.workflows); this poll is only the
+# fallback for a lost wake-up (a worker dying between a relay's commit and the wake-up).
+SETTLE_POLL_SECONDS = settings.FLOW_SETTLE_POLL_SECONDS
 
 
 def rebalance_start(
@@ -60,3 +81,126 @@ def rebalances_dispatch(*, now: datetime | None = None) -> int:
         _, created = rebalance_start(vault=policy.vault, feed=feed)
         started += created
     return started
+
+
+# --- the positions ---------------------------------------------------------------------------
+
+
+def settle_wait(waiting: str) -> Wait:
+    """Wait for transactions to settle: woken when a relay finishes, polled as a fallback."""
+    return Wait(
+        phase=Phase.CONFIRMING,
+        resume_at=timezone.now() + timedelta(seconds=SETTLE_POLL_SECONDS),
+        info={"waiting": waiting},
+    )
+
+
+def positions_snapshot(
+    *, rpc_url: str, account: str, asset: str, protocols: dict[str, str], nonce: int
+) -> dict[str, Any]:
+    """The on-chain positions as a journaled step output (Flow A and Flow B), with the vault's
+    intent nonce at the time: a plan made from them is refused if another intent came since."""
+    from vaults.onchain import positions
+
+    try:
+        found = positions(w3=web3_for(rpc_url), account=account, asset=asset, protocols=protocols)
+    except TRANSPORT_ERRORS as exc:
+        raise RetryableError(f"chain at {rpc_url} unreachable reading positions") from exc
+    return {
+        "idle": str(found.idle),
+        "protocols": {k: str(v) for k, v in found.by_protocol.items()},
+        "total": str(found.total),
+        "atIntentNonce": nonce,
+        "addresses": protocols,
+    }
+
+
+def allocation_pct(held: dict[str, Any]) -> dict[str, Decimal]:
+    """The allocation `positions_snapshot` found, in % by protocol and idle (empty for an
+    empty vault): what compliance measures turnover from."""
+    total = Decimal(held["total"])
+    if total == 0:
+        return {}
+    current = {name: Decimal(v) * 100 / total for name, v in held["protocols"].items()}
+    current["idle"] = Decimal(held["idle"]) * 100 / total
+    return current
+
+
+# --- an intent being executed ----------------------------------------------------------------
+
+# What intent_progress reads of an intent and the rows around it: not the vault's other
+# columns, nor the run's journal (the JSON of every step's output), only its correlation id.
+# The chain and the signer are whole rows: they are what relay_request is given.
+INTENT_PROGRESS_FIELDS = (
+    "id",
+    "nonce",
+    "actions",
+    "deadline",
+    "vault__chain",
+    "vault__account",
+    "workflow_run__correlation_id",
+)
+
+
+def intent_for_progress(*, intent_id: Any) -> ExecutionIntent:
+    """The intent as intent_progress needs it, in one query (it runs on every wake-up)."""
+    return (
+        ExecutionIntent.objects.select_related("vault__chain", "vault__account", "workflow_run")
+        .only(*INTENT_PROGRESS_FIELDS)
+        .get(pk=intent_id)
+    )
+
+
+def intent_progress(intent: ExecutionIntent) -> dict[str, Any] | Wait:
+    """One look at an intent being executed (Flow A and Flow B share it): request its actions
+    (the first look), wait while they are under way, finish when they have."""
+    try:
+        status = intent_advance(intent=intent)
+    except IntentExpired as exc:
+        raise Blocked(str(exc)) from exc
+    if status is None:
+        return settle_wait("intent transactions")
+    if status == IntentStatus.FAILED:
+        raise TerminalError(f"intent #{intent.nonce} failed: {ExecutionIntent.objects.get(pk=intent.pk).error}")
+    hashes = list(intent_relays(intent_id=intent.pk).values_list("mined_hash", flat=True))
+    return {"status": status, "transactions": hashes}
+
+
+# --- a rebalance that needs approval ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    """A rebalance Flow A may not make alone: it moves more than the policy's approval
+    threshold. Whoever takes it (the approvals app) turns it into a proposal."""
+
+    vault_id: int
+    policy_id: int
+    feed_id: str
+    allocation: dict[str, Decimal]
+
+
+class ApprovalUnavailable(DomainError):
+    """The rebalance needs approval but no proposal can be made for it."""
+
+    code = "approval_unavailable"
+    http_status = 422
+
+
+ApprovalHandler = Callable[[ApprovalRequest], str]
+_approval_handlers: list[ApprovalHandler] = []
+
+
+def on_approval_needed(handler: ApprovalHandler) -> ApprovalHandler:
+    """Registers who takes rebalances that need approval (a decorator; the last one wins). It
+    returns the id of what it made (a proposal's) and raises ApprovalUnavailable when it cannot
+    make one."""
+    _approval_handlers.append(handler)
+    return handler
+
+
+def approval_request(request: ApprovalRequest) -> str:
+    """Hands a rebalance to approval. Raises ApprovalUnavailable."""
+    if not _approval_handlers:
+        raise ApprovalUnavailable("no app takes rebalances that need approval")
+    return _approval_handlers[-1](request)

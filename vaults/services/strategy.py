@@ -21,12 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 
+from orchestrator.infra.errors import DomainError
+
 HUNDRED = Decimal(100)
 QUANTUM = Decimal("0.0001")
 
 
-class NoCompliantAllocation(Exception):
+class NoCompliantAllocation(DomainError):
     """The policy leaves no way to place 100% of the vault."""
+
+    code = "no_compliant_allocation"
+    http_status = 422
 
 
 @dataclass(frozen=True)
