@@ -14,19 +14,50 @@ run's row lock: its database writes and its journal entry commit together or not
 they happen exactly once. Steps that call the network must say `atomic=False`: they run outside
 any transaction under a lease, and make their side effect idempotent with `ctx.idempotency_key`
 (the same for every attempt of that step).
+
+A step returns JSON (a dict, usually), a `Wait`, or a dataclass instance. A dataclass is
+journaled as `dataclasses.asdict(output)`, the same JSON as the dict it stands for, and a later
+step reads it back typed with `ctx.output(step_name, TheDataclass)`:
+
+    @dataclass(frozen=True)
+    class Reservation:
+        reservation: str
+        amount: int
+
+    def reserve(ctx) -> Reservation: return Reservation(reserve_funds(ctx.input["amount"]), ...)
+    def release(ctx): release_funds(ctx.output("reserve", Reservation).reservation)
+
+The journal keeps JSON, so the dataclass's fields must be JSON values (str, int, float, bool,
+None, lists and dicts of them) or dataclasses of such fields (also optional, or in a list),
+which are rebuilt too. Keys the
+dataclass no longer has are ignored and fields it gained take their defaults, so runs started
+before a change to the dataclass read on after it. `ctx.outputs[step_name]` still gives the dict.
+
+How runs move (start, steps, retries, compensation, the sweep): docs/engine.md and
+orchestrator/engine/services/.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
+import types
+import typing
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator.engine.errors import UnknownWorkflow
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    from orchestrator.engine.models import WorkflowRun
+
+    D = TypeVar("D", bound=DataclassInstance)
 
 logger = logging.getLogger("orchestrator.engine")
 
@@ -67,6 +98,42 @@ class StepContext:
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
         return logging.LoggerAdapter(logger, {"run": str(self.run_id), "step": self.step})
 
+    def output(self, step: str, as_type: type[D]) -> D:
+        """The output of an earlier `step` of this run, built as `as_type` (a dataclass) from the
+        JSON it was journaled as. KeyError if that step has no output yet."""
+        return _build(as_type, self.outputs[step])
+
+
+def _build(as_type: type[D], data: dict[str, Any]) -> D:
+    hints = typing.get_type_hints(as_type)
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(as_type):
+        if f.name in data:  # else a field added since the output was journaled: its default
+            values[f.name] = _rebuilt(hints.get(f.name), data[f.name])
+    return as_type(**values)
+
+
+def _rebuilt(hint: object, value: object) -> object:
+    # The JSON shapes asdict() makes of a dataclass field: a nested dataclass (or None in its
+    # place), or a list of them. Anything else is a JSON value already.
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return _build(hint, value)
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and value is not None:
+        present = [a for a in args if a is not type(None)]
+        return _rebuilt(present[0], value) if len(present) == 1 else value
+    if typing.get_origin(hint) is list and args and isinstance(value, list):
+        return [_rebuilt(args[0], item) for item in value]
+    return value
+
+
+def journaled(output: object) -> object:
+    """What the journal and later steps keep of a step's output: a dataclass instance as its
+    `asdict`, anything else as it is (JSON already)."""
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        return dataclasses.asdict(output)
+    return output
+
 
 @dataclass(frozen=True)
 class Wait:
@@ -80,7 +147,8 @@ class Wait:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-StepFn = Callable[[StepContext], Any]
+# A step returns JSON, a Wait or a dataclass instance; the engine looks at what it got.
+StepFn = Callable[[StepContext], object]
 
 
 @dataclass(frozen=True)
@@ -103,7 +171,7 @@ class Workflow:
     inline: bool = True
     # Called inside the transaction that changes a run's phase, with (run, from, to): how a
     # domain object mirrors its run (a relay marked dead-letter, say). Database work only.
-    on_transition: Callable[[Any, str, str], None] | None = None
+    on_transition: Callable[[WorkflowRun, str, str], None] | None = None
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.steps]
