@@ -1,4 +1,4 @@
-"""Rebalance proposals decided by designated approvers (seed 000, Flow B)."""
+"""Rebalance proposals decided by designated approvers (Flow B, docs/flow-b.md)."""
 
 from __future__ import annotations
 

@@ -23,11 +23,12 @@ from web3 import Web3
 from approvals.models import Approval, Decision, ProposalStatus, RebalanceProposal
 from approvals.selectors import APPROVERS_GROUP, OPERATORS_GROUP
 from approvals.services import proposal_create
-from relayer.models import RelayTransaction, TxPhase
+from relayer.models import TxPhase
 from tests.conftest import ARTIFACTS, AnvilFactory, Workers, wait_until
 from tests.support.flows import ENTRIES, bootstrapped_vault, signed_feed
 from tests.support.relays import RELAY_ENV, make_chain
 from vaults.models import IntentStatus, Vault
+from vaults.selectors import intent_relays
 from vaults.services.feeds import feed_accept
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.flow]
@@ -174,7 +175,7 @@ def test_two_approvers_approve_in_the_browser_and_the_rebalance_executes_on_chai
     proposal.refresh_from_db()
     assert proposal.intent is not None and proposal.intent.status == IntentStatus.EXECUTED
     assert proposal.intent.proposal_id == proposal.proposal_id
-    relayed = RelayTransaction.objects.filter(requested_by_kind="intent", requested_by_id=str(proposal.intent.id))
+    relayed = intent_relays(intent_id=proposal.intent.pk)
     assert relayed.count() == 2 and all(tx.phase == TxPhase.COMPLETED for tx in relayed)
     assert sorted(shown) == sorted(tx.mined_hash for tx in relayed)
     w3 = Web3(Web3.HTTPProvider(rpc_url))

@@ -14,6 +14,7 @@ from tests.support.flows import ENTRIES, bootstrapped_vault, signed_feed
 from tests.support.relays import RELAY_ENV, make_chain
 from vaults import onchain
 from vaults.models import ExecutionIntent, IntentStatus, Protocol
+from vaults.selectors import intent_relays
 from vaults.services.feeds import feed_accept
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.flow]
@@ -77,7 +78,7 @@ def test_a_feed_leads_to_an_intent_and_balances_that_match_the_allocation(
     assert [a["kind"] for a in intent.actions] == ["withdraw", "deposit"]
     # Requested together: the deposit follows the withdrawal, in the same batch at the next nonce,
     # simulated on the funds the withdrawal frees.
-    withdraw, deposit = RelayTransaction.objects.filter(requested_by_id=str(intent.id)).order_by("nonce")
+    withdraw, deposit = intent_relays(intent_id=intent.pk)
     assert withdraw.nonce is not None and deposit.after_id == withdraw.pk and deposit.nonce == withdraw.nonce + 1
     assert deposit.workflow_run_id == withdraw.workflow_run_id
     held = onchain.positions(

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from vaults.models import POLICY_RULES
 from vaults.services.strategy import HUNDRED
 
 
@@ -36,18 +37,6 @@ class ComplianceResult:
 
     def summary(self) -> str:
         return "; ".join(f"{v.rule}: {v.message}" for v in self.violations) or "compliant"
-
-
-# The VaultPolicy fields the check reads.
-RULE_FIELDS = (
-    "max_exposure_pct",
-    "max_risk_score",
-    "min_interval_seconds",
-    "window_start_hour",
-    "window_end_hour",
-    "max_feed_age_seconds",
-    "max_turnover_pct",
-)
 
 
 @dataclass(frozen=True)
@@ -93,7 +82,7 @@ class PolicyRules:
         """The policy's rules; `whitelist` (its protocols' names) when the caller has read it
         already, else it is queried here."""
         names = policy.whitelist.values_list("name", flat=True) if whitelist is None else whitelist
-        return cls.of_fields({name: getattr(policy, name) for name in RULE_FIELDS}, whitelist=names)
+        return cls.of_fields({name: getattr(policy, name) for name in POLICY_RULES}, whitelist=names)
 
     @classmethod
     def of_fields(cls, rules: Mapping[str, Any], *, whitelist: Iterable[str]) -> PolicyRules:
