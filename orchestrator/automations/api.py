@@ -1,11 +1,12 @@
-"""The automation API's REST endpoints, in API.md's wire format (executors, configs,
-subscriptions). Objects belong to the API client that made them; others get 404."""
+"""The automation API's REST endpoints, in the wire format docs/api.md specifies (executors,
+configs, subscriptions). Objects belong to the API client that made them; others get 404.
+Refusals are DomainErrors, turned into the error body by the API's exception handler."""
 
 from __future__ import annotations
 
 import re
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from drf_spectacular.utils import extend_schema
 from eth_utils import is_address, to_checksum_address
@@ -16,26 +17,25 @@ from rest_framework.views import APIView
 
 from orchestrator.automations.models import AutomationConfig, Executor, SourceType, Subscription
 from orchestrator.automations.selectors import subscription_logs
-from orchestrator.automations.services.configs import AutomationError, config_create, config_delete, executor_register
+from orchestrator.automations.services.configs import config_create, config_delete, executor_register
 from orchestrator.automations.services.subscriptions import subscription_cancel, subscription_create
 from orchestrator.automations.wire import config_json, executor_json, log_entry_json, subscription_json
 from orchestrator.infra.errors import DomainError, NotFound
 from orchestrator.infra.idempotency import idempotent
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
 HEX_SIGNATURE = re.compile(r"^0x[0-9a-fA-F]{130}$")
 TOPIC = re.compile(r"^0x[0-9a-fA-F]{64}$")
 
 
-def _raise(exc: AutomationError) -> None:
-    raise DomainError(str(exc), code=exc.code, http_status=exc.status, fields=exc.fields) from None
-
-
-def _client(request: Request) -> Any:
+def _client(request: Request) -> User:
     """The authenticated API client (every view here needs a token)."""
-    return request.user
+    return cast("User", request.user)
 
 
-def _uuid_or_404(raw: Any) -> uuid.UUID:
+def _uuid_or_404(raw: object) -> uuid.UUID:
     try:
         return uuid.UUID(str(raw))
     except ValueError:
@@ -62,11 +62,11 @@ class ExecutorListView(APIView):
     def post(self, request: Request) -> Response:
         body = ExecutorSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        executor = executor_register(owner=request.user, **body.validated_data)
+        executor = executor_register(owner=_client(request), **body.validated_data)
         return Response(executor_json(executor), status=status.HTTP_201_CREATED)
 
 
-def _own_executor(request: Request, registry_id: Any) -> Executor:
+def _own_executor(request: Request, registry_id: object) -> Executor:
     executor = Executor.objects.filter(registry_id=_uuid_or_404(registry_id), owner=_client(request)).first()
     if executor is None:
         raise NotFound("No executor with that registryID.")
@@ -93,7 +93,7 @@ class SourceSerializer(serializers.Serializer):
         return attrs
 
 
-def _log_filter(value: Any) -> dict[str, Any]:
+def _log_filter(value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise serializers.ValidationError({"value": "An eth_getLogs filter object."})
     chain_id = value.get("chainId")
@@ -134,7 +134,7 @@ class ConfigSerializer(serializers.Serializer):
     verifyPayload = serializers.BooleanField()
     relayerCount = serializers.IntegerField(min_value=1, max_value=16, default=1)
     autosign = serializers.BooleanField(default=False)
-    # Not in the seed: an optional allowlist of the addresses tasks may call.
+    # Optional: an allowlist of the addresses tasks may call.
     allowedTargets = serializers.ListField(child=AddressField(), required=False, default=list, max_length=100)
     signature = serializers.RegexField(HEX_SIGNATURE, error_messages={"invalid": "A 65-byte 0x-hex signature."})
 
@@ -147,20 +147,17 @@ class ConfigListView(APIView):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         executor = _own_executor(request, data["registryID"])
-        try:
-            created = config_create(
-                executor=executor,
-                source_type=data["source"]["type"],
-                source_value=data["source"]["value"],
-                base_url=data["destination"]["baseURL"],
-                verify_payload=data["verifyPayload"],
-                relayer_count=data["relayerCount"],
-                autosign=data["autosign"],
-                allowed_targets=data["allowedTargets"],
-                signature=data["signature"],
-            )
-        except AutomationError as exc:
-            _raise(exc)
+        created = config_create(
+            executor=executor,
+            source_type=data["source"]["type"],
+            source_value=data["source"]["value"],
+            base_url=data["destination"]["baseURL"],
+            verify_payload=data["verifyPayload"],
+            relayer_count=data["relayerCount"],
+            autosign=data["autosign"],
+            allowed_targets=data["allowedTargets"],
+            signature=data["signature"],
+        )
         full = config_json(created.config)
         answer = {k: full[k] for k in ("id", "registryID", "executorAddress")}
         answer |= {
@@ -196,10 +193,7 @@ class ConfigDetailView(APIView):
         config = _own_config(request, config_id)
         body = DeleteSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        try:
-            deleted = config_delete(config=config, signature=body.validated_data["signature"])
-        except AutomationError as exc:
-            _raise(exc)
+        deleted = config_delete(config=config, signature=body.validated_data["signature"])
         return Response(config_json(deleted))
 
 
@@ -234,20 +228,17 @@ class SubscriptionListView(APIView):
         data = body.validated_data
         executor = _own_executor(request, registry)
         config = executor.configs.filter(status="active").first()
-        try:
-            sub = subscription_create(
-                owner=request.user,
-                config=config,
-                chain_id=data["chainId"],
-                sub_account_address=data["subAccountAddress"],
-                token_inputs=data["tokenInputs"],
-                token_limits=data["tokenLimits"],
-                metadata=data["metadata"],
-                fee_token=data["feeToken"],
-                fee_amount=data["feeAmount"],
-            )
-        except AutomationError as exc:
-            _raise(exc)
+        sub = subscription_create(
+            owner=_client(request),
+            config=config,
+            chain_id=data["chainId"],
+            sub_account_address=data["subAccountAddress"],
+            token_inputs=data["tokenInputs"],
+            token_limits=data["tokenLimits"],
+            metadata=data["metadata"],
+            fee_token=data["feeToken"],
+            fee_amount=data["feeAmount"],
+        )
         return Response(subscription_json(sub), status=status.HTTP_201_CREATED)
 
 

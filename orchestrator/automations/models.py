@@ -1,5 +1,5 @@
-"""The automation API's records (seed 001): executors, configs, subscriptions, and the firings
-that make up each subscription's execution log."""
+"""The automation API's records (docs/automations.md): executors, configs, subscriptions, and
+the firings that make up each subscription's execution log."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ ZERO_HASH = "0x" + "0" * 64
 
 
 class FiringStatus(models.TextChoices):
-    """What happened to one firing (API.md, logs: metadata.outcome.status)."""
+    """What happened to one firing (docs/api.md, "Logs": metadata.outcome.status)."""
 
     PENDING = "pending", "Pending"
     RELAYED = "relayed", "Relayed"

@@ -32,7 +32,7 @@ def dispatch() -> dict[str, int]:
 
 
 @shared_task(name="automations.deliver", ignore_result=True)
-def deliver(firing_ids: list[str], token: str) -> dict[str, Any]:
+def deliver(firing_ids: list[str], token: str) -> dict[str, int]:
     result = firings_deliver(firing_ids=firing_ids, token=token)
     return {"taken": result.taken, **result.outcomes}
 

@@ -1,4 +1,5 @@
-"""The automation API's wire shapes (API.md): what clients and executors receive."""
+"""The automation API's wire shapes (docs/api.md, "Automation API"): what clients and executors
+receive."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from orchestrator.automations.models import AutomationConfig, Executor, Firing, 
 
 
 def rfc3339(when: datetime) -> str:
-    """UTC with a Z, as the seed writes times."""
+    """UTC with a Z, as the automation objects write times (docs/api.md, "Conventions")."""
     return when.isoformat().replace("+00:00", "Z")
 
 
@@ -24,7 +25,9 @@ def executor_json(executor: Executor) -> dict[str, Any]:
 
 
 def config_json(config: AutomationConfig) -> dict[str, Any]:
-    value: Any = config.interval_seconds if config.source_type == SourceType.INTERVAL else config.filter
+    value: int | dict[str, Any] | None = (
+        config.interval_seconds if config.source_type == SourceType.INTERVAL else config.filter
+    )
     return {
         "id": str(config.id),
         "registryID": str(config.executor.registry_id),
@@ -61,7 +64,7 @@ def subscription_json(sub: Subscription) -> dict[str, Any]:
 
 
 def log_entry_json(firing: Firing) -> dict[str, Any]:
-    """One entry of GET /v1/{sub_id}/logs: the seed's shape plus metadata.outcome."""
+    """One entry of GET /v1/{sub_id}/logs, with metadata.outcome (docs/api.md, "Logs")."""
     sub = firing.subscription
     return {
         "metadata": {

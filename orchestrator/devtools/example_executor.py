@@ -1,5 +1,6 @@
-"""An example executor, as seed 001 describes one: what an automation author writes, in any
-language. `make run` starts this one and subscribes it to an interval trigger.
+"""An example executor: what an automation author writes, in any language (docs/automations.md,
+"The example executor and the demo"; the wire contract is docs/api.md, "Webhooks"). `make run`
+starts this one and subscribes it to an interval trigger.
 
     python -m orchestrator.devtools.example_executor
         EXAMPLE_EXECUTOR_PORT      where to listen (127.0.0.1)
@@ -10,13 +11,14 @@ On POST /kernel/trigger it checks the Standard Webhooks signature and refuses ca
 five minutes, checks the body's HMAC signature of the requestID, then answers: the second of
 every three firings a signed task (a zero-value call to its sub-account, so a real transaction
 is relayed), otherwise a signed skip. On POST /kernel/executed it answers {"log": ...}, which the
-orchestrator keeps as that execution's postExecutionState."""
+orchestrator keeps as that execution's postExecutionState.
+
+The signing and checking (the EIP-712 ExecutionRequest, the HMACs, the webhook headers) come
+from orchestrator/automations/typed_data.py, the module the orchestrator checks them with; an
+executor in another language implements those few functions after it."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import os
 import time
@@ -24,22 +26,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from eth_account import Account
-from eth_account.messages import encode_typed_data
 
-DOMAIN = {"name": "Brahma Builder Kit", "version": "1"}
-EXECUTION_REQUEST = [
-    {"name": "requestID", "type": "string"},
-    {"name": "subaccount", "type": "address"},
-    {"name": "callType", "type": "uint8"},
-    {"name": "to", "type": "address"},
-    {"name": "value", "type": "uint256"},
-    {"name": "data", "type": "bytes"},
-]
-MAX_AGE_SECONDS = 300
-
-
-def hmac_hex(key: str, text: str) -> str:
-    return hmac.new(key.encode(), text.encode(), hashlib.sha256).hexdigest()
+from orchestrator.automations.typed_data import (
+    Executable,
+    hmac_valid,
+    skip_answer,
+    task_answer,
+    webhook_authentic,
+)
 
 
 class Executor:
@@ -47,47 +41,27 @@ class Executor:
         self.account = Account.from_key(private_key)
         self.hmac_key = hmac_key
 
-    def authentic(self, headers: Any, raw: bytes) -> bool:
+    def authentic(self, headers: dict[str, str], raw: bytes) -> bool:
         """Standard Webhooks: v1,<base64 HMAC over id.timestamp.body>, and not too old."""
-        msg_id, stamp = headers.get("webhook-id", ""), headers.get("webhook-timestamp", "0")
-        if not stamp.isdigit() or abs(time.time() - int(stamp)) > MAX_AGE_SECONDS:
-            return False
-        digest = hmac.new(self.hmac_key.encode(), f"{msg_id}.{stamp}.".encode() + raw, hashlib.sha256).digest()
-        expected = "v1," + base64.b64encode(digest).decode()
-        return any(hmac.compare_digest(expected, given) for given in headers.get("webhook-signature", "").split())
+        return webhook_authentic(self.hmac_key, headers, raw)
 
     def on_trigger(self, body: dict[str, Any]) -> dict[str, Any]:
         request_id = body["requestID"]
-        if not hmac.compare_digest(body["signature"], hmac_hex(self.hmac_key, request_id)):
+        if not hmac_valid(self.hmac_key, request_id, body["signature"]):
             raise PermissionError("bad body signature")
-        params = body["params"]
         if body["context"]["executionCount"] % 3 != 1:
-            return {
-                "skip": True,
-                "requestID": request_id,
-                "task": None,
-                "signature": hmac_hex(self.hmac_key, f"{request_id}:0x"),
-            }
+            return skip_answer(hmac_key=self.hmac_key, request_id=request_id)
+        params = body["params"]
         subaccount = params["subAccountAddress"]
-        executable = {"callType": 0, "to": subaccount, "value": "0", "data": "0x"}
-        message = {"requestID": request_id, "subaccount": subaccount, **executable, "value": 0}
-        signable = encode_typed_data(
-            domain_data=DOMAIN | {"chainId": params["chainID"]},
-            message_types={"ExecutionRequest": EXECUTION_REQUEST},
-            message_data=message,
+        executable: Executable = {"callType": 0, "to": subaccount, "value": "0", "data": "0x"}
+        return task_answer(
+            hmac_key=self.hmac_key,
+            request_id=request_id,
+            chain_id=params["chainID"],
+            subaccount=subaccount,
+            executable=executable,
+            signer=self.account,
         )
-        signature = "0x" + self.account.sign_message(signable).signature.hex().removeprefix("0x")
-        return {
-            "skip": False,
-            "requestID": request_id,
-            "task": {
-                "subaccount": subaccount,
-                "executor": self.account.address,
-                "executorSignature": signature,
-                "executable": executable,
-            },
-            "signature": hmac_hex(self.hmac_key, f"{request_id}:{signature}"),
-        }
 
     def on_executed(self, body: dict[str, Any]) -> dict[str, Any]:
         response = body["relayResponse"]
@@ -101,27 +75,35 @@ class Executor:
         }
 
 
+def send_json(handler: BaseHTTPRequestHandler, status: int, body: dict[str, Any]) -> None:
+    send_bytes(handler, status, json.dumps(body).encode())
+
+
+def send_bytes(handler: BaseHTTPRequestHandler, status: int, payload: bytes) -> None:
+    try:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(payload)))
+        handler.end_headers()
+        handler.wfile.write(payload)
+    except (BrokenPipeError, ConnectionResetError):  # the caller timed out and left
+        pass
+
+
 def handler_for(executor: Executor) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if not executor.authentic(self.headers, raw):
-                return self._send(401, {"error": "bad or stale webhook signature"})
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            if not executor.authentic(headers, raw):
+                return send_json(self, 401, {"error": "bad or stale webhook signature"})
             routes = {"/kernel/trigger": executor.on_trigger, "/kernel/executed": executor.on_executed}
             if self.path not in routes:
-                return self._send(404, {"error": "no such hook"})
+                return send_json(self, 404, {"error": "no such hook"})
             try:
-                return self._send(200, routes[self.path](json.loads(raw)))
+                return send_json(self, 200, routes[self.path](json.loads(raw)))
             except (PermissionError, KeyError, ValueError) as exc:
-                return self._send(400, {"error": str(exc)})
-
-        def _send(self, status: int, body: dict[str, Any]) -> None:
-            payload = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+                return send_json(self, 400, {"error": str(exc)})
 
     return Handler
 

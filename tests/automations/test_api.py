@@ -1,4 +1,4 @@
-"""The automation API over REST, as API.md specifies it: executors, configs, subscriptions."""
+"""The automation API over REST, as docs/api.md specifies it: executors, configs, subscriptions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
 from eth_account import Account
-from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from rest_framework.authtoken.models import Token
@@ -16,7 +15,7 @@ from rest_framework.test import APIClient
 
 from orchestrator.automations.models import AutomationConfig
 from orchestrator.automations.services.configs import config_hmac_key
-from orchestrator.automations.services.signatures import KERNEL_ACTION_TYPES, KERNEL_DOMAIN
+from orchestrator.automations.typed_data import kernel_action_sign
 from relayer.models import SigningKey
 from tests.support.automations import SUBSCRIPTION_KEYS
 
@@ -32,9 +31,7 @@ def client_for(name: str) -> APIClient:
 
 
 def sign(account: LocalAccount, *, url: str = BASE_URL, verify: bool = True, action: str = "CREATE") -> str:
-    message = {"destinationURL": url, "verifyPayload": verify, "action": action}
-    signable = encode_typed_data(domain_data=KERNEL_DOMAIN, message_types=KERNEL_ACTION_TYPES, message_data=message)
-    return "0x" + account.sign_message(signable).signature.hex().removeprefix("0x")
+    return kernel_action_sign(account, destination_url=url, verify_payload=verify, action=action)
 
 
 @pytest.fixture
@@ -125,21 +122,21 @@ def test_destinations_must_be_https_and_public_unless_the_deployment_allows(
     author: APIClient, executor: tuple[str, LocalAccount], settings: Any
 ) -> None:
     registry, account = executor
-    plain = "http://executor.example"
-    response = author.post(
-        "/v1/config",
-        config_body(registry, account, destination={"baseURL": plain}, signature=sign(account, url=plain)),
-        format="json",
-    )
-    assert response.status_code == 400 and "https" in response.json()["error"]["message"]
+
+    def refusal(url: str) -> dict[str, Any]:
+        body = config_body(registry, account, destination={"baseURL": url}, signature=sign(account, url=url))
+        response = author.post("/v1/config", body, format="json")
+        assert response.status_code == 400
+        return dict(response.json()["error"])
+
+    plain = refusal("http://executor.example")
+    assert plain == {
+        "code": "invalid",
+        "message": "baseURL must use https",
+        "fields": {"destination.baseURL": "baseURL must use https"},
+    }
     settings.AUTOMATION_ALLOW_PRIVATE_DESTINATIONS = False
-    local = "https://127.0.0.1:8443"
-    response = author.post(
-        "/v1/config",
-        config_body(registry, account, destination={"baseURL": local}, signature=sign(account, url=local)),
-        format="json",
-    )
-    assert response.status_code == 400 and "non-public" in response.json()["error"]["message"]
+    assert "non-public" in refusal("https://127.0.0.1:8443")["message"]
 
 
 def test_autosign_makes_the_key_manager_hold_an_executor_key(

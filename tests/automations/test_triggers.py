@@ -15,8 +15,8 @@ from eth_account import Account
 from web3 import Web3
 
 from orchestrator.automations.models import Firing, FiringStatus, ReportStatus, Subscription
-from orchestrator.automations.services.hooks import hmac_hex
 from orchestrator.automations.services.subscriptions import subscription_cancel
+from orchestrator.automations.typed_data import hmac_hex
 from orchestrator.devtools.processes import ManagedProcess
 from relayer.models import RelayTransaction
 from tests.conftest import Workers, wait_until
@@ -51,12 +51,17 @@ def by_count(answers: dict[int, Any], default: Any) -> Any:
     return lambda body: answers.get(body["context"]["executionCount"], default)(body)
 
 
+def chain_with_token(anvil: str) -> tuple[Web3, str]:
+    """The anvil chain configured, with a fresh ERC-20 token on it."""
+    make_chain(anvil)
+    w3 = Web3(Web3.HTTPProvider(anvil))
+    return w3, deploy_asset(w3=w3, deployer=w3.eth.accounts[0])
+
+
 def test_interval_firings_are_signed_answered_relayed_reported_and_logged(
     anvil: str, server: ExecutorServer, workers: Workers, beat: ManagedProcess
 ) -> None:
-    make_chain(anvil)
-    w3 = Web3(Web3.HTTPProvider(anvil))
-    token = deploy_asset(w3=w3, deployer=w3.eth.accounts[0])
+    w3, token = chain_with_token(anvil)
     spender = Account.create().address
     executor = server.executor
     executor.on_trigger = by_count(
@@ -134,9 +139,7 @@ def test_interval_firings_are_signed_answered_relayed_reported_and_logged(
 def test_refused_answers_are_logged_reported_and_never_relayed(
     anvil: str, server: ExecutorServer, workers: Workers, beat: ManagedProcess
 ) -> None:
-    make_chain(anvil)
-    w3 = Web3(Web3.HTTPProvider(anvil))
-    token = deploy_asset(w3=w3, deployer=w3.eth.accounts[0])
+    _, token = chain_with_token(anvil)
     executor = server.executor
     approve = approve_calldata(executor.account.address, 400_000)
     executor.on_trigger = by_count(

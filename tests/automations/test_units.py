@@ -16,7 +16,7 @@ from orchestrator.automations.models import Firing, FiringStatus, Subscription
 from orchestrator.automations.services.answers import answer_review
 from orchestrator.automations.services.delivery import firings_deliver
 from orchestrator.automations.services.firings import delivery_chunks, intervals_dispatch, next_due
-from orchestrator.automations.services.hooks import hmac_hex
+from orchestrator.automations.typed_data import hmac_hex
 from tests.support.automations import Automation, api_client, automation_create
 from tests.support.executor_server import ExecutorServer
 

@@ -8,18 +8,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from eth_account.messages import encode_typed_data
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from web3 import Web3
 
-from orchestrator.automations.services.signatures import KERNEL_ACTION_TYPES, KERNEL_DOMAIN
+from orchestrator.automations.typed_data import kernel_action_sign
 from orchestrator.devtools import processes
 from orchestrator.operations.schedules import ensure_periodic_tasks
 from tests.conftest import ARTIFACTS
 from tests.support.executor_server import ExecutorServer
 
-# The subscription object's fields (API.md, "Subscriptions").
+# The subscription object's fields (docs/api.md, "Subscriptions").
 SUBSCRIPTION_KEYS = {
     "id",
     "registryId",
@@ -87,21 +86,19 @@ def automation_create(
     verify: bool = True,
     **fields: Any,
 ) -> Automation:
-    """Registers the server's executor and creates its config (EIP-712 signed, as the seed does)."""
+    """Registers the server's executor and creates its config (EIP-712 signed by the executor)."""
     client = client or api_client()
     account = server.executor.account
     response = client.post("/v1/executors", {"address": account.address, "name": "test executor"}, format="json")
     assert response.status_code == 201, response.content
     registry = response.json()["registryID"]
-    message = {"destinationURL": server.url, "verifyPayload": verify, "action": "CREATE"}
-    signable = encode_typed_data(domain_data=KERNEL_DOMAIN, message_types=KERNEL_ACTION_TYPES, message_data=message)
     body = {
         "registryID": registry,
         "source": source,
         "destination": {"baseURL": server.url},
         "verifyPayload": verify,
         "relayerCount": 1,
-        "signature": "0x" + account.sign_message(signable).signature.hex().removeprefix("0x"),
+        "signature": kernel_action_sign(account, destination_url=server.url, verify_payload=verify, action="CREATE"),
     } | fields
     response = client.post("/v1/config", body, format="json")
     assert response.status_code == 201, response.content

@@ -1,34 +1,31 @@
-"""An executor, as seed 001 describes one, for the automation tests: a real HTTP server that
-checks every hook it receives (the body signature, the Standard Webhooks headers, the
-x-verifying-signature) and answers with what the test asks for: skip, a signed task, a 500,
-garbage, silence..."""
+"""An executor for the automation tests (docs/automations.md describes what an executor does):
+a real HTTP server that checks every hook it receives (the body signature, the Standard
+Webhooks headers, the x-verifying-signature) and answers with what the test asks for: skip, a
+signed task, a 500, garbage, silence..."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from eth_account import Account
-from eth_account.messages import encode_defunct, encode_typed_data
 from eth_account.signers.local import LocalAccount
 
-from orchestrator.automations.services.answers import (
-    EXECUTION_REQUEST_TYPES,
-    execution_request_domain,
-    execution_request_message,
+from orchestrator.automations.typed_data import (
+    Executable,
+    hmac_hex,
+    skip_answer,
+    task_answer,
+    verifying_signer,
+    webhook_authentic,
 )
-
-
-def hmac_hex(key: str, text: str) -> str:
-    return hmac.new(key.encode(), text.encode(), hashlib.sha256).hexdigest()
+from orchestrator.devtools.benchmarks.soak_executor import HookServer
+from orchestrator.devtools.example_executor import send_bytes
 
 
 @dataclass
@@ -64,11 +61,10 @@ class Executor:
         with self.lock:
             return [r for r in self.received if r.path == "/kernel/executed"]
 
-    # --- answers, as the seed writes them ---------------------------------------------------
+    # --- answers: a signed skip or a signed task -------------------------------------------
 
     def skip(self, body: dict[str, Any]) -> Answer:
-        rid = body["requestID"]
-        return 200, {"skip": True, "requestID": rid, "task": None, "signature": hmac_hex(self.hmac_key, f"{rid}:0x")}, 0
+        return 200, skip_answer(hmac_key=self.hmac_key, request_id=body["requestID"]), 0
 
     def task(
         self,
@@ -81,28 +77,17 @@ class Executor:
         signer: LocalAccount | None = None,
         hmac_key: str | None = None,
     ) -> Answer:
-        rid = body["requestID"]
         params = body["params"]
-        executable = {"callType": call_type, "to": to, "value": value, "data": data}
-        task = {"subaccount": params["subAccountAddress"], "executor": self.account.address, "callType": call_type}
-        message = execution_request_message(request_id=rid, task=task | executable)
-        signable = encode_typed_data(
-            domain_data=execution_request_domain(params["chainID"]),
-            message_types=EXECUTION_REQUEST_TYPES,
-            message_data=message,
+        executable: Executable = {"callType": call_type, "to": to, "value": value, "data": data}
+        answer = task_answer(
+            hmac_key=hmac_key or self.hmac_key,
+            request_id=body["requestID"],
+            chain_id=params["chainID"],
+            subaccount=params["subAccountAddress"],
+            executable=executable,
+            signer=signer or self.account,
+            executor=self.account.address,
         )
-        signature = "0x" + (signer or self.account).sign_message(signable).signature.hex().removeprefix("0x")
-        answer = {
-            "skip": False,
-            "requestID": rid,
-            "task": {
-                "subaccount": params["subAccountAddress"],
-                "executor": self.account.address,
-                "executorSignature": signature,
-                "executable": executable,
-            },
-            "signature": hmac_hex(hmac_key or self.hmac_key, f"{rid}:{signature}"),
-        }
         return 200, answer, 0
 
 
@@ -115,22 +100,13 @@ def _handler(executor: Executor) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             body = json.loads(raw)
             headers = {k.lower(): v for k, v in self.headers.items()}
-            signed = f"{headers.get('webhook-id')}.{headers.get('webhook-timestamp')}.".encode() + raw
-            digest = hmac.new(executor.hmac_key.encode(), signed, hashlib.sha256).digest()
-            expected = "v1," + base64.b64encode(digest).decode()
-            try:
-                verifier = Account.recover_message(
-                    encode_defunct(text=body["requestID"]), signature=headers.get("x-verifying-signature", "")
-                )
-            except Exception:
-                verifier = ""
             record = Received(
                 path=self.path,
                 body=body,
                 headers=headers,
                 body_signature_ok=body.get("signature") == hmac_hex(executor.hmac_key, body["requestID"]),
-                webhook_signature_ok=headers.get("webhook-signature") == expected,
-                verifying_signer=verifier,
+                webhook_signature_ok=webhook_authentic(executor.hmac_key, headers, raw, max_age=None),
+                verifying_signer=verifying_signer(body["requestID"], headers.get("x-verifying-signature", "")),
                 at=time.time(),
             )
             with executor.lock:
@@ -141,33 +117,11 @@ def _handler(executor: Executor) -> type[BaseHTTPRequestHandler]:
             if delay:
                 time.sleep(delay)
             payload = answer if isinstance(answer, bytes) else (b"" if answer is None else json.dumps(answer).encode())
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-            except (BrokenPipeError, ConnectionResetError):  # the caller timed out and left
-                pass
+            send_bytes(self, status, payload)
 
     return Handler
 
 
-class ExecutorServer:
+class ExecutorServer(HookServer[Executor]):
     def __init__(self, executor: Executor) -> None:
-        self.executor = executor
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(executor))
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def start(self) -> ExecutorServer:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(executor, _handler(executor), name="test-executor")

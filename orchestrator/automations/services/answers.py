@@ -1,64 +1,61 @@
-"""Reviewing an executor's answer to /kernel/trigger (API.md): shape, requestID, the HMAC over
-requestID:executorSignature, and the EIP-712 executorSignature (or autosign)."""
+"""Reviewing an executor's answer to /kernel/trigger (docs/automations.md): shape, requestID,
+the HMAC over requestID:executorSignature, and the EIP-712 executorSignature (or autosign)."""
 
 from __future__ import annotations
 
-import hmac
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, cast
 
-from eth_account import Account
-from eth_account.messages import encode_typed_data
 from eth_utils import is_address, to_checksum_address
 
 from orchestrator.automations.models import Subscription
-from orchestrator.automations.services.hooks import hmac_hex
+from orchestrator.automations.typed_data import (
+    EXECUTION_REQUEST_TYPES,
+    Executable,
+    execution_request_domain,
+    execution_request_message,
+    execution_request_signer,
+    hmac_valid,
+)
 from relayer.keys import key_manager
 
 HEX_DATA = re.compile(r"^0x([0-9a-fA-F]{2})*$")
-EXECUTION_REQUEST_TYPES = {
-    "ExecutionRequest": [
-        {"name": "requestID", "type": "string"},
-        {"name": "subaccount", "type": "address"},
-        {"name": "callType", "type": "uint8"},
-        {"name": "to", "type": "address"},
-        {"name": "value", "type": "uint256"},
-        {"name": "data", "type": "bytes"},
-    ]
-}
 
 
-def execution_request_domain(chain_id: int) -> dict[str, Any]:
-    return {"name": "Brahma Builder Kit", "version": "1", "chainId": chain_id}
+class ReviewedTask(TypedDict):
+    """An accepted task, normalised: checksummed addresses, value a decimal string of wei,
+    lower-case data, and the executor's signature (or the autosign key's)."""
+
+    subaccount: str
+    executor: str
+    callType: int
+    to: str
+    value: str
+    data: str
+    executorSignature: str
 
 
-def execution_request_message(*, request_id: str, task: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "requestID": request_id,
-        "subaccount": task["subaccount"],
-        "callType": task["callType"],
-        "to": task["to"],
-        "value": int(task["value"]),
-        "data": task["data"],
-    }
+def _no_task() -> ReviewedTask:
+    return cast(ReviewedTask, {})  # journaled as {} when there is no task
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """skip, task (accepted so far: the policy check comes next) or refused (code, reason)."""
+    """skip, task (accepted so far: the policy check comes next) or refused (code, reason).
+    Journaled as dataclasses.asdict into the execution workflow's input."""
 
     outcome: str
     code: str = ""
     reason: str = ""
-    task: dict[str, Any] = field(default_factory=dict)
+    task: ReviewedTask = field(default_factory=_no_task)
 
 
 def _refused(code: str, reason: str) -> Verdict:
     return Verdict("refused", code=code, reason=reason)
 
 
-def answer_review(*, answer: Any, request_id: str, subscription: Subscription, hmac_key: str) -> Verdict:
+def answer_review(*, answer: object, request_id: str, subscription: Subscription, hmac_key: str) -> Verdict:
     """Never raises: anything wrong with the answer is a refused verdict naming the reason."""
     config = subscription.config
     if not isinstance(answer, dict):
@@ -71,17 +68,16 @@ def answer_review(*, answer: Any, request_id: str, subscription: Subscription, h
     task = answer.get("task")
     if not skip and not isinstance(task, dict):
         return _refused("malformed_answer", "task must be an object when skip is false")
-    executor_signature = "0x" if skip else task.get("executorSignature")  # type: ignore[union-attr]
+    executor_signature = "0x" if skip else cast(dict[str, Any], task).get("executorSignature")
     if not isinstance(executor_signature, str):
         return _refused("malformed_answer", "task.executorSignature must be a string")
     if config.verify_payload:
         given = answer.get("signature")
-        expected = hmac_hex(hmac_key, f"{request_id}:{executor_signature}")
-        if not isinstance(given, str) or not hmac.compare_digest(given.lower().encode(), expected.encode()):
+        if not isinstance(given, str) or not hmac_valid(hmac_key, f"{request_id}:{executor_signature}", given.lower()):
             return _refused("bad_hmac", "signature is not HMAC-SHA256(hmacKey, requestID:executorSignature)")
     if skip:
         return Verdict("skip")
-    return _task_review(task=task, request_id=request_id, subscription=subscription)  # type: ignore[arg-type]
+    return _task_review(task=cast(dict[str, Any], task), request_id=request_id, subscription=subscription)
 
 
 def _task_review(*, task: dict[str, Any], request_id: str, subscription: Subscription) -> Verdict:
@@ -110,31 +106,26 @@ def _task_review(*, task: dict[str, Any], request_id: str, subscription: Subscri
     executor = task.get("executor")
     if not isinstance(executor, str) or not is_address(executor) or to_checksum_address(executor) not in signers:
         return _refused("wrong_executor", "task.executor is not the config's executor address")
-    normal = {
-        "subaccount": subscription.sub_account_address,
-        "executor": to_checksum_address(executor),
-        "callType": call_type,
-        "to": to_checksum_address(to),
-        "value": value,
-        "data": data.lower(),
-    }
-    message = execution_request_message(request_id=request_id, task=normal)
-    domain = execution_request_domain(subscription.chain_id)
+    normal: Executable = {"callType": call_type, "to": to_checksum_address(to), "value": value, "data": data.lower()}
+    message = execution_request_message(
+        request_id=request_id, subaccount=subscription.sub_account_address, executable=normal
+    )
     signature = task.get("executorSignature") or ""
     if not signature:
         if config.executor_key is None:
             return _refused("bad_executor_signature", "executorSignature is empty and the config has no autosign")
         signature = key_manager().sign_typed_data(
-            key=config.executor_key, domain=domain, types=EXECUTION_REQUEST_TYPES, message=message
+            key=config.executor_key,
+            domain=execution_request_domain(subscription.chain_id),
+            types=EXECUTION_REQUEST_TYPES,
+            message=message,
         )
-    elif _recover(domain, message, signature) not in signers:
+    elif execution_request_signer(chain_id=subscription.chain_id, message=message, signature=signature) not in signers:
         return _refused("bad_executor_signature", "executorSignature does not recover to the config's executor")
-    return Verdict("task", task=normal | {"executorSignature": signature})
-
-
-def _recover(domain: dict[str, Any], message: dict[str, Any], signature: str) -> str:
-    try:
-        signable = encode_typed_data(domain_data=domain, message_types=EXECUTION_REQUEST_TYPES, message_data=message)
-        return str(Account.recover_message(signable, signature=signature))
-    except Exception:  # malformed signatures raise assorted errors from eth-keys
-        return ""
+    reviewed: ReviewedTask = {
+        "subaccount": subscription.sub_account_address,
+        "executor": to_checksum_address(executor),
+        **normal,
+        "executorSignature": signature,
+    }
+    return Verdict("task", task=reviewed)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from eth_utils import to_checksum_address
 
+from orchestrator.automations.errors import ConfigDeleted, ConfigExists, InvalidSignature, SignatureReplayed
 from orchestrator.automations.models import (
     AutomationConfig,
     ConfigStatus,
@@ -18,22 +19,17 @@ from orchestrator.automations.models import (
     SubscriptionStatus,
     UsedSignature,
 )
-from orchestrator.automations.services.destinations import destination_check
-from orchestrator.automations.services.signatures import kernel_action_signer
+from orchestrator.automations.services.destinations import DestinationRefused, destination_check
+from orchestrator.automations.typed_data import kernel_action_signer
 from relayer.keys import SealedSecret, key_manager, secret_open, secret_seal
 from relayer.models import KeyPurpose
 from relayer.services.funding import dev_funding_after_commit
 
-
-class AutomationError(Exception):
-    """A refused request; `code` and `status` map to the API error body."""
-
-    def __init__(self, code: str, message: str, *, status: int, fields: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.code, self.status, self.fields = code, status, fields
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 
-def executor_register(*, owner: Any, address: str, name: str, metadata: dict[str, Any]) -> Executor:
+def executor_register(*, owner: User, address: str, name: str, metadata: dict[str, Any]) -> Executor:
     return Executor.objects.create(owner=owner, address=to_checksum_address(address), name=name, metadata=metadata)
 
 
@@ -47,7 +43,7 @@ def config_create(
     *,
     executor: Executor,
     source_type: str,
-    source_value: Any,
+    source_value: int | dict[str, Any],
     base_url: str,
     verify_payload: bool,
     relayer_count: int,
@@ -55,27 +51,23 @@ def config_create(
     signature: str,
     allowed_targets: list[str] | None = None,
 ) -> NewConfig:
-    """Checks in API.md's order: the signature must recover to the
-    executor (401 invalid_signature), must not have been used (409 signature_replayed), and the
-    executor must have no active config (409 config_exists). A destination that is not
-    allowed is part of a malformed body (400). Raises AutomationError."""
+    """Checks in the documented order (docs/api.md, "Configs"): a destination that is not
+    allowed is part of a malformed body (400 DestinationRefused); the signature must recover to
+    the executor (401 invalid_signature), must not have been used (409 signature_replayed), and
+    the executor must have no active config (409 config_exists). Raises those DomainErrors."""
     try:
         destination_check(base_url)
-    except ValueError as exc:
-        raise AutomationError("invalid", str(exc), status=400, fields={"destination.baseURL": str(exc)}) from None
-    if (
-        kernel_action_signer(
-            destination_url=base_url, verify_payload=verify_payload, action="CREATE", signature=signature
-        )
-        != executor.address
-    ):
-        raise AutomationError(
-            "invalid_signature", "The signature does not recover to the executor's address.", status=401
-        )
+    except ValueError as exc:  # a URL too malformed to check (a port that is not a number, ...)
+        raise DestinationRefused(str(exc)) from None
+    _signed_by_executor(
+        executor, base_url=base_url, verify_payload=verify_payload, action="CREATE", signature=signature
+    )
     if UsedSignature.objects.filter(signature=signature.lower()).exists():
-        raise AutomationError("signature_replayed", "This signature was used before.", status=409)
+        raise SignatureReplayed()
     if AutomationConfig.objects.filter(executor=executor, status=ConfigStatus.ACTIVE).exists():
-        raise AutomationError("config_exists", "This registry already has an active config.", status=409)
+        raise ConfigExists()
+    interval = source_value if isinstance(source_value, int) and source_type == SourceType.INTERVAL else None
+    log_filter = source_value if isinstance(source_value, dict) and source_type == SourceType.FILTER else None
     hmac_key = secrets.token_hex(32)
     keys = key_manager()
     try:
@@ -96,8 +88,8 @@ def config_create(
                 allowed_targets=allowed_targets or [],
                 verifying_key=verifying,
                 executor_key=executor_key,
-                interval_seconds=source_value if source_type == SourceType.INTERVAL else None,
-                filter=source_value if source_type == SourceType.FILTER else None,
+                interval_seconds=interval,
+                filter=log_filter,
             )
             sealed = secret_seal(hmac_key.encode(), context=f"config:{config.id}")
             config.hmac_version, config.hmac_nonce, config.hmac_ciphertext = (
@@ -118,12 +110,21 @@ def config_create(
             dev_funding_after_commit(keys=relayers)
     except IntegrityError:
         # Lost a race: the same signature or a second active config, committed meanwhile.
-        raise AutomationError(
-            "config_exists",
-            "This registry already has an active config, or the signature was used concurrently.",
-            status=409,
+        raise ConfigExists(
+            "This registry already has an active config, or the signature was used concurrently."
         ) from None
     return NewConfig(config=config, hmac_key=hmac_key)
+
+
+def _signed_by_executor(
+    executor: Executor, *, base_url: str, verify_payload: bool, action: str, signature: str
+) -> None:
+    """Raises InvalidSignature unless the executor signed this config action."""
+    signer = kernel_action_signer(
+        destination_url=base_url, verify_payload=verify_payload, action=action, signature=signature
+    )
+    if signer != executor.address:
+        raise InvalidSignature()
 
 
 def config_hmac_key(config: AutomationConfig) -> str:
@@ -133,24 +134,23 @@ def config_hmac_key(config: AutomationConfig) -> str:
 
 def config_delete(*, config: AutomationConfig, signature: str) -> AutomationConfig:
     """Needs the executor's signature over the same typed data with action DELETE; cancels the
-    config's subscriptions (their triggers stop at once). Raises AutomationError."""
+    config's subscriptions (their triggers stop at once). Raises ConfigDeleted, InvalidSignature
+    or SignatureReplayed."""
     if config.status != ConfigStatus.ACTIVE:
-        raise AutomationError("config_deleted", "This config is already deleted.", status=409)
-    if (
-        kernel_action_signer(
-            destination_url=config.base_url, verify_payload=config.verify_payload, action="DELETE", signature=signature
-        )
-        != config.executor.address
-    ):
-        raise AutomationError(
-            "invalid_signature", "The signature does not recover to the executor's address.", status=401
-        )
+        raise ConfigDeleted()
+    _signed_by_executor(
+        config.executor,
+        base_url=config.base_url,
+        verify_payload=config.verify_payload,
+        action="DELETE",
+        signature=signature,
+    )
     now = timezone.now()
     try:
         with transaction.atomic():
             locked = AutomationConfig.objects.select_for_update().get(pk=config.pk)
             if locked.status != ConfigStatus.ACTIVE:
-                raise AutomationError("config_deleted", "This config is already deleted.", status=409)
+                raise ConfigDeleted()
             UsedSignature.objects.create(signature=signature.lower(), action="DELETE", config=locked)
             locked.status, locked.deleted_at = ConfigStatus.DELETED, now
             locked.save(update_fields=["status", "deleted_at"])
@@ -158,5 +158,5 @@ def config_delete(*, config: AutomationConfig, signature: str) -> AutomationConf
                 status=SubscriptionStatus.CANCELLED, cancelled_at=now, next_run_at=None
             )
     except IntegrityError:
-        raise AutomationError("signature_replayed", "This signature was used before.", status=409) from None
+        raise SignatureReplayed() from None
     return locked

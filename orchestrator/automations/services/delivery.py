@@ -13,8 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -153,6 +152,16 @@ CLOSED = ["status", "reason", "response", "answered_at", "hook_ms", "next_attemp
 RETRIED = ["next_attempt_at", "lease_until", "lease_token", "reason"]
 
 
+def _closed(firing: Firing, *, status: str, reason: str, hook: HookResult) -> None:
+    """Sets the CLOSED fields of a firing whose hook call had this final outcome."""
+    answered = hook.status is not None
+    firing.status, firing.reason = status, reason
+    firing.response = hook.answer if answered and 200 <= (hook.status or 0) < 300 else None
+    firing.answered_at = timezone.now() if answered else None
+    firing.hook_ms = hook.elapsed_ms if answered else None
+    firing.next_attempt_at = firing.lease_token = firing.lease_until = None
+
+
 class _Records:
     """A batch's plain outcomes (skipped, failed, retrying), written in one statement per kind,
     each conditional on the batch's lease. Answers that lead to a workflow are written one by
@@ -164,15 +173,10 @@ class _Records:
         self.retried: list[Firing] = []
 
     def close(self, firing: Firing, *, status: str, reason: str, hook: HookResult) -> None:
-        answered = hook.status is not None
-        firing.status, firing.reason = status, reason
-        firing.response = hook.answer if answered and 200 <= (hook.status or 0) < 300 else None
-        firing.answered_at = timezone.now() if answered else None
-        firing.hook_ms = hook.elapsed_ms if answered else None
-        firing.next_attempt_at = firing.lease_token = firing.lease_until = None
+        _closed(firing, status=status, reason=reason, hook=hook)
         self.closed.append(firing)
 
-    def retry(self, firing: Firing, *, at: Any, reason: str) -> None:
+    def retry(self, firing: Firing, *, at: datetime, reason: str) -> None:
         # The sweep hands it to a delivery again once `at` has passed.
         firing.next_attempt_at = firing.lease_until = at
         firing.lease_token, firing.reason = None, reason
@@ -217,25 +221,13 @@ def _retry_or_fail(firing: Firing, records: _Records, hook: HookResult) -> str:
     return "retrying"
 
 
-def _close(firing: Firing, lease: uuid.UUID, *, status: str, reason: str, hook: HookResult) -> int:
-    return Firing.objects.filter(pk=firing.pk, lease_token=lease).update(
-        status=status,
-        reason=reason,
-        response=hook.answer if hook.status and 200 <= hook.status < 300 else None,
-        answered_at=timezone.now() if hook.status else None,
-        hook_ms=hook.elapsed_ms if hook.status else None,
-        next_attempt_at=None,
-        lease_token=None,
-        lease_until=None,
-    )
-
-
 def _execute(firing: Firing, lease: uuid.UUID, hook: HookResult, verdict: Verdict) -> str:
     """A task to relay, or a refused answer to report: both go on as an execution workflow."""
     status = FiringStatus.PENDING if verdict.outcome == "task" else FiringStatus.REFUSED
     reason = "" if verdict.outcome == "task" else f"{verdict.code}: {verdict.reason}"
     with transaction.atomic():
-        if not _close(firing, lease, status=status, reason=reason, hook=hook):
+        _closed(firing, status=status, reason=reason, hook=hook)
+        if not rows_update(Firing, [firing], CLOSED, only_if={"lease_token": lease}):
             return "lost lease"
         run, _ = workflow_start(
             kind=EXECUTION_WORKFLOW,

@@ -9,9 +9,17 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
+from orchestrator.infra.errors import DomainError
 
-class DestinationRefused(ValueError):
-    pass
+
+class DestinationRefused(DomainError):
+    """A baseURL hooks may not be sent to; in a request, an invalid destination.baseURL."""
+
+    code = "invalid"
+    http_status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, fields={"destination.baseURL": message})
 
 
 def destination_check(url: str, *, resolve: bool = True) -> None:

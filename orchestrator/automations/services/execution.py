@@ -1,5 +1,5 @@
 """The steps after an executor answered with a task (or was refused): the policy check, the
-relay, and the post-execution hook (API.md, "Post-execution hook")."""
+relay, and the post-execution hook (docs/api.md, "/kernel/executed")."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from django.utils import timezone
 from orchestrator.automations.models import Firing, FiringStatus, ReportStatus, Subscription
 from orchestrator.automations.services.configs import config_hmac_key
 from orchestrator.automations.services.destinations import DestinationRefused, destination_check
-from orchestrator.automations.services.hooks import HookCall, hmac_hex, hook_url, hooks_post
+from orchestrator.automations.services.hooks import HookCall, hook_url, hooks_post
 from orchestrator.automations.services.policy import task_policy_check
+from orchestrator.automations.typed_data import hmac_hex
 from orchestrator.automations.wire import rfc3339
 from orchestrator.engine import RetryableError, StepContext, Wait
 from orchestrator.engine.models import Phase
@@ -25,7 +26,7 @@ from relayer.services.requests import InvalidRelayRequest, relay_request
 
 logger = logging.getLogger("orchestrator.automations")
 
-NO_TIME = "0001-01-01T00:00:00Z"  # the seed's createdAt when there is no relay
+NO_TIME = "0001-01-01T00:00:00Z"  # relayResponse.createdAt when there is no relay (Go's zero time)
 # Fallback wake-up while a relay is under way; the relay's finish listener normally wakes it.
 RELAY_POLL_SECONDS = 30
 
@@ -107,7 +108,7 @@ def execution_relay(ctx: StepContext) -> dict[str, Any] | Wait:
 
 
 def executed_body(firing: Firing, outcome: dict[str, Any], hmac_key: str) -> dict[str, Any]:
-    """The seed's /kernel/executed body. Its requestID is derived from the firing, so every
+    """The /kernel/executed body (docs/api.md). Its requestID is derived from the firing, so every
     retry of this hook carries the same one."""
     request_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"executed:{firing.pk}"))
     tx: RelayTransaction | None = firing.relay_transaction

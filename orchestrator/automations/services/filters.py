@@ -17,6 +17,7 @@ cursor with a compare-and-set, so of two pollers (two beats) only one records a 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import defaultdict
 from typing import Any
 
@@ -60,7 +61,7 @@ def filter_subscriptions(chain_id: int) -> list[Subscription]:
     )
 
 
-def filter_start_block(chain_id: int, from_block: Any) -> int | None:
+def filter_start_block(chain_id: int, from_block: int | str) -> int | None:
     """Where a new FILTER subscription starts: the filter's block number, or for "latest" the
     block after the current head (None when the chain is unknown or does not answer: the
     poller then starts it at its cursor)."""
@@ -109,7 +110,7 @@ def logs_poll(*, chain: Chain, deliver: Deliver) -> int:
     end = min(safe, start + chain.log_range_cap - 1)
     if end < start:
         return 0
-    by_config: dict[Any, list[Subscription]] = defaultdict(list)
+    by_config: dict[uuid.UUID, list[Subscription]] = defaultdict(list)
     for sub in subs:
         by_config[sub.config_id].append(sub)
     matched: list[tuple[dict[str, Any], list[Subscription]]] = []

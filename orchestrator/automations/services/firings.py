@@ -1,6 +1,6 @@
 """Firing triggers: due INTERVAL subscriptions claimed in batches, each firing created once.
 
-Catch-up rule (README, "Triggers"): a subscription fires at its due times, created_at +
+Catch-up rule (docs/automations.md, "How a firing goes"): a subscription fires at its due times, created_at +
 k * interval. If the system was down across several due times, it fires once, for the
 earliest missed one, and its next due time is the first one still in the future: missed
 windows are not replayed one by one, and the cadence keeps its phase.
@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from orchestrator.automations.models import AutomationConfig, Firing, SourceType, Subscription, SubscriptionStatus
 from orchestrator.automations.services.configs import config_hmac_key
-from orchestrator.automations.services.hooks import hmac_hex
+from orchestrator.automations.typed_data import hmac_hex
 from orchestrator.automations.wire import rfc3339, subscription_json
 from orchestrator.infra.bulk import rows_update
 from orchestrator.infra.observability import new_correlation_id
@@ -47,7 +47,7 @@ def next_due(due: datetime, interval: int, now: datetime) -> datetime:
 
 
 def request_id_new(due: datetime) -> str:
-    """Unique per firing, in the seed's style: <uuid>-<due time>."""
+    """Unique per firing: <uuid>-<due time>."""
     return f"{uuid.uuid4()}-{due.strftime('%Y-%m-%dT%H:%M:%SZ')}"
 
 
@@ -67,13 +67,13 @@ def firing_new(
     *,
     subscription: Subscription,
     trigger_type: str,
-    trigger_data: Any,
+    trigger_data: str | dict[str, Any],
     key: str,
     due_at: datetime,
     hmac_key: str,
     now: datetime,
 ) -> Firing:
-    """A firing with the exact /kernel/trigger body (API.md), and the subscription's context
+    """A firing with the exact /kernel/trigger body (docs/api.md), and the subscription's context
     moved on: the caller saves both in one transaction."""
     config = subscription.config
     request_id = request_id_new(due_at)

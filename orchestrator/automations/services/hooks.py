@@ -1,16 +1,14 @@
-"""Calling executors' hooks (API.md, "Execution hook"): the seed's body signature, the Standard
-Webhooks headers, x-verifying-signature, a timeout per call and a cap on the answer's size.
+"""Calling executors' hooks (docs/automations.md, "Hooks"): the body's HMAC signature, the
+Standard Webhooks headers, x-verifying-signature, a timeout per call and a cap on the answer's
+size.
 
-Many calls go out at once from a pool of threads over keep-alive connections (DESIGN.md:
-"Webhook calls are made concurrently in batches"), so a thousand due firings are not a
-thousand Celery tasks. urllib3 rather than an asyncio client: measured here, a threaded
-urllib3 pool costs ~0.7 ms of CPU per call, httpx's async pool 4-8 ms at this concurrency."""
+Many calls go out at once from a pool of threads over keep-alive connections (webhook calls
+are made concurrently, in batches), so a thousand due firings are not a thousand Celery tasks.
+urllib3 rather than an asyncio client: measured here, a threaded urllib3 pool costs ~0.7 ms of
+CPU per call, httpx's async pool 4-8 ms at this concurrency."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import ssl
 import time
@@ -23,22 +21,13 @@ import certifi
 import urllib3
 from django.conf import settings
 
-
-def hmac_hex(key: str, text: str) -> str:
-    """HMAC-SHA256 keyed with the UTF-8 bytes of the hex key, as the seed's
-    crypto.createHmac('sha256', hmacKey) does; a lower-case hex digest."""
-    return hmac.new(key.encode(), text.encode(), hashlib.sha256).hexdigest()
+from orchestrator.automations.typed_data import webhook_signature
+from orchestrator.infra.errors import DomainError
 
 
 def hook_url(base_url: str, hook: str) -> str:
     """{baseURL}/kernel/trigger or /kernel/executed."""
     return f"{base_url.rstrip('/')}/kernel/{hook}"
-
-
-def webhook_signature(key: str, *, msg_id: str, timestamp: int, body: bytes) -> str:
-    """Standard Webhooks: v1,<base64 HMAC-SHA256 over "<id>.<timestamp>.<body>">."""
-    digest = hmac.new(key.encode(), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
 
 
 @dataclass(frozen=True)
@@ -56,18 +45,21 @@ class HookResult:
     """status is None when no HTTP answer came (error says why: timeout, connection, ...)."""
 
     status: int | None
-    answer: Any = None
+    answer: object = None  # the parsed JSON, on a 2xx
     error: str = ""
     elapsed_ms: int = 0
 
     @property
     def retryable(self) -> bool:
-        """Timeouts, connection errors and 5xx are retried (API.md); anything else is final."""
+        """Timeouts, connection errors and 5xx are retried; anything else is final."""
         return self.status is None or self.status >= 500
 
 
-class AnswerUnreadable(ValueError):
-    pass
+class AnswerUnreadable(DomainError):
+    """An executor's answer that is too large or not JSON: a malformed answer."""
+
+    code = "malformed_answer"
+    http_status = 502
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
@@ -121,7 +113,7 @@ def _read_capped(response: urllib3.BaseHTTPResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse(raw: bytes) -> Any:
+def _parse(raw: bytes) -> object:
     if not raw.strip():
         return None
     try:

@@ -4,7 +4,7 @@
   relayer key, and a delegatecall would run foreign code with the caller's storage.
 - If the config lists allowed targets, `to` must be one of them.
 - The subscription's tokenLimits bound what one task may move, in whole-token units (the
-  seed's "0.0008"): an ERC-20 transfer, transferFrom or approve on a listed token is checked
+  "0.0008" of an 18-decimal token): an ERC-20 transfer, transferFrom or approve on a listed token is checked
   against limit * 10**decimals (decimals read from the token); native value is checked
   against the limit of the zero address or 0xEeee…EEeE, when one is listed. Tokens that are
   not listed are not limited.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
 
 from eth_abi import decode
 from eth_typing import HexStr
@@ -22,6 +21,7 @@ from eth_utils import to_checksum_address
 from web3 import Web3
 
 from orchestrator.automations.models import Subscription
+from orchestrator.automations.services.answers import ReviewedTask
 
 NATIVE = {"0x0000000000000000000000000000000000000000", "0xEeeeeEeeeEeEeeEeEeEeeEEEeeeeEeeeeeeeEEeE"}
 # selector -> index of the amount among the decoded arguments
@@ -39,7 +39,7 @@ class Violation:
     message: str
 
 
-def task_policy_check(*, subscription: Subscription, task: dict[str, Any], w3: Web3 | None) -> list[Violation]:
+def task_policy_check(*, subscription: Subscription, task: ReviewedTask, w3: Web3 | None) -> list[Violation]:
     """Every rule the task breaks (empty when it may be relayed). Raises what the RPC raises
     when a token's decimals cannot be read (the caller retries)."""
     violations = []
@@ -52,7 +52,7 @@ def task_policy_check(*, subscription: Subscription, task: dict[str, Any], w3: W
     return violations
 
 
-def _limit(raw: Any) -> Decimal | None:
+def _limit(raw: object) -> Decimal | None:
     try:
         value = Decimal(str(raw))
     except InvalidOperation:
@@ -60,7 +60,7 @@ def _limit(raw: Any) -> Decimal | None:
     return value if value.is_finite() and value >= 0 else None
 
 
-def _token_limits(limits: dict[str, Any], task: dict[str, Any], w3: Web3 | None) -> list[Violation]:
+def _token_limits(limits: dict[str, str], task: ReviewedTask, w3: Web3 | None) -> list[Violation]:
     limits = {to_checksum_address(k): v for k, v in limits.items()}
     found = []
     value = int(task["value"])

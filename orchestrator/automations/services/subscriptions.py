@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 from django.utils import timezone
 from eth_utils import to_checksum_address
 
+from orchestrator.automations.errors import NoActiveConfig
 from orchestrator.automations.models import (
     AutomationConfig,
     ConfigStatus,
@@ -16,13 +17,15 @@ from orchestrator.automations.models import (
     Subscription,
     SubscriptionStatus,
 )
-from orchestrator.automations.services.configs import AutomationError
 from orchestrator.automations.services.filters import filter_start_block
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 
 def subscription_create(
     *,
-    owner: Any,
+    owner: User,
     config: AutomationConfig | None,
     chain_id: int,
     sub_account_address: str,
@@ -36,7 +39,7 @@ def subscription_create(
     is first due one interval from now; a FILTER one matches logs from its filter's fromBlock
     ("latest": the block after the current head)."""
     if config is None or config.status != ConfigStatus.ACTIVE:
-        raise AutomationError("no_active_config", "The registry has no active config.", status=422)
+        raise NoActiveConfig()
     now = timezone.now()
     from_block = None
     if config.source_type == SourceType.FILTER and config.filter:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import multiprocessing
 import signal
@@ -17,16 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.automations.typed_data import skip_answer
 
-def _answer(hmac_key: bytes, raw: bytes) -> tuple[str, bytes]:
+
+def _answer(hmac_key: str, raw: bytes) -> tuple[str, bytes]:
     request_id = json.loads(raw)["requestID"]
-    signature = hmac.new(hmac_key, f"{request_id}:0x".encode(), hashlib.sha256).hexdigest()
-    body = json.dumps({"skip": True, "requestID": request_id, "task": None, "signature": signature}).encode()
-    return request_id, body
+    return request_id, json.dumps(skip_answer(hmac_key=hmac_key, request_id=request_id)).encode()
 
 
 async def _serve(port: int, hmac_key: str, record: Path, ready: Any) -> None:
-    key = hmac_key.encode()
     lines: list[str] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -38,7 +35,7 @@ async def _serve(port: int, hmac_key: str, record: Path, ready: Any) -> None:
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":", 1)[1])
                 raw = await reader.readexactly(length)
-                request_id, body = _answer(key, raw)
+                request_id, body = _answer(hmac_key, raw)
                 lines.append(f"{request_id} {time.time():.6f}\n")
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)

@@ -1,4 +1,4 @@
-"""The automation half of `make run`'s demo: the example executor (orchestrator/automations/
+"""The automation half of `make run`'s demo: the example executor (orchestrator/devtools/
 example_executor.py) registered, with a signed config and a subscription on an interval trigger.
 
 The executor's key is the executor's own, as an author's would be: kept in a file under
@@ -10,17 +10,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from eth_account import Account
-from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 
 from orchestrator.automations.models import AutomationConfig, ConfigStatus, Executor, Subscription, SubscriptionStatus
 from orchestrator.automations.services.configs import config_create, config_delete, config_hmac_key, executor_register
-from orchestrator.automations.services.signatures import KERNEL_ACTION_TYPES, KERNEL_DOMAIN, kernel_action_message
 from orchestrator.automations.services.subscriptions import subscription_create
+from orchestrator.automations.typed_data import kernel_action_sign
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 DEMO_INTERVAL_SECONDS = 20
 
@@ -43,12 +45,10 @@ def _executor_account() -> LocalAccount:
 
 
 def _signed(account: LocalAccount, base_url: str, action: str) -> str:
-    message = kernel_action_message(destination_url=base_url, verify_payload=True, action=action)
-    signable = encode_typed_data(domain_data=KERNEL_DOMAIN, message_types=KERNEL_ACTION_TYPES, message_data=message)
-    return "0x" + account.sign_message(signable).signature.hex().removeprefix("0x")
+    return kernel_action_sign(account, destination_url=base_url, verify_payload=True, action=action)
 
 
-def automation_demo_setup(*, owner: Any, port: int, chain_id: int, sub_account: str) -> DemoAutomation:
+def automation_demo_setup(*, owner: User, port: int, chain_id: int, sub_account: str) -> DemoAutomation:
     account = _executor_account()
     base_url = f"http://127.0.0.1:{port}"
     executor = Executor.objects.filter(owner=owner, address=account.address).first() or executor_register(
