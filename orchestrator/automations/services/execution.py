@@ -1,16 +1,22 @@
 """The steps after an executor answered with a task (or was refused): the policy check, the
-relay, and the post-execution hook (docs/api.md, "/kernel/executed")."""
+relay, and the post-execution hook (docs/api.md, "/kernel/executed").
+
+Each step returns a frozen dataclass, journaled as its `asdict` (the JSON the steps returned
+as dicts before: runs started then resume on it), and the next step reads it back typed with
+`ctx.output(step, Type)`."""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.utils import timezone
 
 from orchestrator.automations.models import Firing, FiringStatus, ReportStatus, Subscription
+from orchestrator.automations.services.answers import Verdict
 from orchestrator.automations.services.configs import config_hmac_key
 from orchestrator.automations.services.destinations import DestinationRefused, destination_check
 from orchestrator.automations.services.hooks import HookCall, hook_url, hooks_post
@@ -31,35 +37,82 @@ NO_TIME = "0001-01-01T00:00:00Z"  # relayResponse.createdAt when there is no rel
 RELAY_POLL_SECONDS = 30
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a task was not relayed, as /kernel/executed reports it: a code (`type`) and a message."""
+
+    type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The check step's output: `refused` is None when the task may be relayed."""
+
+    refused: Refusal | None
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """The relay step's output: whether the task's transaction succeeded, why not, and the relay
+    transaction's id (None when the task was refused before reaching the relayer)."""
+
+    successful: bool
+    error: Refusal | None
+    tx: str | None
+
+
+@dataclass(frozen=True)
+class Reported:
+    """The report step's output: the post-execution hook delivered or skipped (404)."""
+
+    report: str
+    requestID: str  # the /kernel/executed body's requestID (the journaled key)
+
+
+@dataclass(frozen=True)
+class ReportFailed:
+    """The report step's output when the executor answered /kernel/executed with an error."""
+
+    report: str
+    status: int | None
+    requestID: str
+
+
 def _firing(ctx: StepContext) -> Firing:
     return Firing.objects.select_related(
         "subscription__config__executor", "subscription__config__verifying_key", "relay_transaction__signer"
     ).get(pk=ctx.input["firing"])
 
 
-def _refusal(code: str, message: str) -> dict[str, Any]:
-    return {"refused": {"type": code, "message": message}}
+def _verdict(ctx: StepContext) -> Verdict:
+    """The reviewed answer the run was started with (journaled as its asdict)."""
+    return Verdict(**ctx.input["verdict"])
 
 
-def execution_check(ctx: StepContext) -> dict[str, Any]:
+def _refusal(code: str, message: str) -> Checked:
+    return Checked(refused=Refusal(type=code, message=message))
+
+
+def execution_check(ctx: StepContext) -> Checked:
     """The automation policy, on a task whose answer passed review. Refusals are outcomes, not
     errors; an RPC that does not answer is retried."""
-    verdict = ctx.input["verdict"]
-    if verdict["outcome"] != "task":
-        return _refusal(verdict["code"], verdict["reason"])
+    verdict = _verdict(ctx)
+    if verdict.outcome != "task":
+        return _refusal(verdict.code, verdict.reason)
     sub = _firing(ctx).subscription
     chain = Chain.objects.filter(chain_id=sub.chain_id, enabled=True).first()
     if chain is None:
         return _refusal("unknown_chain", f"chain {sub.chain_id} is not configured here")
     try:
-        violations = task_policy_check(subscription=sub, task=verdict["task"], w3=web3_for(chain.rpc_url))
+        violations = task_policy_check(subscription=sub, task=verdict.task, w3=web3_for(chain.rpc_url))
     except TRANSPORT_ERRORS as exc:
         raise RpcUnavailable(f"chain {chain.chain_id} RPC: {exc}") from exc
     except Exception as exc:  # a token whose decimals() reverts or answers garbage
         return _refusal("token_unreadable", f"could not read the token's decimals: {exc}"[:300])
     if violations:
         return _refusal(violations[0].code, "; ".join(v.message for v in violations))
-    return {"refused": None}
+    return Checked(refused=None)
 
 
 def _relayer_for(sub: Subscription) -> SigningKey:
@@ -68,12 +121,12 @@ def _relayer_for(sub: Subscription) -> SigningKey:
     return keys[sub.id.int % len(keys)]
 
 
-def execution_relay(ctx: StepContext) -> dict[str, Any] | Wait:
+def execution_relay(ctx: StepContext) -> Relayed | Wait:
     """Asks the relayer once (the firing is the idempotency key) and waits for it to finish."""
     firing = _firing(ctx)
-    refused = ctx.outputs["check"]["refused"]
+    refused = ctx.output("check", Checked).refused
     if refused is None:
-        sub, task = firing.subscription, ctx.input["verdict"]["task"]
+        sub, task = firing.subscription, _verdict(ctx).task
         try:
             tx = relay_request(
                 signer=_relayer_for(sub),
@@ -86,20 +139,20 @@ def execution_relay(ctx: StepContext) -> dict[str, Any] | Wait:
                 correlation_id=firing.correlation_id,
             )
         except InvalidRelayRequest as exc:
-            refused = {"type": "invalid_task", "message": str(exc)}
+            refused = Refusal(type="invalid_task", message=str(exc))
     if refused is not None:
-        reason = f"{refused['type']}: {refused['message']}"
+        reason = f"{refused.type}: {refused.message}"
         Firing.objects.filter(pk=firing.pk).update(status=FiringStatus.REFUSED, reason=reason)
-        return {"successful": False, "error": refused, "tx": None}
+        return Relayed(successful=False, error=refused, tx=None)
     Firing.objects.filter(pk=firing.pk).update(relay_transaction=tx)
     if tx.phase == TxPhase.COMPLETED:
         Firing.objects.filter(pk=firing.pk).update(
             status=FiringStatus.RELAYED, reason="", output_tx_hash=tx.mined_hash or tx.tx_hash
         )
-        return {"successful": True, "error": None, "tx": str(tx.id)}
+        return Relayed(successful=True, error=None, tx=str(tx.id))
     if tx.phase in (TxPhase.FAILED, TxPhase.DEAD_LETTER):
         Firing.objects.filter(pk=firing.pk).update(status=FiringStatus.FAILED, reason=f"relay failed: {tx.error}")
-        return {"successful": False, "error": {"type": "relay_failed", "message": tx.error}, "tx": str(tx.id)}
+        return Relayed(successful=False, error=Refusal(type="relay_failed", message=tx.error), tx=str(tx.id))
     return Wait(
         phase=Phase.CONFIRMING,
         resume_at=timezone.now() + timedelta(seconds=RELAY_POLL_SECONDS),
@@ -107,17 +160,17 @@ def execution_relay(ctx: StepContext) -> dict[str, Any] | Wait:
     )
 
 
-def executed_body(firing: Firing, outcome: dict[str, Any], hmac_key: str) -> dict[str, Any]:
+def executed_body(firing: Firing, outcome: Relayed, hmac_key: str) -> dict[str, Any]:
     """The /kernel/executed body (docs/api.md). Its requestID is derived from the firing, so every
     retry of this hook carries the same one."""
     request_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"executed:{firing.pk}"))
     tx: RelayTransaction | None = firing.relay_transaction
     mined = (tx.mined_hash or tx.tx_hash or None) if tx and tx.phase == TxPhase.COMPLETED else None
-    error = outcome["error"] or {"type": "", "message": ""}
+    error = outcome.error or Refusal(type="", message="")
     return {
         "requestID": request_id,
-        "successful": outcome["successful"],
-        "error": error,
+        "successful": outcome.successful,
+        "error": asdict(error),
         "executionRequestID": firing.request_id,
         "relayResponse": {
             "taskId": str(tx.id) if tx else "",
@@ -137,8 +190,8 @@ def executed_body(firing: Firing, outcome: dict[str, Any], hmac_key: str) -> dic
                     "webhook": "",
                 },
                 "response": {
-                    "isSuccessful": outcome["successful"],
-                    "error": error["message"],
+                    "isSuccessful": outcome.successful,
+                    "error": error.message,
                     "transactionHash": mined,
                 },
             },
@@ -150,13 +203,13 @@ def executed_body(firing: Firing, outcome: dict[str, Any], hmac_key: str) -> dic
     }
 
 
-def execution_report(ctx: StepContext) -> dict[str, Any]:
+def execution_report(ctx: StepContext) -> Reported | ReportFailed:
     """POST /kernel/executed: a 404 skips it for good; a 200 may carry {"log": ...}, stored as
     the firing's postExecutionState; timeouts and 5xx are retried with backoff."""
     firing = _firing(ctx)
     config = firing.subscription.config
     hmac_key = config_hmac_key(config)
-    body = executed_body(firing, ctx.outputs["relay"], hmac_key)
+    body = executed_body(firing, ctx.output("relay", Relayed), hmac_key)
     try:
         destination_check(config.base_url)
     except DestinationRefused as exc:
@@ -175,13 +228,13 @@ def execution_report(ctx: StepContext) -> dict[str, Any]:
         raise RetryableError(f"/kernel/executed: {answer.error or f'HTTP {answer.status}'}")
     if answer.status == 404:
         Firing.objects.filter(pk=firing.pk).update(report_status=ReportStatus.SKIPPED)
-        return {"report": "skipped", "requestID": body["requestID"]}
+        return Reported(report="skipped", requestID=body["requestID"])
     if not 200 <= (answer.status or 0) < 300 or answer.error:
         Firing.objects.filter(pk=firing.pk).update(report_status=ReportStatus.FAILED)
         logger.warning("firing %s: /kernel/executed answered %s %s", firing.request_id, answer.status, answer.error)
-        return {"report": "failed", "status": answer.status, "requestID": body["requestID"]}
+        return ReportFailed(report="failed", status=answer.status, requestID=body["requestID"])
     fields: dict[str, Any] = {"report_status": ReportStatus.DELIVERED}
     if isinstance(answer.answer, dict) and "log" in answer.answer:
         fields["post_execution_state"] = answer.answer["log"]
     Firing.objects.filter(pk=firing.pk).update(**fields)
-    return {"report": "delivered", "requestID": body["requestID"]}
+    return Reported(report="delivered", requestID=body["requestID"])
