@@ -183,7 +183,8 @@ def test_subscriptions_follow_the_trigger_payload_shape_and_cancel(
         "feeAmount": "0",
     }
     none_yet = author.post("/v1/subscriptions", body, format="json")
-    assert none_yet.status_code == 422 and none_yet.json()["error"]["code"] == "no_active_config"
+    assert none_yet.status_code == 422
+    assert none_yet.json() == {"error": {"code": "no_active_config", "message": "The registry has no active config."}}
     author.post("/v1/config", config_body(registry, account), format="json")
     created = author.post("/v1/subscriptions", body, format="json")
     assert created.status_code == 201, created.content
@@ -197,31 +198,38 @@ def test_subscriptions_follow_the_trigger_payload_shape_and_cancel(
     assert author.get(f"/v1/subscriptions/{sub['id']}").json()["status"] == 3
 
 
-def test_deleting_a_config_needs_a_delete_signature_and_cancels_its_subscriptions(
-    author: APIClient, executor: tuple[str, LocalAccount]
-) -> None:
-    registry, account = executor
-    config_id = author.post("/v1/config", config_body(registry, account), format="json").json()["id"]
-    sub = author.post(
-        "/v1/subscriptions",
-        {"registryID": registry, "chainId": 1, "subAccountAddress": "0x" + "12" * 20},
-        format="json",
-    ).json()
-    wrong = author.delete(f"/v1/config/{config_id}", {"signature": sign(account)}, format="json")  # a CREATE one
-    assert wrong.status_code == 401
-    deleted = author.delete(f"/v1/config/{config_id}", {"signature": sign(account, action="DELETE")}, format="json")
-    assert deleted.status_code == 200 and deleted.json()["status"] == "deleted"
-    assert author.get(f"/v1/subscriptions/{sub['id']}").json()["status"] == 3
-
-
-def test_clients_cannot_see_or_touch_each_others_objects(author: APIClient, executor: tuple[str, LocalAccount]) -> None:
-    registry, account = executor
+def config_and_subscription(author: APIClient, registry: str, account: LocalAccount) -> tuple[str, str]:
+    """A config for the executor and one subscription to it: their ids."""
     config_id = author.post("/v1/config", config_body(registry, account), format="json").json()["id"]
     sub_id = author.post(
         "/v1/subscriptions",
         {"registryID": registry, "chainId": 1, "subAccountAddress": "0x" + "12" * 20},
         format="json",
     ).json()["id"]
+    return config_id, sub_id
+
+
+def test_deleting_a_config_needs_a_delete_signature_and_cancels_its_subscriptions(
+    author: APIClient, executor: tuple[str, LocalAccount]
+) -> None:
+    registry, account = executor
+    config_id, sub_id = config_and_subscription(author, registry, account)
+    wrong = author.delete(f"/v1/config/{config_id}", {"signature": sign(account)}, format="json")  # a CREATE one
+    assert wrong.status_code == 401
+    assert wrong.json() == {
+        "error": {"code": "invalid_signature", "message": "The signature does not recover to the executor's address."}
+    }
+    deleted = author.delete(f"/v1/config/{config_id}", {"signature": sign(account, action="DELETE")}, format="json")
+    assert deleted.status_code == 200 and deleted.json()["status"] == "deleted"
+    assert author.get(f"/v1/subscriptions/{sub_id}").json()["status"] == 3
+    again = author.delete(f"/v1/config/{config_id}", {"signature": sign(account, action="DELETE")}, format="json")
+    assert again.status_code == 409
+    assert again.json() == {"error": {"code": "config_deleted", "message": "This config is already deleted."}}
+
+
+def test_clients_cannot_see_or_touch_each_others_objects(author: APIClient, executor: tuple[str, LocalAccount]) -> None:
+    registry, account = executor
+    config_id, sub_id = config_and_subscription(author, registry, account)
     other = client_for("someone-else")
     for path in (f"/v1/executors/{registry}", f"/v1/config/{config_id}", f"/v1/subscriptions/{sub_id}"):
         response = other.get(path)
