@@ -3,7 +3,15 @@
 The suite runs against PostgreSQL and Redis (or RabbitMQ) named by DATABASE_URL and
 CELERY_BROKER_URL; `make test` sets both. Workers are separate processes pointed at the test
 database that pytest-django created, so tests that use them need committed data
-(`@pytest.mark.django_db(transaction=True)`)."""
+(`@pytest.mark.django_db(transaction=True)`).
+
+Two tiers. A test is in the `stack` tier when it requests a fixture of STACK_FIXTURES (they start
+processes or servers: workers, beat, anvil, an executor server, a web server, a live server for
+the browser) or carries one of STACK_MARKERS; `pytest_collection_modifyitems` marks it so. Every
+other test is in the fast tier (`pytest -m "not stack"`, `make test-fast`): it may use the database
+and Redis, nothing else, and `_fast_tier_starts_no_process` makes it fail if it starts a
+ManagedProcess or an executor server all the same. A test that starts one by hand, without a
+fixture, says `@pytest.mark.stack` itself."""
 
 from __future__ import annotations
 
@@ -22,6 +30,55 @@ from orchestrator.infra.broker import queues_purge, queues_reset
 from tests.support import control
 
 ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
+
+# The fixtures that start something (transitively requested ones count: `fixturenames` is the
+# closure). `server` is the executor server here and the live server in tests/e2e; `web` is the
+# gunicorn of tests/e2e/test_web_server.py; `beat` is tests/automations/test_triggers.py's.
+STACK_FIXTURES = frozenset(
+    {"worker", "workers", "worker_env", "beat", "anvil", "anvils", "server", "live_server", "web"}
+)
+# The markers of the suites that run on the whole stack (pyproject's [tool.pytest.ini_options]).
+STACK_MARKERS = ("engine", "relayer", "flow", "automations", "smoke")
+
+
+def in_stack_tier(item: pytest.Item) -> bool:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    return bool(fixtures & STACK_FIXTURES) or any(item.get_closest_marker(name) for name in (*STACK_MARKERS, "stack"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if in_stack_tier(item) and item.get_closest_marker("stack") is None:
+            item.add_marker(pytest.mark.stack)
+
+
+class StackInFastTier(AssertionError):
+    """A test of the fast tier started a process or a server."""
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_process(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In a test not marked `stack`, starting a ManagedProcess (worker, beat, anvil, redis, web...)
+    or an executor server fails the test, so the fast tier cannot grow a process start unseen."""
+    if request.node.get_closest_marker("stack") is not None:
+        yield
+        return
+    from tests.support.executor_server import ExecutorServer
+
+    def refuse(what: str) -> Callable[..., Any]:
+        def start(self: Any, *args: Any, **kwargs: Any) -> Any:
+            name = f" ({self.name})" if isinstance(getattr(self, "name", None), str) else ""
+            raise StackInFastTier(
+                f"{request.node.nodeid} starts {what}{name} but is in the fast tier: request one of "
+                f"{sorted(STACK_FIXTURES)} or mark it @pytest.mark.stack (see tests/conftest.py)"
+            )
+
+        return start
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(processes.ManagedProcess, "start", refuse("the process"))
+        patch.setattr(ExecutorServer, "start", refuse("an executor server"))
+        yield
 
 
 def free_port() -> int:
@@ -66,6 +123,43 @@ class Workers:
     def stop_all(self) -> None:
         for worker in self.started:
             worker.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fast_test_database() -> Iterator[None]:
+    """Two costs of the test process that prove nothing, cut for the whole session:
+
+    - Passwords hash with MD5 first (the real hashers stay listed, so their hashes still check):
+      Django's PBKDF2 takes most of a second per user, and fixtures make several.
+    - A transactional test's teardown empties the tables with DELETE instead of TRUNCATE. On
+      PostgreSQL a TRUNCATE of every table makes new files for each table and index and takes about
+      a second here; DELETE of the few rows a test wrote takes milliseconds. The schema has no
+      triggers and its foreign keys are deferred, so the end state is the same. A flush that also
+      resets sequences or cascades keeps Django's TRUNCATE.
+
+    Only this process: workers, beat and web servers run the real settings and backend."""
+    from django.db.backends.postgresql.operations import DatabaseOperations
+    from django.test.utils import override_settings
+
+    truncate = DatabaseOperations.sql_flush
+
+    def sql_flush(
+        self: DatabaseOperations, style: Any, tables: Any, *, reset_sequences: bool = False, allow_cascade: bool = False
+    ) -> list[str]:
+        if reset_sequences or allow_cascade:
+            return truncate(self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade)
+        return [f"{style.SQL_KEYWORD('DELETE FROM')} {style.SQL_FIELD(self.quote_name(table))};" for table in tables]
+
+    hashers = override_settings(
+        PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher", *settings.PASSWORD_HASHERS]
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DatabaseOperations, "sql_flush", sql_flush)
+        hashers.enable()
+        try:
+            yield
+        finally:
+            hashers.disable()
 
 
 @pytest.fixture(scope="session", autouse=True)
