@@ -1,9 +1,12 @@
-"""The relayer end to end: real workers, PostgreSQL, Redis and anvil."""
+"""The relayer end to end: requests relayed by real workers to a real anvil, through
+PostgreSQL and Redis, including crashes, a node that is down, stuck transactions and reorgs.
+(What needs no worker is tested module by module: test_requests.py, test_batches.py, ...)"""
 
 from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import transaction
@@ -11,15 +14,19 @@ from django.db.models import Count
 from web3 import Web3
 
 from orchestrator.engine.models import WorkflowRun
+from orchestrator.engine.services import workflow_replay
+from relayer.keys import key_manager
 from relayer.models import Broadcast, BroadcastKind, Chain, RelayTransaction, SigningKey, TxPhase
 from relayer.services.monitor import nonce_gaps_fill
 from relayer.services.requests import RelayConflict, relay_request
 from tests.conftest import AnvilFactory, Workers, free_port, wait_until
 from tests.support.relays import (
+    RECEIVER,
     RELAY_ENV,
     batched,
     deploy_gate,
     deploy_reverter,
+    fund,
     funded_signer,
     make_chain,
     nonce_on_chain,
@@ -28,9 +35,6 @@ from tests.support.relays import (
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.relayer]
-
-# Fast retries and short leases, so recovery paths finish within a test's patience.
-RECEIVER = "0x000000000000000000000000000000000000dEaD"
 
 
 def send(
@@ -217,14 +221,21 @@ def test_a_request_after_one_that_fails_is_never_sent(workers: Workers, anvil: s
     assert nonce_on_chain(anvil, signer.address) == 0
 
 
+def not_mining(workers: Workers, anvils: AnvilFactory, **chain_fields: Any) -> tuple[str, Chain, SigningKey]:
+    """The workers, an anvil of the test's own that mines only when told to, its chain row
+    and a funded signer: for transactions that must stay pending."""
+    url = anvils.start()
+    workers.start(extra_env=RELAY_ENV)
+    chain = make_chain(url, **chain_fields)
+    signer = funded_signer(url)
+    rpc(url, "evm_setAutomine", False)
+    return url, chain, signer
+
+
 def test_a_stuck_transaction_is_replaced_with_higher_fees_and_confirmed_once(
     workers: Workers, anvils: AnvilFactory
 ) -> None:
-    url = anvils.start()
-    workers.start(extra_env=RELAY_ENV)
-    chain = make_chain(url, stuck_after=1.0)
-    signer = funded_signer(url)
-    rpc(url, "evm_setAutomine", False)
+    url, chain, signer = not_mining(workers, anvils, stuck_after=1.0)
     tx = send(signer, chain)
     wait_until(
         lambda: Broadcast.objects.filter(transaction_id=tx.id, kind=BroadcastKind.REPLACEMENT).exists(),
@@ -245,8 +256,6 @@ def test_with_the_rpc_down_relays_retry_and_finish_when_it_is_back(workers: Work
     port = free_port()
     workers.start(extra_env=RELAY_ENV)
     chain = make_chain(f"http://127.0.0.1:{port}")
-    from relayer.keys import key_manager
-
     signer = key_manager().create_key(purpose="relayer")
     tx = send(signer, chain)
     run_id = batched(tx.id)
@@ -257,10 +266,7 @@ def test_with_the_rpc_down_relays_retry_and_finish_when_it_is_back(workers: Work
     )
     assert "RPC unavailable" in WorkflowRun.objects.get(pk=run_id).error
     url = anvils.start(port=port)
-    w3 = Web3(Web3.HTTPProvider(url))
-    w3.eth.wait_for_transaction_receipt(
-        w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": signer.address, "value": 10**18})
-    )
+    fund(url, signer.address, 10**18)
     done = settled(tx.id, timeout=60)
     assert done.receipt_status == 1 and nonce_on_chain(url, signer.address) == 1
 
@@ -305,11 +311,7 @@ def test_a_reorg_that_drops_the_receipt_is_followed_to_a_confirmation(workers: W
 def test_a_failed_request_holding_a_nonce_is_filled_with_a_zero_value_self_transfer(
     workers: Workers, anvils: AnvilFactory
 ) -> None:
-    url = anvils.start()
-    workers.start(extra_env=RELAY_ENV)
-    chain = make_chain(url, stuck_after=0.5, max_bumps=0)
-    signer = funded_signer(url)
-    rpc(url, "evm_setAutomine", False)
+    url, chain, signer = not_mining(workers, anvils, stuck_after=0.5, max_bumps=0)
     stuck = settled(send(signer, chain).id, TxPhase.FAILED, timeout=30)
     assert stuck.nonce == 0 and "fee bumps" in stuck.error
     later = send(signer, chain)  # nonce 1: would wait forever behind nonce 0
@@ -334,20 +336,13 @@ def test_a_relay_that_exhausts_its_retries_is_dead_lettered_and_replays_to_compl
     port = free_port()
     workers.start(extra_env={**RELAY_ENV, "RELAYER_MAX_ATTEMPTS": "2"})
     chain = make_chain(f"http://127.0.0.1:{port}")
-    from relayer.keys import key_manager
-
     signer = key_manager().create_key(purpose="relayer")
     tx = send(signer, chain)
     dead = settled(tx.id, TxPhase.DEAD_LETTER, timeout=30)
     assert "RPC unavailable" in dead.error
 
     url = anvils.start(port=port)
-    w3 = Web3(Web3.HTTPProvider(url))
-    w3.eth.wait_for_transaction_receipt(
-        w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": signer.address, "value": 10**18})
-    )
-    from orchestrator.engine.services import workflow_replay
-
+    fund(url, signer.address, 10**18)
     workflow_replay(run_id=dead.workflow_run_id, actor="test")
     done = settled(tx.id)
     assert done.error == "" and done.receipt_status == 1
