@@ -61,6 +61,7 @@ def test_a_second_up_in_the_same_folder_is_told_that_one_is_running(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+@pytest.mark.stack  # starts its processes by hand
 def test_leftovers_of_a_killed_run_are_stopped_and_strangers_left_alone(tmp_path: Path) -> None:
     rundir = RunDir(tmp_path)
     rundir.path.mkdir(parents=True)
@@ -85,6 +86,7 @@ def test_leftovers_of_a_killed_run_are_stopped_and_strangers_left_alone(tmp_path
 # --- the supervisor -----------------------------------------------------------------------
 
 
+@pytest.mark.stack  # starts its processes by hand
 def test_a_dead_worker_is_restarted_and_its_death_logged(tmp_path: Path) -> None:
     # Like a Celery worker or a gunicorn master: a leader with a child of its own in its group.
     pool_pid = tmp_path / "pool.pid"
@@ -111,6 +113,7 @@ def test_a_dead_worker_is_restarted_and_its_death_logged(tmp_path: Path) -> None
     assert supervisor.rundir.pid_of("worker") is None
 
 
+@pytest.mark.stack  # starts its processes by hand
 def test_a_crash_looping_child_stops_everything(tmp_path: Path) -> None:
     crashing = ManagedProcess("beat", [sys.executable, "-c", "raise SystemExit(3)"], log_path=tmp_path / "beat.log")
     supervisor = supervisor_for(tmp_path, [])
@@ -121,6 +124,7 @@ def test_a_crash_looping_child_stops_everything(tmp_path: Path) -> None:
             supervisor.check_once()
 
 
+@pytest.mark.stack  # starts its processes by hand
 def test_a_dead_server_stops_everything_naming_it(tmp_path: Path) -> None:
     database = sleeper("postgres", tmp_path)
     supervisor = supervisor_for(tmp_path, [])
@@ -134,6 +138,7 @@ def test_a_dead_server_stops_everything_naming_it(tmp_path: Path) -> None:
 # --- the embedded servers -----------------------------------------------------------------
 
 
+@pytest.mark.stack  # starts its processes by hand
 def test_embedded_postgres_keeps_its_data_and_recovers_from_a_stale_lock(tmp_path: Path) -> None:
     server = EmbeddedPostgres(var_dir=tmp_path, port=free_port(), database="demo")
     assert server.prepare(say=print).startswith("initialised")
@@ -172,6 +177,7 @@ def test_embedded_postgres_refuses_a_folder_that_is_not_a_cluster(tmp_path: Path
     assert (tmp_path / "postgres" / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.stack  # starts its processes by hand
 def test_embedded_valkey_keeps_queued_messages_across_a_restart(tmp_path: Path) -> None:
     server = EmbeddedValkey(var_dir=tmp_path, port=free_port())
     process = server.process().start().wait_ready(30)
