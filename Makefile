@@ -15,7 +15,7 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 TEST_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672//
 PYTEST_ARGS ?=
 
-.PHONY: install chromium run test lint check-migrations bench clean
+.PHONY: install chromium run test test-fast lint check-migrations bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "==> Creating the virtualenv in $(VENV) and installing pinned dependencies"
@@ -32,7 +32,7 @@ $(ANVIL): package.json package-lock.json
 	@node_modules/.bin/anvil --version | head -n 1
 	@touch $@
 
-# The browser tests (tests/test_approval_browser.py) drive Debian's chromium through Playwright;
+# The browser tests (tests/e2e/test_approval_browser.py) drive Debian's chromium through Playwright;
 # `playwright install` would download a browser build of its own, which this machine cannot fetch.
 # Only `make test` needs it, not `make run`.
 chromium:
@@ -52,10 +52,19 @@ lint: install
 	@DATABASE_URL=$(LINT_DATABASE_URL) DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py makemigrations --check --dry-run >/dev/null \
 		|| (echo "Model changes without migrations: run manage.py makemigrations" && exit 1)
 
+# Two tiers (tests/conftest.py): `stack` marks the tests that start workers, beat, anvil, an
+# executor or web server, or a browser; the others need PostgreSQL and Redis only.
+TEST_ENV = DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL)
+
+test-fast: install
+	@echo "==> Fast tier: PostgreSQL and Redis only; no worker, beat, anvil, server or browser"
+	$(TEST_ENV) $(PY) -m pytest -m "not stack" $(PYTEST_ARGS)
+
 test: lint chromium
-	@echo "==> Test suite on PostgreSQL, Redis, real Celery workers and anvil"
-	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) \
-		$(PY) -m pytest $(PYTEST_ARGS)
+	@echo "==> Fast tier: PostgreSQL and Redis only; no worker, beat, anvil, server or browser"
+	$(TEST_ENV) $(PY) -m pytest -m "not stack" $(PYTEST_ARGS)
+	@echo "==> Stack tier: real Celery workers, beat, anvil, executor and web servers, the browser"
+	$(TEST_ENV) $(PY) -m pytest -m stack $(PYTEST_ARGS)
 	@echo "==> Engine tests again with RabbitMQ as the broker"
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_RABBITMQ_URL) \
 		$(PY) -m pytest -m engine $(PYTEST_ARGS)
