@@ -1,5 +1,5 @@
 """Start-up configuration from the environment, and the engine's declarations that are checked
-when they are made (retry backoff, workflow shape)."""
+when they are made (workflow shape; the retry backoff is tested in tests/engine/test_definition.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from hypothesis import given
-from hypothesis import strategies as st
 
-from orchestrator.engine import RetryPolicy, Step, Workflow, registry
+from orchestrator.engine import Step, Workflow, registry
 from orchestrator.engine.definition import WorkflowRegistry
 from orchestrator.engine.errors import UnknownWorkflow
 from orchestrator.infra import config
@@ -204,39 +202,6 @@ def test_it_reads_a_database_url_and_refuses_one_without_a_scheme(monkeypatch: p
     monkeypatch.setenv("TEST_DB", "db.internal/orders")
     with pytest.raises(ImproperlyConfigured, match="TEST_DB is not a database URL"):
         config.env_db("TEST_DB", "postgres://localhost/x")
-
-
-# --- retry backoff --------------------------------------------------------------------------
-
-
-@given(
-    base=st.floats(min_value=0, max_value=1000, allow_nan=False),
-    cap=st.floats(min_value=0, max_value=10_000, allow_nan=False),
-    failed=st.integers(min_value=0, max_value=1000),
-)
-def test_it_keeps_each_retry_delay_between_half_the_ceiling_and_the_ceiling(
-    base: float, cap: float, failed: int
-) -> None:
-    policy = RetryPolicy(base_delay=base, max_delay=cap)
-    ceiling = min(cap, base * 2 ** max(failed - 1, 0))
-    delay = policy.delay(failed)
-    assert ceiling / 2 <= delay <= ceiling
-    assert delay <= cap
-
-
-def test_it_doubles_the_ceiling_per_failed_attempt_until_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator.engine import definition
-
-    policy = RetryPolicy(base_delay=1.0, max_delay=10.0)
-    monkeypatch.setattr(definition.random, "uniform", lambda low, high: high)  # the longest wait
-    assert [policy.delay(n) for n in range(1, 7)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
-    monkeypatch.setattr(definition.random, "uniform", lambda low, high: low)  # the shortest wait
-    assert [policy.delay(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
-
-
-def test_it_keeps_the_cap_after_very_many_failed_attempts() -> None:
-    policy = RetryPolicy(max_attempts=5000, base_delay=1.0, max_delay=300.0)
-    assert 150.0 <= policy.delay(1100) <= 300.0
 
 
 # --- workflow declarations ------------------------------------------------------------------

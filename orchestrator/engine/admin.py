@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from django.contrib import admin, messages
 from django.contrib.admin.models import LogEntry
@@ -14,20 +14,30 @@ from orchestrator.engine.models import Phase, StepRun, WorkflowRun, WorkflowTran
 from orchestrator.engine.services import RunNotReplayable, workflow_replay
 from orchestrator.infra.admin_base import ReadOnlyAdmin
 
+if TYPE_CHECKING:  # the admin's classes take type arguments only in django-stubs, not at run time
+    StepRunInlineBase = admin.TabularInline[StepRun, WorkflowRun]
+    TransitionInlineBase = admin.TabularInline[WorkflowTransition, WorkflowRun]
+    WorkflowRunAdminBase = admin.ModelAdmin[WorkflowRun]
+else:
+    StepRunInlineBase = TransitionInlineBase = admin.TabularInline
+    WorkflowRunAdminBase = admin.ModelAdmin
 
-class ReadOnlyInline(admin.TabularInline):
+
+class ReadOnlyInline:
+    """A run's rows shown on its page: the engine writes them, nobody edits them here."""
+
     extra = 0
     can_delete = False
     show_change_link = False
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_add_permission(self, request: HttpRequest, obj: WorkflowRun | None = None) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: WorkflowRun | None = None) -> bool:
         return False
 
 
-class StepRunInline(ReadOnlyInline):
+class StepRunInline(ReadOnlyInline, StepRunInlineBase):
     model = StepRun
     fields = ("index", "name", "kind", "attempt", "status", "started_at", "duration", "output", "error")
     readonly_fields = fields
@@ -39,7 +49,7 @@ class StepRunInline(ReadOnlyInline):
         return "" if ms is None else f"{ms:.1f}"
 
 
-class TransitionInline(ReadOnlyInline):
+class TransitionInline(ReadOnlyInline, TransitionInlineBase):
     model = WorkflowTransition
     fields = ("created_at", "from_phase", "to_phase", "step_name", "actor", "reason")
     readonly_fields = fields
@@ -55,7 +65,7 @@ PHASE_COLOURS = {
 
 
 @admin.register(WorkflowRun)
-class WorkflowRunAdmin(admin.ModelAdmin):
+class WorkflowRunAdmin(WorkflowRunAdminBase):
     list_display = (
         "id",
         "kind",
@@ -77,10 +87,10 @@ class WorkflowRunAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: WorkflowRun | None = None) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: WorkflowRun | None = None) -> bool:
         # Every field is read-only: a "Save" would only rewrite the whole row without the run's
         # row lock, racing the engine (a lost update of phase/current_step). Runs move through
         # the engine's services only; the replay action is how an operator moves one.

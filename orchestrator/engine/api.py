@@ -10,11 +10,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from orchestrator.engine.models import StepRun, WorkflowRun
 from orchestrator.engine.selectors import run_for_user
 from orchestrator.infra.errors import NotFound
 
 
-class StepSerializer(serializers.Serializer):
+class StepSerializer(serializers.Serializer[StepRun]):
     index = serializers.IntegerField()
     name = serializers.CharField()
     kind = serializers.CharField()
@@ -26,7 +27,7 @@ class StepSerializer(serializers.Serializer):
     finishedAt = serializers.DateTimeField(source="finished_at")
 
 
-class WorkflowSerializer(serializers.Serializer):
+class WorkflowSerializer(serializers.Serializer[WorkflowRun]):
     id = serializers.UUIDField()
     kind = serializers.CharField()
     phase = serializers.CharField()
@@ -40,9 +41,9 @@ class WorkflowSerializer(serializers.Serializer):
     finishedAt = serializers.DateTimeField(source="finished_at")
     steps = StepSerializer(many=True)
 
-    def to_representation(self, instance: object) -> dict[str, object]:
+    def to_representation(self, instance: WorkflowRun) -> dict[str, object]:
         data = super().to_representation(instance)
-        # API.md: transactionId and error are null when there is none.
+        # The API says "none" with null (docs/api.md), where the model keeps "".
         data["transactionId"] = data["transactionId"] or None
         data["error"] = data["error"] or None
         return data

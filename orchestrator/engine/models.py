@@ -10,7 +10,8 @@ from django.db import models
 
 
 class Phase(models.TextChoices):
-    """Phases of a run, named as in seed 003. Active phases have a step to execute."""
+    """Phases of a run (docs/engine.md). Active phases have a step to execute; waiting phases wait
+    for a time or an event; the rest are where a run stops."""
 
     SUBMITTING = "submitting", "Submitting"
     AWAITING_APPROVAL = "awaiting-approval", "Awaiting approval"

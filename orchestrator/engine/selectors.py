@@ -15,7 +15,8 @@ from orchestrator.engine.models import ACTIVE_PHASES, WAITING_PHASES, Phase, Ste
 
 def run_for_user(*, run_id: uuid.UUID, user: Any) -> WorkflowRun | None:
     """A run the user may see: staff see every run, API clients the runs they started.
-    Anything else is reported as missing, never as forbidden (API.md: 404 for others' objects)."""
+    Anything else is reported as missing, never as forbidden (docs/api.md: 404 for
+    another client's objects, so ids of others' runs cannot be probed)."""
     runs = WorkflowRun.objects.prefetch_related(Prefetch("steps", queryset=StepRun.objects.order_by("id")))
     if not user.is_staff:
         runs = runs.filter(owner=user)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from celery import shared_task
 
@@ -17,7 +16,7 @@ def workflow_step(run_id: str, index: int) -> str:
 
 
 @shared_task(name="orchestrator.workflow_sweep", ignore_result=True, expires=30)
-def workflow_sweep() -> dict[str, Any]:
+def workflow_sweep() -> dict[str, int]:
     heartbeat(BEAT)  # beat sends this every few seconds: /readyz knows beat is alive
     result = services.workflow_sweep()
     return {"due": result.due, "stalled": result.stalled}
