@@ -9,18 +9,18 @@ from django.test import Client
 from approvals.models import ProposalStatus
 from approvals.selectors import APPROVERS_GROUP, proposals_waiting_for
 from orchestrator.devtools.demo.approvals import DEMO_ALLOCATION, DEMO_APPROVERS, demo_approvers_setup
-from tests.support.vaults import make_policy, make_protocol, make_vault
+from tests.factories import ProtocolFactory, UserFactory, VaultFactory, VaultPolicyFactory
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()
 
 
 def test_it_makes_three_approvers_with_a_proposal_waiting_for_two_of_them_and_only_once() -> None:
-    vault = make_vault()
+    vault = VaultFactory.create()
     for name in DEMO_ALLOCATION:
-        make_protocol(name)
-    make_policy(vault)
-    admin = User.objects.create_superuser("admin", password="x")
+        ProtocolFactory.create(name=name)
+    VaultPolicyFactory.create(vault=vault)
+    admin = UserFactory.create(superuser=True, username="admin", password="x")
 
     demo = demo_approvers_setup(vault=vault, proposer=admin)
     assert set(demo.passwords) == set(DEMO_APPROVERS)

@@ -16,15 +16,14 @@ from typing import Any
 import httpx
 import pytest
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.test import Client
 from django.urls import include, path
-from rest_framework.authtoken.models import Token
 
 from orchestrator.devtools import processes
 from tests.conftest import ARTIFACTS, _database_url, free_port
+from tests.factories import TokenFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -98,8 +97,7 @@ def test_unknown_paths_get_a_plain_page_or_the_api_error_never_a_debug_page(web:
 
 
 def test_concurrent_requests_share_each_processs_bounded_pool(web: str) -> None:
-    user = get_user_model().objects.create_user(username="pool-client")
-    headers = {"Authorization": f"Token {Token.objects.create(user=user).key}"}
+    headers = {"Authorization": f"Token {TokenFactory.create(user__username='pool-client').key}"}
 
     def client() -> list[int]:
         with httpx.Client(timeout=30, headers=headers) as http:

@@ -1,4 +1,5 @@
-"""The API's conventions (API.md): one error body, token auth, 404 for other clients' runs."""
+"""The API's conventions (docs/api.md, "Conventions"): one error body, token auth, 404 for other
+clients' runs."""
 
 from __future__ import annotations
 
@@ -7,56 +8,38 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from orchestrator.engine.models import Phase, StepKind, StepRun, StepStatus, WorkflowRun
+from orchestrator.engine.models import Phase, StepStatus, WorkflowRun
+from tests.factories import StepRunFactory, TokenFactory, UserFactory, WorkflowRunFactory
 
 pytestmark = pytest.mark.django_db
 
-User = get_user_model()
-
 
 def api_client(*, staff: bool = False, name: str | None = None) -> tuple[APIClient, Any]:
-    user = User.objects.create_user(username=name or f"client-{uuid.uuid4().hex[:8]}", is_staff=staff)
-    token = Token.objects.create(user=user)
+    token = TokenFactory.create(user__is_staff=staff, **({"user__username": name} if name else {}))
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client, user
+    return client, token.user
 
 
 def make_run(owner: Any, **fields: Any) -> WorkflowRun:
-    values: dict[str, Any] = {
-        "kind": "test.effects",
-        "idempotency_key": f"key-{uuid.uuid4()}",
-        "correlation_id": uuid.uuid4().hex,
-        "owner": owner,
-        "phase": Phase.SUBMITTING,
-        "step_name": "no_undo",
-        "current_step": 1,
-    }
-    values.update(fields)
-    run = WorkflowRun.objects.create(**values)
+    """A `test.effects` run retrying `no_undo` (step 1) after `reserve` was done."""
+    run = WorkflowRunFactory.create(**{"owner": owner, "step_name": "no_undo", "current_step": 1, **fields})
     started = timezone.now() - timedelta(seconds=2)
-    StepRun.objects.create(
+    StepRunFactory.create(
         run=run,
         index=0,
         name="reserve",
-        kind=StepKind.FORWARD,
-        attempt=1,
-        status=StepStatus.DONE,
         output={"step": "reserve", "attempt": 1},
         started_at=started,
         finished_at=started + timedelta(milliseconds=15),
     )
-    StepRun.objects.create(
+    StepRunFactory.create(
         run=run,
         index=1,
         name="no_undo",
-        kind=StepKind.FORWARD,
-        attempt=1,
         status=StepStatus.RETRY,
         error="no_undo fails on attempt 1",
         started_at=started + timedelta(seconds=1),
@@ -81,7 +64,7 @@ def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
 
 
 def test_it_answers_401_not_authenticated_without_a_token() -> None:
-    owner = User.objects.create_user(username="owner")
+    owner = UserFactory.create(username="owner")
     run = make_run(owner)
     response = APIClient().get(url(run.id))
     body = assert_error(response, 401, "not_authenticated")
@@ -89,7 +72,7 @@ def test_it_answers_401_not_authenticated_without_a_token() -> None:
 
 
 def test_it_answers_401_not_authenticated_with_a_bad_token() -> None:
-    owner = User.objects.create_user(username="owner")
+    owner = UserFactory.create(username="owner")
     run = make_run(owner)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION="Token " + "0" * 40)
@@ -136,7 +119,7 @@ def test_it_shows_the_owner_its_run_in_the_documented_shape() -> None:
     assert body["id"] == str(run.id)
     assert body["kind"] == "test.effects"
     assert body["phase"] == "submitting"
-    # API.md: null, not "", when there is none.
+    # null, not "", when there is none (docs/api.md, "Workflows").
     assert body["transactionId"] is None
     assert body["error"] is None
     assert [(s["index"], s["name"], s["status"], s["attempt"]) for s in body["steps"]] == [

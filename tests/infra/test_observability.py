@@ -15,7 +15,8 @@ from orchestrator.engine.services import workflow_start
 from relayer.models import RelayTransaction
 from relayer.services.requests import relay_request
 from tests.conftest import Workers, wait_until
-from tests.support.relays import RELAY_ENV, batched, funded_signer, make_chain
+from tests.factories import NodeChainFactory
+from tests.support.relays import RELAY_ENV, batched, funded_signer
 from tests.support.runs import reach
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.relayer]
@@ -33,7 +34,7 @@ def json_lines(log: Path, correlation_id: str) -> list[dict[str, Any]]:
 
 def test_every_step_of_a_relay_logs_a_json_line_with_the_runs_correlation_id(workers: Workers, anvil: str) -> None:
     worker = workers.start(extra_env={**RELAY_ENV, "LOG_FORMAT": "json"})
-    chain = make_chain(anvil, poll_interval=0.1)
+    chain = NodeChainFactory.create(rpc_url=anvil, poll_interval=0.1)
     signer = funded_signer(anvil)
     cid = f"ops-{uuid.uuid4().hex}"
 

@@ -18,8 +18,8 @@ from approvals.models import Approval
 from approvals.services import proposal_approve, proposal_create
 from orchestrator.engine.models import Phase, WorkflowTransition
 from orchestrator.operations.audit import BadAuditRange, audit_range
+from tests.factories import ProtocolFactory, UserFactory, VaultFactory, VaultPolicyFactory
 from tests.support.runs import make_run
-from tests.support.vaults import make_policy, make_protocol, make_vault
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()
@@ -32,12 +32,12 @@ FEB_01 = datetime(2026, 2, 1, 9, 30, tzinfo=UTC)
 @pytest.fixture
 def history() -> dict[str, Any]:
     """One of each kind of entry on 10 January, again on 20 January, and on 1 February."""
-    operator = User.objects.create_superuser("operator", password="x")
-    approvers = [User.objects.create_user(f"approver{i}", password="x") for i in (1, 2)]
-    vault = make_vault(approval_quorum=2)
+    operator = UserFactory.create(superuser=True, username="operator", password="x")
+    approvers = [UserFactory.create(username=f"approver{i}", password="x") for i in (1, 2)]
+    vault = VaultFactory.create(approval_quorum=2)
     for name in ("Aave USDC", "Morpho USDC"):
-        make_protocol(name)
-    make_policy(vault)
+        ProtocolFactory.create(name=name)
+    VaultPolicyFactory.create(vault=vault)
     made: dict[str, Any] = {}
     for label, when in (("early", JAN_10), ("middle", JAN_20), ("late", FEB_01)):
         run = make_run(Phase.DEAD_LETTER)
@@ -142,7 +142,7 @@ def test_the_admin_export_downloads_the_range_for_staff_with_the_permission(hist
     bad = client.get("/admin/operations/audit/", {"since": "2026-02-01", "until": "2026-01-01", "format": "csv"})
     assert bad.status_code == 200 and "before it starts" in bad.content.decode()
 
-    viewer = User.objects.create_user("viewer", password="x", is_staff=True)
+    viewer = UserFactory.create(staff=True, username="viewer", password="x")
     client.force_login(viewer)
     assert client.get("/admin/operations/audit/", {"since": "2026-01-01"}).status_code == 403
 

@@ -1,4 +1,4 @@
-"""The operator's commands: create_api_client and workflows list|show|replay."""
+"""The operator's command create_api_client (the engine's `workflows` command: tests/engine/test_commands.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import subprocess
 import sys
 import uuid
 from io import StringIO
-from typing import Any
 
 import pytest
 from django.conf import settings
@@ -18,10 +17,8 @@ from django.core.management.base import CommandError
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from orchestrator.engine.models import Phase, StepStatus, WorkflowRun
-from tests.support import control
-from tests.support.models import Effect
-from tests.support.runs import dead_lettered_run, reach
+from orchestrator.engine.models import Phase
+from tests.factories import WorkflowRunFactory
 
 User = get_user_model()
 
@@ -30,20 +27,6 @@ def run_command(*args: str) -> tuple[str, str]:
     out, err = StringIO(), StringIO()
     call_command(*args, stdout=out, stderr=err)
     return out.getvalue(), err.getvalue()
-
-
-def make_run(phase: str, *, kind: str = "test.effects", **fields: Any) -> WorkflowRun:
-    return WorkflowRun.objects.create(
-        kind=kind,
-        idempotency_key=f"key-{uuid.uuid4()}",
-        correlation_id=uuid.uuid4().hex,
-        phase=phase,
-        step_name="send",
-        **fields,
-    )
-
-
-# --- create_api_client ------------------------------------------------------------------------
 
 
 @pytest.mark.django_db
@@ -92,7 +75,7 @@ def test_it_refuses_an_empty_or_overlong_name(name: str) -> None:
 @pytest.mark.django_db
 def test_it_makes_a_staff_client_that_reads_every_run() -> None:
     out, _ = run_command("create_api_client", "ops", "--staff")
-    run = make_run(Phase.COMPLETED)  # owned by nobody
+    run = WorkflowRunFactory.create(phase=Phase.COMPLETED, step_name="send")  # owned by nobody
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {out.strip()}")
     response = client.get(f"/v1/workflows/{run.id}")
@@ -113,86 +96,3 @@ def test_it_prints_only_the_token_on_the_real_stdout(worker_env: dict[str, str])
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"[0-9a-f]{40}\n", result.stdout), result.stdout
     assert Token.objects.get(user__username="shell-bot").key == result.stdout.strip()
-
-
-# --- workflows ------------------------------------------------------------------------------
-
-
-@pytest.mark.django_db
-def test_it_lists_counts_of_runs_by_kind_and_phase() -> None:
-    make_run(Phase.COMPLETED)
-    make_run(Phase.COMPLETED)
-    make_run(Phase.DEAD_LETTER)
-    make_run(Phase.SUBMITTING, kind="test.leased")
-    out, _ = run_command("workflows", "list")
-    rows = [line.split() for line in out.splitlines()]
-    assert rows == [
-        ["test.effects", "completed", "2"],
-        ["test.effects", "dead-letter", "1"],
-        ["test.leased", "submitting", "1"],
-    ]
-
-
-@pytest.mark.django_db
-@pytest.mark.parametrize("action", ["show", "replay"])
-@pytest.mark.parametrize("raw", ["not-a-uuid", str(uuid.UUID(int=1))])
-def test_it_refuses_an_unknown_run_id(action: str, raw: str) -> None:
-    with pytest.raises(CommandError, match="No workflow run"):
-        run_command("workflows", action, raw)
-
-
-@pytest.mark.django_db
-def test_it_refuses_to_replay_a_completed_run() -> None:
-    run = make_run(Phase.COMPLETED)
-    with pytest.raises(CommandError, match="only dead-letter runs replay"):
-        run_command("workflows", "replay", str(run.id))
-    run.refresh_from_db()
-    assert run.phase == Phase.COMPLETED
-    assert not run.transitions.exists()
-
-
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.engine
-def test_it_replays_a_dead_lettered_run_to_completion(worker: object) -> None:
-    dead = dead_lettered_run()
-    assert dead.step_name == "charge"
-
-    control.signal(f"release:{dead.id}")  # the operator fixed the root cause
-    out, _ = run_command("workflows", "replay", str(dead.id))
-    assert f"Replayed {dead.id}; it continues at charge." in out
-
-    done = reach(dead.id)
-    assert sorted(Effect.objects.filter(run_id=dead.id).values_list("name", flat=True)) == sorted(
-        ["reserve", "no_undo", "charge", "send"]
-    )
-    replayed = done.transitions.get(reason="replayed")
-    assert (replayed.from_phase, replayed.to_phase, replayed.actor) == (
-        Phase.DEAD_LETTER,
-        Phase.SUBMITTING,
-        "cli",
-    )
-
-    # Once completed, it is no longer replayable.
-    with pytest.raises(CommandError, match="only dead-letter runs replay"):
-        run_command("workflows", "replay", str(dead.id))
-    assert WorkflowRun.objects.get(pk=dead.id).phase == Phase.COMPLETED
-
-
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.engine
-def test_it_shows_a_run_with_its_journal(worker: object) -> None:
-    dead = dead_lettered_run()
-    out, _ = run_command("workflows", "show", str(dead.id))
-    header, *journal = out.splitlines()
-    assert header.startswith(f"test.effects {dead.id} phase=dead-letter step=charge error=")
-    assert "blocked until released" in header
-    entries = [line.split()[:4] for line in journal]
-    assert entries == [
-        ["forward", "reserve", "#1", StepStatus.DONE],
-        ["forward", "no_undo", "#1", StepStatus.DONE],
-        ["forward", "charge", "#1", StepStatus.RETRY],
-        ["forward", "charge", "#2", StepStatus.RETRY],
-        ["forward", "charge", "#3", StepStatus.RETRY],
-        ["forward", "charge", "#4", StepStatus.FAILED],
-    ]
-    assert all("charge is blocked until released" in line for line in journal[2:])

@@ -16,11 +16,10 @@ from django.test import Client
 from django.utils import timezone
 
 from orchestrator.engine.models import Phase, WorkflowRun
-from orchestrator.infra.models import Heartbeat
-from relayer.keys import key_manager
+from tests.factories import HeartbeatFactory, NodeChainFactory, SigningKeyFactory, UserFactory
 from tests.support import control
 from tests.support.models import Effect
-from tests.support.relays import funded_signer, make_chain
+from tests.support.relays import funded_signer
 from tests.support.runs import dead_lettered_run, make_run, reach
 
 User = get_user_model()
@@ -42,7 +41,7 @@ def notes(response: Any) -> list[tuple[int, str]]:
 
 @pytest.fixture
 def operator() -> Any:
-    return User.objects.create_superuser(username="operator", email="op@example.com", password="x")
+    return UserFactory.create(superuser=True, username="operator", email="op@example.com", password="x")
 
 
 @pytest.fixture
@@ -53,7 +52,7 @@ def browser(operator: Any) -> Client:
 
 
 def staff_with(*codenames: str) -> Client:
-    user = User.objects.create_user(username=f"staff-{len(codenames)}", password="x", is_staff=True)
+    user = UserFactory.create(staff=True, username=f"staff-{len(codenames)}", password="x")
     user.user_permissions.set(Permission.objects.filter(content_type__app_label="orchestrator", codename__in=codenames))
     client = Client()
     client.force_login(user)
@@ -65,16 +64,16 @@ def staff_with(*codenames: str) -> Client:
 
 @pytest.mark.django_db
 def test_the_dashboard_shows_runs_queues_low_signers_and_heartbeats_to_staff(browser: Client, anvil: str) -> None:
-    make_chain(anvil)
-    empty = key_manager().create_key(purpose="relayer", label="empty")
+    NodeChainFactory.create(rpc_url=anvil)
+    empty = SigningKeyFactory.create(label="empty")
     rich = funded_signer(anvil)
     dead = make_run(Phase.DEAD_LETTER, error="charge: card processor unreachable")
     hour_ago = timezone.now() - timedelta(hours=1)
     stalled = make_run(Phase.SUBMITTING, kind="test.leased", due_at=hour_ago, dispatched_at=hour_ago)
     make_run(Phase.CONFIRMING, kind="relay.batch", due_at=timezone.now() + timedelta(seconds=5))
     make_run(Phase.COMPLETED)
-    Heartbeat.objects.create(name="beat", at=timezone.now() - timedelta(seconds=3))
-    Heartbeat.objects.create(name="worker:w1@host-a", at=timezone.now())
+    HeartbeatFactory.create(name="beat", at=timezone.now() - timedelta(seconds=3))
+    HeartbeatFactory.create(name="worker:w1@host-a")
 
     response = browser.get(DASHBOARD)
     assert response.status_code == 200
@@ -111,7 +110,7 @@ def test_the_dashboard_is_refused_to_anyone_but_staff_with_the_permission() -> N
     anonymous = Client().get(DASHBOARD)
     assert anonymous.status_code == 302 and anonymous["Location"].startswith("/admin/login/")
 
-    outsider = User.objects.create_user(username="outsider", password="x")
+    outsider = UserFactory.create(username="outsider", password="x")
     client = Client()
     client.force_login(outsider)
     assert client.get(DASHBOARD).status_code == 302

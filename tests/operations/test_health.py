@@ -11,13 +11,13 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.engine.models import WorkflowRun
 from orchestrator.engine.tasks import workflow_sweep
 from orchestrator.infra.models import Heartbeat
 from relayer.models import RelayTransaction, TxPhase
 from relayer.services.requests import relay_request
 from tests.conftest import AnvilFactory, Workers, free_port, wait_until
-from tests.support.relays import RELAY_ENV, funded_signer, make_chain, settled
+from tests.factories import HeartbeatFactory, NodeChainFactory, WorkflowRunFactory
+from tests.support.relays import RELAY_ENV, funded_signer, settled
 from tests.support.runs import reach
 from tests.support.servers import redis_server, web_server
 
@@ -44,7 +44,7 @@ def test_healthz_answers_without_touching_anything() -> None:
 
 
 def test_readyz_says_which_part_is_missing_and_recovers(anvil: str) -> None:
-    make_chain(anvil)
+    NodeChainFactory.create(rpc_url=anvil)
     response = Client().get("/readyz")
     assert response.status_code == 503
     checks = response.json()["checks"]
@@ -57,7 +57,7 @@ def test_readyz_says_which_part_is_missing_and_recovers(anvil: str) -> None:
 
 
 def test_readyz_fails_while_a_chains_rpc_is_down() -> None:
-    make_chain(f"http://127.0.0.1:{free_port()}")
+    NodeChainFactory.create(rpc_url=f"http://127.0.0.1:{free_port()}")
     workflow_sweep()
     response = Client().get("/readyz")
     assert response.status_code == 503
@@ -66,7 +66,7 @@ def test_readyz_fails_while_a_chains_rpc_is_down() -> None:
 
 
 def test_readyz_fails_on_an_old_beat_heartbeat() -> None:
-    Heartbeat.objects.create(name="beat", at=timezone.now() - timedelta(minutes=10))
+    HeartbeatFactory.create(name="beat", at=timezone.now() - timedelta(minutes=10))
     beat = Client().get("/readyz").json()["checks"]["beat"]
     assert beat["status"] == "fail" and "s ago" in beat["detail"]
 
@@ -80,8 +80,8 @@ def test_a_web_process_is_unready_while_its_redis_or_its_chain_is_down_and_recov
     broker = redis_server(redis_port)
     chain_url = anvils.start()
     chain_port = int(chain_url.rsplit(":", 1)[1])
-    make_chain(chain_url)
-    Heartbeat.objects.create(name="beat", at=timezone.now())
+    NodeChainFactory.create(rpc_url=chain_url)
+    HeartbeatFactory.create(name="beat")
     env = {
         **worker_env,
         "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
@@ -126,20 +126,13 @@ def test_a_web_process_is_unready_while_its_redis_or_its_chain_is_down_and_recov
 def test_metrics_are_prometheus_text_and_move_with_the_state() -> None:
     before = Client().get("/metrics")
     assert before.status_code == 200 and before["Content-Type"].startswith("text/plain")
-    for i in range(3):
-        WorkflowRun.objects.create(kind="demo.kind", idempotency_key=f"k{i}", correlation_id="c", phase="completed")
-    WorkflowRun.objects.create(kind="demo.kind", idempotency_key="f", correlation_id="c", phase="failed")
-    WorkflowRun.objects.create(kind="demo.kind", idempotency_key="d", correlation_id="c", phase="dead-letter")
-    WorkflowRun.objects.create(
-        kind="demo.kind",
-        idempotency_key="s",
-        correlation_id="c",
-        phase="submitting",
-        due_at=timezone.now() - timedelta(hours=1),
-        dispatched_at=timezone.now() - timedelta(hours=1),
-    )
-    Heartbeat.objects.create(name="beat", at="2026-01-01T00:00:00Z")
-    Heartbeat.objects.create(name="worker:w1@host", at=timezone.now())
+    WorkflowRunFactory.create_batch(3, kind="demo.kind", phase="completed")
+    WorkflowRunFactory.create(kind="demo.kind", phase="failed")
+    WorkflowRunFactory.create(kind="demo.kind", phase="dead-letter")
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    WorkflowRunFactory.create(kind="demo.kind", phase="submitting", due_at=an_hour_ago, dispatched_at=an_hour_ago)
+    HeartbeatFactory.create(name="beat", at="2026-01-01T00:00:00Z")
+    HeartbeatFactory.create(name="worker:w1@host")
     found = scrape()
     assert found[("orchestrator_workflow_runs", (("kind", "demo.kind"), ("phase", "completed")))] == 3
     completed = "orchestrator_workflow_completed_total"
@@ -175,7 +168,7 @@ def test_a_failing_collector_is_reported_and_the_others_still_served() -> None:
 @pytest.mark.relayer
 def test_metrics_move_after_a_relay_flow_on_a_real_worker(workers: Workers, anvil: str) -> None:
     worker = workers.start(extra_env={**RELAY_ENV, "WORKER_HEARTBEAT_SECONDS": "0.5"})
-    chain = make_chain(anvil, poll_interval=0.1)
+    chain = NodeChainFactory.create(rpc_url=anvil, poll_interval=0.1)
     signer = funded_signer(anvil)
     before = scrape()
     completed = ("orchestrator_workflow_completed_total", (("kind", "relay.batch"), ("outcome", "completed")))

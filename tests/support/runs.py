@@ -8,9 +8,10 @@ from typing import Any
 
 from django.utils import timezone
 
-from orchestrator.engine.models import Phase, StepKind, StepRun, StepStatus, WorkflowRun, WorkflowTransition
+from orchestrator.engine.models import Phase, StepStatus, WorkflowRun
 from orchestrator.engine.services import workflow_start
 from tests.conftest import wait_until
+from tests.factories import StepRunFactory, WorkflowRunFactory, WorkflowTransitionFactory
 
 
 def reach(run_id: uuid.UUID, *phases: str, timeout: float = 30.0) -> WorkflowRun:
@@ -33,52 +34,24 @@ def dead_lettered_run() -> WorkflowRun:
 
 
 def make_run(phase: str, **fields: Any) -> WorkflowRun:
-    values: dict[str, Any] = {
-        "kind": "test.effects",
-        "idempotency_key": f"key-{uuid.uuid4()}",
-        "correlation_id": uuid.uuid4().hex,
-        "phase": phase,
-        "step_name": "charge",
-        "current_step": 2,
-    }
-    run = WorkflowRun.objects.create(**{**values, **fields})
-    WorkflowTransition.objects.create(
-        run=run,
-        from_phase="",
-        to_phase=Phase.SUBMITTING,
-        step_name="reserve",
-        reason="started",
-        actor="engine",
-        correlation_id=run.correlation_id,
-    )
+    """A `test.effects` run in `phase` that failed at `charge` (attempt 1 of step 2), with its
+    journal: started, then moved to `phase` unless that is submitting. `fields` override the run's."""
+    run = WorkflowRunFactory.create(**{"phase": phase, "step_name": "charge", "current_step": 2, **fields})
+    WorkflowTransitionFactory.create(run=run, step_name="reserve")
     if phase != Phase.SUBMITTING:
-        WorkflowTransition.objects.create(
+        WorkflowTransitionFactory.create(
             run=run,
             from_phase=Phase.SUBMITTING,
             to_phase=phase,
             step_name="charge",
             reason=f"moved to {phase} by the test",
-            actor="engine",
-            correlation_id=run.correlation_id,
         )
     started = timezone.now() - timedelta(seconds=1)
-    StepRun.objects.create(
-        run=run,
-        index=0,
-        name="reserve",
-        kind=StepKind.FORWARD,
-        attempt=1,
-        status=StepStatus.DONE,
-        output={"reservation": "r-17"},
-        started_at=started,
-        finished_at=started + timedelta(milliseconds=12),
-    )
-    StepRun.objects.create(
+    StepRunFactory.create(run=run, index=0, name="reserve", output={"reservation": "r-17"}, started_at=started)
+    StepRunFactory.create(
         run=run,
         index=2,
         name="charge",
-        kind=StepKind.FORWARD,
-        attempt=1,
         status=StepStatus.FAILED,
         error="card processor unreachable",
         started_at=started,
