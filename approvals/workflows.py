@@ -5,9 +5,9 @@ positions ─► check (against the policy active now) ─► emit (exactly once
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -17,12 +17,14 @@ from approvals.services import EXECUTE_WORKFLOW, ProposalInvalid, notify, propos
 from orchestrator.engine import Blocked, RetryableError, RetryPolicy, Step, StepContext, Wait, Workflow, registry
 from orchestrator.engine.models import Phase, WorkflowRun
 from vaults.models import PolicyStatus, Protocol, SignedFeed, Vault, VaultPolicy
+from vaults.services.compliance import ComplianceRecord
 from vaults.services.intents import StalePositions, intent_emit, intent_in_flight, plan_actions
 from vaults.services.policies import PolicySnapshot
 from vaults.services.rebalance import (
     ApprovalRequest,
     ApprovalUnavailable,
-    allocation_pct,
+    IntentSettled,
+    PositionsSnapshot,
     intent_for_progress,
     intent_progress,
     on_approval_needed,
@@ -51,7 +53,39 @@ def _proposal(ctx: StepContext) -> RebalanceProposal:
     )
 
 
-def read_positions(ctx: StepContext) -> dict[str, Any] | Wait:
+# --- step outputs: each step's journaled JSON, field for key (positions: PositionsSnapshot,
+# check: ComplianceRecord, relay: IntentSettled) --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Emitted:
+    """emit: the intent it signed."""
+
+    intent: str
+    nonce: int
+    valueMoved: str
+    policyVersion: int
+
+
+@dataclass(frozen=True)
+class EmittedBefore:
+    """emit, run again after it had emitted: the intent the proposal keeps."""
+
+    intent: str
+    note: str = "emitted before"
+
+
+@dataclass(frozen=True)
+class IntentOf:
+    """What relay reads of either of emit's outputs."""
+
+    intent: str
+
+
+# --- steps -----------------------------------------------------------------------------------
+
+
+def read_positions(ctx: StepContext) -> PositionsSnapshot | Wait:
     proposal = _proposal(ctx)
     vault = proposal.vault
     if proposal.intent_id is None and intent_in_flight(vault_id=vault.pk) is not None:
@@ -66,32 +100,33 @@ def read_positions(ctx: StepContext) -> dict[str, Any] | Wait:
     )
 
 
-def check(ctx: StepContext) -> dict[str, Any]:
+def check(ctx: StepContext) -> ComplianceRecord:
     """Execution re-runs the compliance check against the policy active at this moment."""
     proposal = _proposal(ctx)
-    result = proposal_compliance(proposal=proposal, current=allocation_pct(ctx.outputs["positions"]))
+    current = ctx.output("positions", PositionsSnapshot).allocation_pct()
+    result = proposal_compliance(proposal=proposal, current=current)
     if not result.ok and proposal.intent_id is None:
         raise Blocked(f"compliance at execution: {result.summary()}")
-    return result.as_dict()
+    return ComplianceRecord.of(result)
 
 
-def emit(ctx: StepContext) -> dict[str, Any]:
+def emit(ctx: StepContext) -> Emitted | EmittedBefore:
     """The intent, exactly once: the proposal row is locked and keeps the intent it got."""
-    held = ctx.outputs["positions"]
+    held = ctx.output("positions", PositionsSnapshot)
     proposal = (
         RebalanceProposal.objects.select_for_update().select_related("vault__account").get(pk=ctx.input["proposal"])
     )
     if proposal.intent_id is not None:
-        return {"intent": str(proposal.intent_id), "note": "emitted before"}
+        return EmittedBefore(intent=str(proposal.intent_id))
     vault = proposal.vault
     policy = vault.policies.get(status=PolicyStatus.ACTIVE)
     allocation = {k: Decimal(v) for k, v in proposal.proposed_allocations.items()}
     plan = plan_actions(
         account=vault.account.address,
-        protocols=held["addresses"],
+        protocols=held.addresses,
         allocation=allocation,
-        idle=int(held["idle"]),
-        positions={k: int(v) for k, v in held["protocols"].items()},
+        idle=int(held.idle),
+        positions=held.amounts(),
     )
     if not plan.actions:
         raise Blocked("the vault already holds the proposed allocation; nothing to execute")
@@ -105,24 +140,21 @@ def emit(ctx: StepContext) -> dict[str, Any]:
             deadline=timezone.now() + timedelta(seconds=policy.intent_ttl_seconds),
             proposal_id=proposal.proposal_id,
             workflow_run_id=ctx.run_id,
-            planned_at_nonce=held["atIntentNonce"],
+            planned_at_nonce=held.atIntentNonce,
         )
     except StalePositions as exc:
         raise RetryableError(f"positions changed while planning: {exc}") from exc
     proposal.intent = intent
     proposal.save(update_fields=["intent"])
-    return {
-        "intent": str(intent.id),
-        "nonce": intent.nonce,
-        "valueMoved": str(plan.value_moved),
-        "policyVersion": policy.version,
-    }
+    return Emitted(
+        intent=str(intent.id), nonce=intent.nonce, valueMoved=str(plan.value_moved), policyVersion=policy.version
+    )
 
 
-def relay(ctx: StepContext) -> dict[str, Any] | Wait:
-    intent = intent_for_progress(intent_id=ctx.outputs["emit"]["intent"])
+def relay(ctx: StepContext) -> IntentSettled | Wait:
+    intent = intent_for_progress(intent_id=ctx.output("emit", IntentOf).intent)
     progress = intent_progress(intent)
-    if isinstance(progress, dict):
+    if isinstance(progress, IntentSettled):
         with transaction.atomic():
             proposal = (
                 RebalanceProposal.objects.select_for_update(of=("self",))
@@ -136,7 +168,7 @@ def relay(ctx: StepContext) -> dict[str, Any] | Wait:
                     notify(
                         [proposal.proposer],
                         f"{proposal.proposal_id} is executed",
-                        f"Its intent #{intent.nonce} confirmed: {', '.join(progress['transactions'])}",
+                        f"Its intent #{intent.nonce} confirmed: {', '.join(progress.transactions)}",
                     )
     return progress
 

@@ -8,6 +8,7 @@ shares with it is in vaults.services.rebalance."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,7 +21,7 @@ from relayer.models import RelayTransaction
 from relayer.services.requests import on_relay_finished
 from vaults.models import ExecutionIntent, Vault
 from vaults.selectors import rebalance_inputs
-from vaults.services.compliance import PolicyRules, compliance_check
+from vaults.services.compliance import ComplianceRecord, PolicyRules, compliance_check
 from vaults.services.feeds import ParsedFeed, feed_entries, feed_signer
 from vaults.services.intents import StalePositions, intent_emit, plan_actions
 from vaults.services.policies import PolicySnapshot
@@ -28,7 +29,8 @@ from vaults.services.rebalance import (
     REBALANCE_WORKFLOW,
     ApprovalRequest,
     ApprovalUnavailable,
-    allocation_pct,
+    IntentSettled,
+    PositionsSnapshot,
     approval_request,
     intent_for_progress,
     intent_progress,
@@ -36,24 +38,103 @@ from vaults.services.rebalance import (
 )
 from vaults.services.strategy import Limits, NoCompliantAllocation, Opportunity, allocate
 
+# --- step outputs: each step's journaled JSON, field for key -------------------------------
+
+
+@dataclass(frozen=True)
+class Verified:
+    """verify: the feed and the policy as later steps use them (both rows are immutable)."""
+
+    feed: str
+    feedDigest: str
+    feedTime: str
+    entries: list[dict[str, Any]]
+    policy: int
+    policyVersion: int
+    rules: dict[str, Any]  # PolicyRules.as_json()
+    approvalThreshold: str
+    intentTtlSeconds: int
+    strategy: str
+    rpcUrl: str
+    account: str
+    asset: str
+    protocols: dict[str, str]  # this chain's, name -> address
+    intentNonce: int | None = None  # None: journaled by a verify from before it read the nonce
+
+    def policy_snapshot(self, *, vault_id: int) -> PolicySnapshot:
+        return PolicySnapshot(
+            pk=self.policy,
+            vault_id=vault_id,
+            version=self.policyVersion,
+            approval_threshold=Decimal(self.approvalThreshold),
+            intent_ttl_seconds=self.intentTtlSeconds,
+        )
+
+
+@dataclass(frozen=True)
+class Allocated:
+    """allocate: the strategy's target allocation, in % by protocol."""
+
+    strategy: str
+    allocation: dict[str, str]
+
+    def target(self) -> dict[str, Decimal]:
+        return {name: Decimal(pct) for name, pct in self.allocation.items()}
+
+
+# decide's three outcomes; `decision` first, as the journal has always had it.
+@dataclass(frozen=True, kw_only=True)
+class NoRebalance:
+    """decide: nothing to do."""
+
+    decision: str = "none"
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Proposed:
+    """decide: the rebalance moves more than the approval threshold; approvers decide."""
+
+    decision: str = "proposal"
+    proposal: str
+    valueMoved: str
+    approvalThreshold: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Intended:
+    """decide: the signed intent relay executes."""
+
+    decision: str = "intent"
+    intent: str
+    nonce: int
+    valueMoved: str
+    signature: str
+
+
+@dataclass(frozen=True)
+class Decided:
+    """What relay reads of any of decide's outputs."""
+
+    decision: str
+    intent: str = ""
+
+
+@dataclass(frozen=True)
+class NothingRelayed:
+    """relay, when decide made no intent: what it decided instead."""
+
+    status: str
+
+
+# --- steps -----------------------------------------------------------------------------------
+
 
 def _vault(ctx: StepContext) -> Vault:
     return Vault.objects.select_related("chain", "account", "operator").get(pk=ctx.input["vault"])
 
 
-def _policy(ctx: StepContext) -> PolicySnapshot:
-    """The policy verify used, from its journal: the row is immutable, so it is not read again."""
-    seen = ctx.outputs["verify"]
-    return PolicySnapshot(
-        pk=seen["policy"],
-        vault_id=ctx.input["vault"],
-        version=seen["policyVersion"],
-        approval_threshold=Decimal(seen["approvalThreshold"]),
-        intent_ttl_seconds=seen["intentTtlSeconds"],
-    )
-
-
-def verify(ctx: StepContext) -> dict[str, Any]:
+def verify(ctx: StepContext) -> Verified:
     """Checks the feed against the vault's active policy and snapshots what later steps need:
     the feed and the policy are immutable, so they are read once, here (in one query, on the
     hot path of every feed: vaults.selectors), and journaled."""
@@ -75,84 +156,80 @@ def verify(ctx: StepContext) -> dict[str, Any]:
     # The whitelist may name protocols of other chains too: it is read whole, as PolicyRules.of reads it.
     protocols = {name: address for name, address, chain_id, _ in policy.protocols if chain_id == policy.chain_id}
     whitelist = {name for name, _, _, whitelisted in policy.protocols if whitelisted}
-    return {
-        "feed": feed.id,
-        "feedDigest": feed.digest,
-        "feedTime": feed.timestamp.isoformat(),
-        "entries": feed.entries,
-        "policy": policy.pk,
-        "policyVersion": policy.version,
-        "rules": PolicyRules.of_fields(policy.rules, whitelist=whitelist).as_json(),
-        "approvalThreshold": str(policy.rules["approval_threshold"]),
-        "intentTtlSeconds": policy.rules["intent_ttl_seconds"],
-        "strategy": policy.strategy,
-        "rpcUrl": policy.rpc_url,
-        "account": policy.account,
-        "asset": policy.asset,
-        "protocols": protocols,
-        "intentNonce": policy.intent_nonce,
-    }
-
-
-def read_positions(ctx: StepContext) -> dict[str, Any]:
-    """The on-chain positions, stamped with the vault's intent nonce as verify read it (with no
-    intent in flight), just before: decide refuses the plan if another intent came since, so
-    positions read while another run's intent moves the funds are never acted on."""
-    seen = ctx.outputs["verify"]
-    nonce = seen.get("intentNonce")
-    if nonce is None:  # journaled by a verify from before it read the nonce
-        nonce = Vault.objects.values_list("intent_nonce", flat=True).get(pk=ctx.input["vault"])
-    return positions_snapshot(
-        rpc_url=seen["rpcUrl"],
-        account=seen["account"],
-        asset=seen["asset"],
-        protocols=seen["protocols"],
-        nonce=nonce,
+    return Verified(
+        feed=feed.id,
+        feedDigest=feed.digest,
+        feedTime=feed.timestamp.isoformat(),
+        entries=feed.entries,
+        policy=policy.pk,
+        policyVersion=policy.version,
+        rules=PolicyRules.of_fields(policy.rules, whitelist=whitelist).as_json(),
+        approvalThreshold=str(policy.rules["approval_threshold"]),
+        intentTtlSeconds=policy.rules["intent_ttl_seconds"],
+        strategy=policy.strategy,
+        rpcUrl=policy.rpc_url,
+        account=policy.account,
+        asset=policy.asset,
+        protocols=protocols,
+        intentNonce=policy.intent_nonce,
     )
 
 
-def allocate_target(ctx: StepContext) -> dict[str, Any]:
-    seen = ctx.outputs["verify"]
-    rules = PolicyRules.from_json(seen["rules"])
+def read_positions(ctx: StepContext) -> PositionsSnapshot:
+    """The on-chain positions, stamped with the vault's intent nonce as verify read it (with no
+    intent in flight), just before: decide refuses the plan if another intent came since, so
+    positions read while another run's intent moves the funds are never acted on."""
+    seen = ctx.output("verify", Verified)
+    nonce = seen.intentNonce
+    if nonce is None:  # journaled by a verify from before it read the nonce
+        nonce = Vault.objects.values_list("intent_nonce", flat=True).get(pk=ctx.input["vault"])
+    return positions_snapshot(
+        rpc_url=seen.rpcUrl, account=seen.account, asset=seen.asset, protocols=seen.protocols, nonce=nonce
+    )
+
+
+def allocate_target(ctx: StepContext) -> Allocated:
+    seen = ctx.output("verify", Verified)
+    rules = PolicyRules.from_json(seen.rules)
     limits = Limits(whitelist=rules.whitelist, max_exposure_pct=rules.max_exposure_pct, max_risk=rules.max_risk)
-    opportunities = [Opportunity(e.protocol, e.apy, e.risk) for e in feed_entries(seen["entries"])]
+    opportunities = [Opportunity(e.protocol, e.apy, e.risk) for e in feed_entries(seen.entries)]
     try:
-        allocation = allocate(name=seen["strategy"], opportunities=opportunities, limits=limits)
+        allocation = allocate(name=seen.strategy, opportunities=opportunities, limits=limits)
     except NoCompliantAllocation as exc:
         raise Blocked(f"no compliant allocation: {exc}") from exc
-    return {"strategy": seen["strategy"], "allocation": {k: str(v) for k, v in allocation.items()}}
+    return Allocated(strategy=seen.strategy, allocation={k: str(v) for k, v in allocation.items()})
 
 
-def check(ctx: StepContext) -> dict[str, Any]:
-    seen = ctx.outputs["verify"]
+def check(ctx: StepContext) -> ComplianceRecord:
+    seen = ctx.output("verify", Verified)
     last_rebalance_at = Vault.objects.values_list("last_rebalance_at", flat=True).get(pk=ctx.input["vault"])
     result = compliance_check(
-        rules=PolicyRules.from_json(seen["rules"]),
-        allocation={k: Decimal(v) for k, v in ctx.outputs["allocate"]["allocation"].items()},
-        risks={e.protocol: e.risk for e in feed_entries(seen["entries"])},
-        current=allocation_pct(ctx.outputs["positions"]),
-        feed_time=datetime.fromisoformat(seen["feedTime"]),
+        rules=PolicyRules.from_json(seen.rules),
+        allocation=ctx.output("allocate", Allocated).target(),
+        risks={e.protocol: e.risk for e in feed_entries(seen.entries)},
+        current=ctx.output("positions", PositionsSnapshot).allocation_pct(),
+        feed_time=datetime.fromisoformat(seen.feedTime),
         last_rebalance_at=last_rebalance_at,
         now=timezone.now(),
     )
     if not result.ok:
         raise Blocked(f"compliance: {result.summary()}")
-    return result.as_dict()
+    return ComplianceRecord.of(result)
 
 
-def decide(ctx: StepContext) -> dict[str, Any]:
-    seen, held = ctx.outputs["verify"], ctx.outputs["positions"]
-    allocation = {k: Decimal(v) for k, v in ctx.outputs["allocate"]["allocation"].items()}
+def decide(ctx: StepContext) -> NoRebalance | Proposed | Intended:
+    seen, held = ctx.output("verify", Verified), ctx.output("positions", PositionsSnapshot)
+    allocation = ctx.output("allocate", Allocated).target()
     plan = plan_actions(
-        account=seen["account"],
-        protocols=seen["protocols"],
+        account=seen.account,
+        protocols=seen.protocols,
         allocation=allocation,
-        idle=int(held["idle"]),
-        positions={k: int(v) for k, v in held["protocols"].items()},
+        idle=int(held.idle),
+        positions=held.amounts(),
     )
     if not plan.actions:
-        return {"decision": "none", "reason": "already at the target allocation"}
-    policy = _policy(ctx)
+        return NoRebalance(reason="already at the target allocation")
+    policy = seen.policy_snapshot(vault_id=ctx.input["vault"])
     if plan.value_moved > policy.approval_threshold:
         request = ApprovalRequest(
             vault_id=ctx.input["vault"], policy_id=policy.pk, feed_id=ctx.input["feed"], allocation=allocation
@@ -161,15 +238,14 @@ def decide(ctx: StepContext) -> dict[str, Any]:
             proposal_id = approval_request(request)
         except ApprovalUnavailable as exc:
             raise Blocked(f"the rebalance needs approval but no proposal can be made: {exc}") from exc
-        return {
-            "decision": "proposal",
-            "proposal": proposal_id,
-            "valueMoved": str(plan.value_moved),
-            "approvalThreshold": str(policy.approval_threshold),
-        }
+        return Proposed(
+            proposal=proposal_id,
+            valueMoved=str(plan.value_moved),
+            approvalThreshold=str(policy.approval_threshold),
+        )
     # The intent points at the feed and the policy by id (both rows are immutable, and verify
     # journaled what is signed of the policy); intent_emit reads the vault itself, under its lock.
-    feed_time = datetime.fromisoformat(seen["feedTime"])
+    feed_time = datetime.fromisoformat(seen.feedTime)
     try:
         intent = intent_emit(
             vault_id=ctx.input["vault"],
@@ -179,25 +255,21 @@ def decide(ctx: StepContext) -> dict[str, Any]:
             feed_id=ctx.input["feed"],
             deadline=feed_time + timedelta(seconds=policy.intent_ttl_seconds),
             workflow_run_id=ctx.run_id,
-            planned_at_nonce=held["atIntentNonce"],
+            planned_at_nonce=held.atIntentNonce,
         )
     except StalePositions as exc:
         raise Blocked(str(exc)) from exc
-    return {
-        "decision": "intent",
-        "intent": str(intent.id),
-        "nonce": intent.nonce,
-        "valueMoved": str(plan.value_moved),
-        "signature": intent.signature,
-    }
+    return Intended(
+        intent=str(intent.id), nonce=intent.nonce, valueMoved=str(plan.value_moved), signature=intent.signature
+    )
 
 
-def relay(ctx: StepContext) -> dict[str, Any] | Wait:
+def relay(ctx: StepContext) -> NothingRelayed | IntentSettled | Wait:
     """Hands the intent's actions to the relayer as one sequence and waits for them."""
-    decided = ctx.outputs["decide"]
-    if decided["decision"] != "intent":
-        return {"status": decided["decision"]}
-    return intent_progress(intent_for_progress(intent_id=decided["intent"]))
+    decided = ctx.output("decide", Decided)
+    if decided.decision != "intent":
+        return NothingRelayed(status=decided.decision)
+    return intent_progress(intent_for_progress(intent_id=decided.intent))
 
 
 @on_relay_finished("intent")

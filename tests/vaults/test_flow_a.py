@@ -57,6 +57,11 @@ def test_a_feed_leads_to_an_intent_and_balances_that_match_the_allocation(
     assert trail["verify"]["policyVersion"] == 1 and trail["check"] == {"ok": True, "violations": []}
     assert trail["decide"]["decision"] == "intent" and trail["relay"]["status"] == "executed"
     assert len(trail["relay"]["transactions"]) == 2  # two deposits from an all-idle vault
+    # The journal's keys, as runs started before any change to the steps have them.
+    assert set(trail["positions"]) == {"idle", "protocols", "total", "atIntentNonce", "addresses"}
+    assert set(trail["allocate"]) == {"strategy", "allocation"}
+    assert set(trail["decide"]) == {"decision", "intent", "nonce", "valueMoved", "signature"}
+    assert set(trail["relay"]) == {"status", "transactions"}
 
     protocols = {p.name: p.address for p in Protocol.objects.filter(chain=chain)}
     held = onchain.positions(

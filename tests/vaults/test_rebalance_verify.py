@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -10,11 +11,12 @@ from django.utils import timezone
 from eth_account import Account
 
 from orchestrator.engine import Blocked, StepContext, TerminalError
+from orchestrator.engine.definition import journaled
 from relayer.models import Chain
 from tests.support.vaults import emit_intent, entry, feed_body, make_oracle, make_policy, make_protocol, make_vault
 from vaults.models import ExecutionIntent, IntentStatus, Protocol, SignedFeed, Vault
 from vaults.services.feeds import feed_accept
-from vaults.workflows import verify
+from vaults.workflows import Verified, verify
 
 pytestmark = pytest.mark.django_db
 
@@ -29,6 +31,13 @@ def _context(vault: Vault, feed: SignedFeed) -> StepContext:
         input={"vault": vault.pk, "feed": str(feed.id)},
         outputs={},
     )
+
+
+def _verified(vault: Vault, feed: SignedFeed) -> dict[str, Any]:
+    """verify's output as the journal keeps it."""
+    output = journaled(verify(_context(vault, feed)))
+    assert isinstance(output, dict)
+    return output
 
 
 def _feed(oracle: Any) -> SignedFeed:
@@ -46,8 +55,26 @@ def test_verify_journals_the_feed_the_policy_and_the_protocols_it_may_use() -> N
     policy = make_policy(vault, whitelist=[aave, compound, remote], oracles=[key], max_risk_score=4)
     feed = _feed(oracle)
 
-    seen = verify(_context(vault, feed))
+    seen = _verified(vault, feed)
 
+    # The journal's keys, as runs started before any change to verify have them.
+    assert list(seen) == [
+        "feed",
+        "feedDigest",
+        "feedTime",
+        "entries",
+        "policy",
+        "policyVersion",
+        "rules",
+        "approvalThreshold",
+        "intentTtlSeconds",
+        "strategy",
+        "rpcUrl",
+        "account",
+        "asset",
+        "protocols",
+        "intentNonce",
+    ]
     assert seen["feed"] == str(feed.id) and seen["feedDigest"] == feed.digest
     assert seen["feedTime"] == feed.timestamp.isoformat() and seen["entries"] == feed.entries
     assert (seen["policy"], seen["policyVersion"]) == (policy.pk, policy.version)
@@ -77,7 +104,7 @@ def test_verify_blocks_a_vault_whose_last_intent_is_still_executing() -> None:
     with pytest.raises(Blocked, match=f"intent #{intent.nonce} of this vault is still executing"):
         verify(_context(vault, feed))
     ExecutionIntent.objects.filter(pk=intent.pk).update(status=IntentStatus.EXECUTED)
-    assert verify(_context(vault, feed))["intentNonce"] == intent.nonce
+    assert _verified(vault, feed)["intentNonce"] == intent.nonce
 
 
 def test_verify_blocks_a_vault_without_an_active_policy() -> None:
@@ -104,3 +131,15 @@ def test_verify_refuses_a_stored_feed_whose_signature_no_longer_verifies() -> No
     SignedFeed.objects.filter(pk=feed.pk).update(entries=[entry("Aave USDC", apy="0.99")])
     with pytest.raises(TerminalError, match="no longer verifies"):
         verify(_context(vault, feed))
+
+
+def test_a_verify_journaled_before_it_read_the_intent_nonce_reads_back_without_it() -> None:
+    key, oracle = make_oracle()
+    vault = make_vault()
+    make_policy(vault, whitelist=[make_protocol("Aave USDC")], oracles=[key])
+    feed = _feed(oracle)
+    old = _verified(vault, feed)
+    del old["intentNonce"]
+    later = replace(_context(vault, feed), step="positions", outputs={"verify": old})
+    seen = later.output("verify", Verified)
+    assert seen.intentNonce is None and seen.policy == old["policy"]

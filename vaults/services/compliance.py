@@ -40,6 +40,18 @@ class ComplianceResult:
 
 
 @dataclass(frozen=True)
+class ComplianceRecord:
+    """A check's result as a workflow step journals it: {"ok", "violations": [{"rule", "message"}]}."""
+
+    ok: bool
+    violations: list[Violation]
+
+    @classmethod
+    def of(cls, result: ComplianceResult) -> ComplianceRecord:
+        return cls(ok=result.ok, violations=list(result.violations))
+
+
+@dataclass(frozen=True)
 class PolicyRules:
     """The numbers of a VaultPolicy that the check needs (a plain value, easy to test)."""
 

@@ -95,35 +95,51 @@ def settle_wait(waiting: str) -> Wait:
     )
 
 
+@dataclass(frozen=True)
+class PositionsSnapshot:
+    """The on-chain positions as the positions step of either flow journals them: amounts in
+    the asset's base units (as strings: uint256), the vault's intent nonce when they were read,
+    and the protocols' addresses by name. Field names are the journal's keys."""
+
+    idle: str
+    protocols: dict[str, str]
+    total: str
+    atIntentNonce: int
+    addresses: dict[str, str]
+
+    def amounts(self) -> dict[str, int]:
+        """What each protocol holds, in base units."""
+        return {name: int(amount) for name, amount in self.protocols.items()}
+
+    def allocation_pct(self) -> dict[str, Decimal]:
+        """The allocation in % by protocol and idle (empty for an empty vault): what
+        compliance measures turnover from."""
+        total = Decimal(self.total)
+        if total == 0:
+            return {}
+        current = {name: Decimal(v) * 100 / total for name, v in self.protocols.items()}
+        current["idle"] = Decimal(self.idle) * 100 / total
+        return current
+
+
 def positions_snapshot(
     *, rpc_url: str, account: str, asset: str, protocols: dict[str, str], nonce: int
-) -> dict[str, Any]:
-    """The on-chain positions as a journaled step output (Flow A and Flow B), with the vault's
-    intent nonce at the time: a plan made from them is refused if another intent came since."""
+) -> PositionsSnapshot:
+    """The on-chain positions (Flow A and Flow B), with the vault's intent nonce at the time: a
+    plan made from them is refused if another intent came since."""
     from vaults.onchain import positions
 
     try:
         found = positions(w3=web3_for(rpc_url), account=account, asset=asset, protocols=protocols)
     except TRANSPORT_ERRORS as exc:
         raise RetryableError(f"chain at {rpc_url} unreachable reading positions") from exc
-    return {
-        "idle": str(found.idle),
-        "protocols": {k: str(v) for k, v in found.by_protocol.items()},
-        "total": str(found.total),
-        "atIntentNonce": nonce,
-        "addresses": protocols,
-    }
-
-
-def allocation_pct(held: dict[str, Any]) -> dict[str, Decimal]:
-    """The allocation `positions_snapshot` found, in % by protocol and idle (empty for an
-    empty vault): what compliance measures turnover from."""
-    total = Decimal(held["total"])
-    if total == 0:
-        return {}
-    current = {name: Decimal(v) * 100 / total for name, v in held["protocols"].items()}
-    current["idle"] = Decimal(held["idle"]) * 100 / total
-    return current
+    return PositionsSnapshot(
+        idle=str(found.idle),
+        protocols={k: str(v) for k, v in found.by_protocol.items()},
+        total=str(found.total),
+        atIntentNonce=nonce,
+        addresses=protocols,
+    )
 
 
 # --- an intent being executed ----------------------------------------------------------------
@@ -151,7 +167,16 @@ def intent_for_progress(*, intent_id: Any) -> ExecutionIntent:
     )
 
 
-def intent_progress(intent: ExecutionIntent) -> dict[str, Any] | Wait:
+@dataclass(frozen=True)
+class IntentSettled:
+    """The relay step's output once the intent's transactions are done: its final status and
+    the hashes that mined, in the order of its actions."""
+
+    status: str
+    transactions: list[str]
+
+
+def intent_progress(intent: ExecutionIntent) -> IntentSettled | Wait:
     """One look at an intent being executed (Flow A and Flow B share it): request its actions
     (the first look), wait while they are under way, finish when they have."""
     try:
@@ -163,7 +188,7 @@ def intent_progress(intent: ExecutionIntent) -> dict[str, Any] | Wait:
     if status == IntentStatus.FAILED:
         raise TerminalError(f"intent #{intent.nonce} failed: {ExecutionIntent.objects.get(pk=intent.pk).error}")
     hashes = list(intent_relays(intent_id=intent.pk).values_list("mined_hash", flat=True))
-    return {"status": status, "transactions": hashes}
+    return IntentSettled(status=status, transactions=hashes)
 
 
 # --- a rebalance that needs approval ---------------------------------------------------------
