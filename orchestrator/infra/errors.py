@@ -89,6 +89,8 @@ def _flatten(detail: Any) -> Any:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
+        if exc.http_status >= 500:  # not the client's doing (a key that cannot be opened): log it
+            logger.error("%s: %s", exc.code, exc.message, exc_info=exc)
         return Response(error_body(exc.code, exc.message, exc.fields), status=exc.http_status)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
