@@ -104,7 +104,7 @@ class StepContext:
         return _build(as_type, self.outputs[step])
 
 
-def _build(as_type: type[D], data: dict[str, Any]) -> D:
+def _build(as_type: type[D], data: dict[str, object]) -> D:
     hints = typing.get_type_hints(as_type)
     values: dict[str, object] = {}
     for f in dataclasses.fields(as_type):
