@@ -44,10 +44,11 @@ run: install
 	@$(PY) manage.py up
 
 lint: install
-	@echo "==> ruff, mypy, Django checks"
+	@echo "==> ruff, mypy, import-linter, Django checks"
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check --quiet .
 	@$(VENV)/bin/mypy .
+	@$(VENV)/bin/lint-imports --no-cache | grep -E "KEPT|BROKEN|^Contracts|is not allowed|->" ; test $${PIPESTATUS[0]} -eq 0
 	@DATABASE_URL=$(LINT_DATABASE_URL) DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py check --fail-level WARNING
 	@DATABASE_URL=$(LINT_DATABASE_URL) DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py makemigrations --check --dry-run >/dev/null \
 		|| (echo "Model changes without migrations: run manage.py makemigrations" && exit 1)
