@@ -26,10 +26,9 @@ import httpx
 from django.contrib.auth import get_user_model
 from django.db import connections
 from eth_account import Account
-from eth_account.messages import encode_typed_data
 from rest_framework.authtoken.models import Token
 
-from orchestrator.automations.services.signatures import KERNEL_ACTION_TYPES, KERNEL_DOMAIN, kernel_action_message
+from orchestrator.automations.typed_data import kernel_action_sign
 from orchestrator.devtools.benchmarks.soak_executor import ExecutorServer, SoakExecutor
 from orchestrator.devtools.benchmarks.soak_http import Http
 from orchestrator.devtools.benchmarks.soak_proposals import APPROVERS, VAULT, Proposals
@@ -154,8 +153,7 @@ class Driver:
         registry = self.http.fetch(
             client, "/v1/executors", method="POST", json={"address": account.address, "name": "soak executor"}
         )["registryID"]
-        message = kernel_action_message(destination_url=server.url, verify_payload=True, action="CREATE")
-        signable = encode_typed_data(domain_data=KERNEL_DOMAIN, message_types=KERNEL_ACTION_TYPES, message_data=message)
+        signature = kernel_action_sign(account, destination_url=server.url, verify_payload=True, action="CREATE")
         body = {
             "registryID": registry,
             "source": {"type": "INTERVAL", "value": INTERVAL},
@@ -163,7 +161,7 @@ class Driver:
             "verifyPayload": True,
             "relayerCount": 1,
             "autosign": False,
-            "signature": "0x" + account.sign_message(signable).signature.hex().removeprefix("0x"),
+            "signature": signature,
         }
         key = {"Idempotency-Key": str(uuid.uuid4())}
         config = self.http.fetch(client, "/v1/config", method="POST", json=body, headers=key, until=until)

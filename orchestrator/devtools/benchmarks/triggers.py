@@ -34,12 +34,11 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 from eth_account import Account
-from eth_account.messages import encode_typed_data
 
 from orchestrator.automations.models import AutomationConfig, Firing, Subscription
 from orchestrator.automations.services.configs import config_create, executor_register
 from orchestrator.automations.services.firings import intervals_dispatch
-from orchestrator.automations.services.signatures import KERNEL_ACTION_TYPES, KERNEL_DOMAIN, kernel_action_message
+from orchestrator.automations.typed_data import kernel_action_sign
 from orchestrator.devtools import processes
 from orchestrator.devtools.benchmarks import common
 from orchestrator.devtools.benchmarks.executor import SkipExecutor
@@ -80,8 +79,7 @@ def _config(base_url: str) -> tuple[AutomationConfig, str]:
     owner, _ = get_user_model().objects.get_or_create(username=BENCH_USER)
     account = Account.create()
     executor = executor_register(owner=owner, address=account.address, name="bench executor", metadata={})
-    message = kernel_action_message(destination_url=base_url, verify_payload=True, action="CREATE")
-    signable = encode_typed_data(domain_data=KERNEL_DOMAIN, message_types=KERNEL_ACTION_TYPES, message_data=message)
+    signature = kernel_action_sign(account, destination_url=base_url, verify_payload=True, action="CREATE")
     created = config_create(
         executor=executor,
         source_type="INTERVAL",
@@ -90,7 +88,7 @@ def _config(base_url: str) -> tuple[AutomationConfig, str]:
         verify_payload=True,
         relayer_count=1,
         autosign=False,
-        signature="0x" + account.sign_message(signable).signature.hex().removeprefix("0x"),
+        signature=signature,
     )
     return created.config, created.hmac_key
 
