@@ -23,13 +23,16 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from approvals.models import Approval
 from orchestrator.engine.models import WorkflowTransition
+from orchestrator.infra.errors import DomainError
 
 FORMATS = ("csv", "json")
 ADMIN_ACTIONS = {ADDITION: "added", CHANGE: "changed", DELETION: "deleted"}
 
 
-class BadAuditRange(ValueError):
+class BadAuditRange(DomainError, ValueError):
     """A date that does not parse, or a range that ends before it starts."""
+
+    code = "bad_audit_range"
 
 
 @dataclass(frozen=True)
