@@ -213,19 +213,20 @@ class ApprovalUnavailable(DomainError):
 
 
 ApprovalHandler = Callable[[ApprovalRequest], str]
-_approval_handlers: list[ApprovalHandler] = []
+_approval_handler: ApprovalHandler | None = None  # one app takes them: approvals
 
 
 def on_approval_needed(handler: ApprovalHandler) -> ApprovalHandler:
     """Registers who takes rebalances that need approval (a decorator; the last one wins). It
     returns the id of what it made (a proposal's) and raises ApprovalUnavailable when it cannot
     make one."""
-    _approval_handlers.append(handler)
+    global _approval_handler
+    _approval_handler = handler
     return handler
 
 
 def approval_request(request: ApprovalRequest) -> str:
     """Hands a rebalance to approval. Raises ApprovalUnavailable."""
-    if not _approval_handlers:
+    if _approval_handler is None:
         raise ApprovalUnavailable("no app takes rebalances that need approval")
-    return _approval_handlers[-1](request)
+    return _approval_handler(request)
