@@ -91,7 +91,8 @@ def test_a_matching_event_fires_once_and_a_reorged_one_only_when_it_comes_back(
         snapshot = rpc(url, "evm_snapshot")
         raw = mint_raw(w3, token, recipient, 11)
         reorged = w3.eth.send_raw_transaction(raw).to_0x_hex()
-        mined_at = w3.eth.get_transaction_receipt(reorged)["blockNumber"]
+        # anvil answers eth_sendRawTransaction before its automine has written the block.
+        mined_at = w3.eth.wait_for_transaction_receipt(reorged, timeout=10)["blockNumber"]
         assert rpc(url, "evm_revert", snapshot) is True
         for _ in range(4):
             rpc(url, "evm_mine")
