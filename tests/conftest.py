@@ -26,6 +26,7 @@ import pytest
 from django.conf import settings
 
 from orchestrator.devtools import processes
+from orchestrator.infra.audit_guard import PRUNE_SQL
 from orchestrator.infra.broker import queues_purge, queues_reset
 from tests.support import control
 
@@ -133,9 +134,12 @@ def _fast_test_database() -> Iterator[None]:
       Django's PBKDF2 takes most of a second per user, and fixtures make several.
     - A transactional test's teardown empties the tables with DELETE instead of TRUNCATE. On
       PostgreSQL a TRUNCATE of every table makes new files for each table and index and takes about
-      a second here; DELETE of the few rows a test wrote takes milliseconds. The schema has no
-      triggers and its foreign keys are deferred, so the end state is the same. A flush that also
-      resets sequences or cascades keeps Django's TRUNCATE.
+      a second here; DELETE of the few rows a test wrote takes milliseconds. Its foreign keys
+      are deferred, so the end state is the same. A flush that also resets sequences or
+      cascades keeps Django's TRUNCATE.
+    - Either way the flush first sets the audit trail's prune setting for its transaction
+      (orchestrator/infra/audit_guard.py): the append-only triggers refuse DELETE and TRUNCATE
+      of audit rows otherwise.
 
     Only this process: workers, beat and web servers run the real settings and backend."""
     from django.db.backends.postgresql.operations import DatabaseOperations
@@ -146,9 +150,17 @@ def _fast_test_database() -> Iterator[None]:
     def sql_flush(
         self: DatabaseOperations, style: Any, tables: Any, *, reset_sequences: bool = False, allow_cascade: bool = False
     ) -> list[str]:
+        if not tables:
+            return []
         if reset_sequences or allow_cascade:
-            return truncate(self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade)
-        return [f"{style.SQL_KEYWORD('DELETE FROM')} {style.SQL_FIELD(self.quote_name(table))};" for table in tables]
+            return [
+                f"{PRUNE_SQL};",
+                *truncate(self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade),
+            ]
+        return [
+            f"{PRUNE_SQL};",  # Django runs a flush in one transaction: SET LOCAL lasts exactly that long
+            *(f"{style.SQL_KEYWORD('DELETE FROM')} {style.SQL_FIELD(self.quote_name(table))};" for table in tables),
+        ]
 
     hashers = override_settings(
         PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher", *settings.PASSWORD_HASHERS]

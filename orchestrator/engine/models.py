@@ -122,9 +122,13 @@ class AppendOnlyError(RuntimeError):
 
 
 class WorkflowTransition(models.Model):
-    """Append-only audit trail of every phase change of a run."""
+    """Append-only audit trail of every phase change of a run. The ORM refuses to save or delete
+    one; a PostgreSQL trigger refuses UPDATE, DELETE and TRUNCATE whatever issues them
+    (docs/operations.md, "Audit log"). PROTECT, not CASCADE: deleting a run through the ORM
+    would otherwise delete its trail with it; PROTECT refuses before any SQL and names the rows,
+    where DO_NOTHING would leave the refusal to the deferred foreign key at commit."""
 
-    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="transitions")
+    run = models.ForeignKey(WorkflowRun, on_delete=models.PROTECT, related_name="transitions")
     from_phase = models.CharField(max_length=20, blank=True)
     to_phase = models.CharField(max_length=20)
     step_name = models.CharField(max_length=100, blank=True)

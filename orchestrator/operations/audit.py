@@ -6,7 +6,9 @@ Three append-only sources, read together rather than copied into a table of thei
 - Approval: each approver's decision on a proposal (one row per approver, a DB constraint);
 - Django admin's LogEntry: every change made through the admin, and each replay or discard made
   from the operations dashboard.
-None of them can be changed or deleted in the admin (ReadOnlyAdmin)."""
+None of them can be changed or deleted in the admin (ReadOnlyAdmin), nor in the database:
+triggers refuse UPDATE, DELETE and TRUNCATE of their rows (the migration
+operations/0001_audit_append_only; orchestrator/infra/audit_guard.py for the prune setting)."""
 
 from __future__ import annotations
 

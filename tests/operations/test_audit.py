@@ -19,6 +19,7 @@ from approvals.services import proposal_approve, proposal_create
 from orchestrator.engine.models import Phase, WorkflowTransition
 from orchestrator.operations.audit import BadAuditRange, audit_range
 from tests.factories import ProtocolFactory, UserFactory, VaultFactory, VaultPolicyFactory
+from tests.support.audit import audit_rewritable
 from tests.support.runs import make_run
 
 pytestmark = pytest.mark.django_db
@@ -48,10 +49,11 @@ def history() -> dict[str, Any]:
         LogEntry.objects.log_actions(
             user_id=operator.pk, queryset=[run], action_flag=CHANGE, change_message=f"note {label}", single_object=True
         )
-        # Rows are append-only through the ORM; a queryset update is how a test backdates them.
-        WorkflowTransition.objects.filter(run=run).update(created_at=when)
-        Approval.objects.filter(proposal=proposal).update(decided_at=when)
-        LogEntry.objects.filter(object_id=str(run.id)).update(action_time=when)
+        # Rows are append-only in the database too; only a test, with the triggers off, backdates them.
+        with audit_rewritable():
+            WorkflowTransition.objects.filter(run=run).update(created_at=when)
+            Approval.objects.filter(proposal=proposal).update(decided_at=when)
+            LogEntry.objects.filter(object_id=str(run.id)).update(action_time=when)
         made[label] = {"run": run, "proposal": proposal}
     return made
 
