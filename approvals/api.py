@@ -20,7 +20,7 @@ from approvals.services import proposal_approve, proposal_create, proposal_execu
 from orchestrator.infra.errors import DomainError, NotFound
 from orchestrator.infra.idempotency import idempotent
 from vaults.api import intent_json
-from vaults.models import Vault
+from vaults.selectors import vaults_visible_to
 
 
 def proposal_json(proposal: RebalanceProposal) -> dict[str, Any]:
@@ -78,7 +78,8 @@ class ProposalListView(APIView):
         body = ProposalCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        vault = Vault.objects.filter(vault_id=data["vaultId"]).first()
+        # A vault the client may not read is as unknown as one that does not exist.
+        vault = vaults_visible_to(user=request.user).filter(vault_id=data["vaultId"]).first()
         if vault is None:
             raise DomainError("No vault with that id.", code="invalid", fields={"vaultId": "Unknown vault."})
         users = list(get_user_model().objects.filter(username__in=data["approvers"]))
@@ -133,7 +134,7 @@ class ProposalExecuteView(APIView):
             raise DomainError(
                 "Only operators and approvers can execute a proposal.", code="permission_denied", http_status=403
             )
-        run = proposal_execution_start(proposal=proposal)
+        run = proposal_execution_start(proposal=proposal, started_by=request.user)
         return Response(
             {"proposalId": proposal.proposal_id, "workflowId": str(run.id), "phase": run.phase},
             status=status.HTTP_202_ACCEPTED,

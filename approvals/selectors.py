@@ -7,6 +7,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 
 from approvals.models import ProposalStatus, RebalanceProposal
+from vaults.selectors import vaults_visible_to
 
 OPERATORS_GROUP = "Operators"
 APPROVERS_GROUP = "Approvers"
@@ -17,8 +18,12 @@ def is_operator(user: Any) -> bool:
 
 
 def proposals_visible_to(*, user: Any) -> QuerySet[RebalanceProposal]:
-    """Operators see every proposal; anyone else those they proposed or must decide."""
+    """Operators see every proposal; anyone else those they proposed or must decide. Both only
+    on the vaults they may read (`vaults_visible_to`: staff every vault, an API client the
+    vaults granted to it), so an operator's token is scoped like any other client's."""
     proposals = RebalanceProposal.objects.select_related("vault", "policy", "proposer")
+    if not user.is_staff:
+        proposals = proposals.filter(vault__in=vaults_visible_to(user=user).values("pk"))
     if is_operator(user):
         return proposals
     return proposals.filter(Q(proposer=user) | Q(approvers=user)).distinct()

@@ -218,7 +218,7 @@ def _decide(*, proposal: RebalanceProposal, approver: Any, decision: str, commen
         designated = locked.approvers.count()
         if approvals >= locked.quorum_required:
             _close(locked, ProposalStatus.APPROVED, f"approved by {approvals} of {designated}")
-            proposal_execution_start(proposal=locked)
+            proposal_execution_start(proposal=locked, started_by=approver)
         elif designated - rejections < locked.quorum_required:
             _close(
                 locked,
@@ -256,15 +256,19 @@ def proposals_expire(*, now: datetime | None = None) -> int:
 # --- execution -------------------------------------------------------------------------------
 
 
-def proposal_execution_start(*, proposal: RebalanceProposal) -> WorkflowRun:
+def proposal_execution_start(*, proposal: RebalanceProposal, started_by: Any = None) -> WorkflowRun:
     """Starts (once: the idempotency key is the proposal) the workflow that re-checks compliance
-    against the policy active now, emits the intent and relays it."""
+    against the policy active now, emits the intent and relays it. `started_by` owns the run if
+    this call starts it (the approver whose decision made quorum, or whoever asked to execute);
+    a repeat returns the run with its first owner. Whoever may read the proposal may read the
+    run (approvals/workflows.py)."""
     if proposal.status not in (ProposalStatus.APPROVED, ProposalStatus.EXECUTED):
         raise ProposalNotApproved(f"{proposal.proposal_id} is {proposal.status}; only approved proposals execute")
     run, _ = workflow_start(
         kind=EXECUTE_WORKFLOW,
         input={"proposal": proposal.pk},
         idempotency_key=f"flow-b:{proposal.pk}",
+        owner=started_by,
     )
     return run
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
 from approvals.models import ProposalStatus, RebalanceProposal
+from approvals.selectors import proposals_visible_to
 from approvals.services import EXECUTE_WORKFLOW, ProposalInvalid, notify, proposal_compliance, proposal_create
 from orchestrator.engine import Blocked, RetryableError, RetryPolicy, Step, StepContext, Wait, Workflow, registry
 from orchestrator.engine.models import Phase, WorkflowRun
@@ -183,10 +185,17 @@ def _record_stop(run: WorkflowRun, from_phase: str, to_phase: str) -> None:
 
 RETRY = RetryPolicy(max_attempts=6, base_delay=1.0, max_delay=30.0)
 
+
+def _readable_by(run: WorkflowRun, user: Any) -> bool:
+    """An execution is readable by whoever may read its proposal (docs/api.md#access)."""
+    return proposals_visible_to(user=user).filter(pk=run.input.get("proposal")).exists()
+
+
 FLOW_B = registry.register(
     Workflow(
         kind=EXECUTE_WORKFLOW,
         on_transition=_record_stop,
+        readable_by=_readable_by,
         steps=(
             Step("positions", read_positions, atomic=False, retry=RETRY, timeout=30),
             Step("check", check, retry=RETRY),

@@ -1,5 +1,5 @@
-"""Admin for vaults: on-chain allocation and active policy at a glance; policy versions with a
-diff; feeds and intents read-only."""
+"""Admin for vaults: on-chain allocation and active policy at a glance; which API clients may
+read each vault (grants); policy versions with a diff; feeds and intents read-only."""
 
 from __future__ import annotations
 
@@ -13,7 +13,16 @@ from django.utils.safestring import mark_safe
 
 from orchestrator.infra.admin_base import ReadOnlyAdmin
 from relayer.rpc import web3_for
-from vaults.models import ExecutionIntent, OracleKey, PolicyStatus, Protocol, SignedFeed, Vault, VaultPolicy
+from vaults.models import (
+    ExecutionIntent,
+    OracleKey,
+    PolicyStatus,
+    Protocol,
+    SignedFeed,
+    Vault,
+    VaultGrant,
+    VaultPolicy,
+)
 from vaults.services.policies import PolicyFrozen, policy_activate, policy_diff
 
 
@@ -28,6 +37,19 @@ def onchain_allocation(vault: Vault) -> list[tuple[str, str]]:
         return [("idle", "0")]
     rows = [(name, f"{amount * 100 / held.total:.2f}%") for name, amount in sorted(held.by_protocol.items())]
     return [*rows, ("idle", f"{held.idle * 100 / held.total:.2f}%")]
+
+
+class VaultGrantInline(admin.TabularInline):
+    """The API clients that may read this vault (docs/operations.md#api-clients-and-vault-grants)."""
+
+    model = VaultGrant
+    fk_name = "vault"
+    extra = 0
+    fields = ("client", "granted_by", "created_at")
+    readonly_fields = ("granted_by", "created_at")
+    autocomplete_fields = ("client",)
+    verbose_name = "API client grant"
+    verbose_name_plural = "API clients that may read this vault"
 
 
 @admin.register(Vault)
@@ -46,6 +68,17 @@ class VaultAdmin(admin.ModelAdmin):
     search_fields = ("vault_id", "name")
     filter_horizontal = ("approvers",)
     readonly_fields = ("intent_nonce", "last_rebalance_at", "created_at", "allocation")
+    inlines = (VaultGrantInline,)
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        # A grant added here records who made it.
+        for grant in formset.save(commit=False):
+            if isinstance(grant, VaultGrant) and grant.pk is None:
+                grant.granted_by = request.user
+            grant.save()
+        for gone in formset.deleted_objects:
+            gone.delete()
+        formset.save_m2m()
 
     @admin.display(description="active policy")
     def active_policy(self, obj: Vault) -> str:
@@ -59,6 +92,28 @@ class VaultAdmin(admin.ModelAdmin):
         except Exception as exc:  # the page must render whatever the chain does
             return f"unavailable ({exc.__class__.__name__})"
         return format_html_join(mark_safe("<br>"), "{}: {}", rows)
+
+
+@admin.register(VaultGrant)
+class VaultGrantAdmin(admin.ModelAdmin):
+    """Every grant in one list: which API client may read which vault, since when and by whom."""
+
+    list_display = ("client", "vault", "granted_by", "created_at")
+    list_filter = ("vault",)
+    search_fields = ("client__username", "vault__vault_id")
+    autocomplete_fields = ("client", "vault")
+    readonly_fields = ("granted_by", "created_at")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: VaultGrant | None = None) -> Any:
+        # A grant is made or deleted, never moved to another client or vault.
+        if obj is not None:
+            return ("client", "vault", "granted_by", "created_at")
+        return self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: VaultGrant, form: Any, change: bool) -> None:
+        if obj.pk is None:
+            obj.granted_by = request.user
+        super().save_model(request, obj, form, change)
 
 
 @admin.register(VaultPolicy)

@@ -1,5 +1,6 @@
 """REST endpoints for feeds, vaults and intents (docs/api.md). Refusals are DomainErrors: the
-API's exception handler answers them."""
+API's exception handler answers them. A client sees the vaults it was granted
+(`vaults_visible_to`); any other vault is 404, as an unknown one is."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from orchestrator.engine.models import WorkflowRun
 from orchestrator.infra.errors import NotFound
 from orchestrator.infra.idempotency import idempotent
 from vaults.models import ExecutionIntent, PolicyStatus, Vault, VaultPolicy
+from vaults.selectors import vaults_visible_to
 from vaults.services.feeds import FEED_DOMAIN, FEED_TYPES, feed_accept
 from vaults.services.rebalance import REBALANCE_WORKFLOW
 
@@ -103,7 +105,8 @@ class FeedView(APIView):
             "seconds, and its entries with apy and tvl as the exact strings sent. Refused feeds "
             "(unknown_oracle 403, invalid_signature 401, future_feed/stale_feed 422, "
             "feed_replayed 409, invalid 400) are stored nowhere. An accepted feed starts an "
-            "automated rebalance for every vault whose active policy trusts the oracle."
+            "automated rebalance for every vault whose active policy trusts the oracle; "
+            "`rebalances` lists those of the vaults the client may read, and the client owns them."
         ),
         examples=[
             OpenApiExample(
@@ -119,9 +122,12 @@ class FeedView(APIView):
     )
     @idempotent
     def post(self, request: Request) -> Response:
-        feed = feed_accept(payload=request.data)
+        feed = feed_accept(payload=request.data, client=request.user)
+        # The runs this request started on the vaults the client may read: those it owns.
         runs = list(
-            WorkflowRun.objects.filter(kind=REBALANCE_WORKFLOW, input__feed=str(feed.id)).values_list("id", flat=True)
+            WorkflowRun.objects.filter(
+                kind=REBALANCE_WORKFLOW, input__feed=str(feed.id), owner_id=request.user.pk
+            ).values_list("id", flat=True)
         )
         return Response(
             {
@@ -135,9 +141,9 @@ class FeedView(APIView):
         )
 
 
-def _vault_or_404(vault_id: str) -> Vault:
-    vault = Vault.objects.select_related("account", "operator").filter(vault_id=vault_id).first()
-    if vault is None:
+def _vault_or_404(request: Request, vault_id: str) -> Vault:
+    vault = vaults_visible_to(user=request.user).filter(vault_id=vault_id).first()
+    if vault is None:  # unknown, or not granted to this client: the same answer
         raise NotFound("No vault with that id.")
     return vault
 
@@ -145,19 +151,19 @@ def _vault_or_404(vault_id: str) -> Vault:
 class VaultListView(APIView):
     @extend_schema(summary="Vaults")
     def get(self, request: Request) -> Response:
-        vaults = Vault.objects.select_related("account", "operator")
+        vaults = vaults_visible_to(user=request.user)
         return Response({"data": [vault_json(v, with_policy=False) for v in vaults]})
 
 
 class VaultDetailView(APIView):
     @extend_schema(summary="A vault with its active policy")
     def get(self, request: Request, vault_id: str) -> Response:
-        return Response(vault_json(_vault_or_404(vault_id), with_policy=True))
+        return Response(vault_json(_vault_or_404(request, vault_id), with_policy=True))
 
 
 class VaultIntentsView(APIView):
     @extend_schema(summary="A vault's ExecutionIntents, newest first")
     def get(self, request: Request, vault_id: str) -> Response:
-        vault = _vault_or_404(vault_id)
+        vault = _vault_or_404(request, vault_id)
         intents = vault.intents.select_related("vault", "policy").order_by("-nonce")[:100]
         return Response({"data": [intent_json(i) for i in intents]})

@@ -74,6 +74,25 @@ class Vault(models.Model):
         return self.vault_id
 
 
+class VaultGrant(models.Model):
+    """An API client's right to read a vault: the vault, its policy, intents and proposals, the
+    runs about it and the feeds its policies trust (docs/api.md#access). Staff need none."""
+
+    client = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="vault_grants")
+    vault = models.ForeignKey(Vault, on_delete=models.CASCADE, related_name="grants")
+    granted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["vault", "client"]
+        constraints = [models.UniqueConstraint(fields=["client", "vault"], name="vault_grant_once")]
+
+    def __str__(self) -> str:
+        return f"{self.client} may read {self.vault}"
+
+
 class Protocol(models.Model):
     """A place the vault can allocate to: here an ERC-4626 vault on the same chain."""
 

@@ -1,5 +1,5 @@
-"""Reads of vaults: those on the hot path of every feed, in one round trip each, and the relays
-of an intent.
+"""Reads of vaults: which vaults a user may see; those on the hot path of every feed, in one
+round trip each; and the relays of an intent.
 
 `rebalance_inputs` is what Flow A's verify step reads: the feed, the vault's active policy
 with the parts of the vault it needs (its intent nonce and its intent in flight included),
@@ -35,6 +35,24 @@ from vaults.models import (
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
+
+
+def vaults_visible_to(*, user: Any) -> QuerySet[Vault]:
+    """The vaults a user may read through the API: staff every vault, an API client those it
+    has been granted (VaultGrant), anyone else none. Every vault, intent, proposal and run the
+    API shows goes through this, and what it leaves out is answered 404, never 403."""
+    vaults = Vault.objects.select_related("account", "operator")
+    if not getattr(user, "is_authenticated", False):
+        return vaults.none()
+    if user.is_staff:
+        return vaults
+    # One grant per (client, vault): the join adds no duplicates.
+    return vaults.filter(grants__client=user)
+
+
+def vault_visible_to(*, user: Any, vault_id: Any) -> bool:
+    """Whether the vault with this primary key is one the user may read."""
+    return vaults_visible_to(user=user).filter(pk=vault_id).exists()
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ from typing import Any
 from django.utils import timezone
 
 from orchestrator.engine import Blocked, RetryPolicy, Step, StepContext, TerminalError, Wait, Workflow, registry
+from orchestrator.engine.models import WorkflowRun
 from orchestrator.engine.services import workflow_resume
 from relayer.models import RelayTransaction
 from relayer.services.requests import on_relay_finished
 from vaults.models import ExecutionIntent, Vault
-from vaults.selectors import rebalance_inputs
+from vaults.selectors import rebalance_inputs, vault_visible_to
 from vaults.services.compliance import ComplianceRecord, PolicyRules, compliance_check
 from vaults.services.feeds import ParsedFeed, feed_entries, feed_signer
 from vaults.services.intents import StalePositions, intent_emit, plan_actions
@@ -280,11 +281,17 @@ def _intent_relay_finished(tx: RelayTransaction) -> None:
         workflow_resume(run_id=run_id, reason=f"relay {tx.id} {tx.phase}")
 
 
+def _readable_by(run: WorkflowRun, user: Any) -> bool:
+    """A rebalance is readable by whoever may read its vault (docs/api.md#access)."""
+    return vault_visible_to(user=user, vault_id=run.input.get("vault"))
+
+
 RETRY = RetryPolicy(max_attempts=6, base_delay=1.0, max_delay=30.0)
 
 FLOW_A = registry.register(
     Workflow(
         kind=REBALANCE_WORKFLOW,
+        readable_by=_readable_by,
         steps=(
             Step("verify", verify, retry=RETRY),
             Step("positions", read_positions, atomic=False, retry=RETRY, timeout=30),

@@ -180,6 +180,10 @@ class Workflow:
     # Called inside the transaction that changes a run's phase, with (run, from, to): how a
     # domain object mirrors its run (a relay marked dead-letter, say). Database work only.
     on_transition: Callable[[WorkflowRun, str, str], None] | None = None
+    # Called with (run, user) for a user who neither started the run nor is staff: whether the
+    # domain object the run is about lets that user read it (a vault granted to an API client).
+    # Reads only. Without it, a run is the owner's and staff's alone.
+    readable_by: Callable[[WorkflowRun, Any], bool] | None = None
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.steps]

@@ -7,20 +7,34 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db.models import Count, Prefetch, Q, QuerySet, prefetch_related_objects
 from django.utils import timezone
 
+from orchestrator.engine.definition import registry
+from orchestrator.engine.errors import UnknownWorkflow
 from orchestrator.engine.models import ACTIVE_PHASES, WAITING_PHASES, Phase, StepRun, WorkflowRun
 
 
 def run_for_user(*, run_id: uuid.UUID, user: Any) -> WorkflowRun | None:
-    """A run the user may see: staff see every run, API clients the runs they started.
+    """A run the user may see: staff see every run, API clients the runs they started and those
+    their kind's `readable_by` lets them read (a rebalance of a vault granted to them).
     Anything else is reported as missing, never as forbidden (docs/api.md: 404 for
     another client's objects, so ids of others' runs cannot be probed)."""
-    runs = WorkflowRun.objects.prefetch_related(Prefetch("steps", queryset=StepRun.objects.order_by("id")))
-    if not user.is_staff:
-        runs = runs.filter(owner=user)
-    return runs.filter(pk=run_id).first()
+    run = WorkflowRun.objects.filter(pk=run_id).first()
+    if run is None or not _readable(run, user):
+        return None
+    prefetch_related_objects([run], Prefetch("steps", queryset=StepRun.objects.order_by("id")))
+    return run
+
+
+def _readable(run: WorkflowRun, user: Any) -> bool:
+    if user.is_staff or (run.owner_id is not None and run.owner_id == user.pk):
+        return True
+    try:
+        workflow = registry.get(run.kind)
+    except UnknownWorkflow:
+        return False
+    return workflow.readable_by is not None and workflow.readable_by(run, user)
 
 
 def runs_by_kind_and_phase() -> list[dict[str, Any]]:

@@ -34,6 +34,7 @@ from tests.conftest import AnvilFactory, Workers, wait_until
 from tests.support.flows import ENTRIES, bootstrapped_vault, signed_feed
 from tests.support.relays import RELAY_ENV, make_chain
 from vaults.models import ExecutionIntent, IntentStatus
+from vaults.services.access import vault_grant
 from vaults.services.feeds import feed_accept
 from vaults.services.policies import policy_activate, policy_draft
 
@@ -210,6 +211,8 @@ def _client(user: Any) -> APIClient:
 
 
 def test_the_rest_endpoints_follow_the_same_rules(setup: Any, people: dict[str, Any]) -> None:
+    for user in (people["operator"], *people["approvers"], people["outsider"]):  # API clients read granted vaults
+        vault_grant(client=user, vault=setup.vault)
     body = {
         "vaultId": "vault-eth-001",
         "approvers": ["approver1", "approver2", "approver3"],

@@ -1,4 +1,5 @@
-"""`make run`'s approvers: three staff users who can log in and find a proposal waiting for them."""
+"""`make run`'s approvers: three staff users who can log in and find a proposal waiting for them;
+and its API client, granted the demo vault."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from django.test import Client
 from approvals.models import ProposalStatus
 from approvals.selectors import APPROVERS_GROUP, proposals_waiting_for
 from orchestrator.devtools.demo.approvals import DEMO_ALLOCATION, DEMO_APPROVERS, demo_approvers_setup
+from orchestrator.devtools.demo.setup import API_CLIENT, demo_accounts, demo_client_grant
 from tests.factories import ProtocolFactory, UserFactory, VaultFactory, VaultPolicyFactory
+from vaults.models import VaultGrant
+from vaults.selectors import vaults_visible_to
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()
@@ -45,3 +49,16 @@ def test_it_makes_three_approvers_with_a_proposal_waiting_for_two_of_them_and_on
     assert client.login(username="approver1", password=demo.passwords["approver1"])
     page = client.get("/admin/approvals/rebalanceproposal/", follow=True)  # lands on ?waiting=me
     assert page.status_code == 200 and proposal.proposal_id in page.content.decode()
+
+
+def test_the_demo_client_is_granted_the_demo_vault_once() -> None:
+    vault = VaultFactory.create()
+    admin = UserFactory.create(superuser=True, username="admin")
+    demo_accounts()
+    client = User.objects.get(username=API_CLIENT)
+    assert list(vaults_visible_to(user=client)) == []  # a new client reads nothing
+
+    assert demo_client_grant(vault) is True
+    assert demo_client_grant(vault) is False
+    assert list(vaults_visible_to(user=client)) == [vault]
+    assert VaultGrant.objects.get(client=client).granted_by == admin

@@ -19,6 +19,8 @@ from rest_framework.test import APIClient
 
 from orchestrator.engine.models import Phase
 from tests.factories import WorkflowRunFactory
+from tests.support.vaults import make_vault
+from vaults.models import VaultGrant
 
 User = get_user_model()
 
@@ -81,6 +83,32 @@ def test_it_makes_a_staff_client_that_reads_every_run() -> None:
     response = client.get(f"/v1/workflows/{run.id}")
     assert response.status_code == 200
     assert response.json()["id"] == str(run.id)
+
+
+@pytest.mark.django_db
+def test_it_grants_the_vaults_named_with_vault_to_a_new_or_an_existing_client() -> None:
+    make_vault("vault-eth-001")
+    make_vault("vault-eth-002")
+    out, err = run_command("create_api_client", "acme-bot", "--vault", "vault-eth-001")
+    assert "Granted: vault-eth-001." in err
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {out.strip()}")
+    assert [v["vaultId"] for v in client.get("/v1/vaults").json()["data"]] == ["vault-eth-001"]
+    assert client.get("/v1/vaults/vault-eth-002").status_code == 404
+
+    again, err = run_command("create_api_client", "acme-bot", "--vault=vault-eth-001", "--vault=vault-eth-002")
+    assert again == out and "Granted: vault-eth-002." in err  # the first grant was there already
+    assert [v["vaultId"] for v in client.get("/v1/vaults").json()["data"]] == ["vault-eth-001", "vault-eth-002"]
+    assert VaultGrant.objects.filter(client__username="acme-bot", granted_by=None).count() == 2
+
+
+@pytest.mark.django_db
+def test_it_refuses_an_unknown_vault_before_making_anything() -> None:
+    make_vault("vault-eth-001")
+    with pytest.raises(CommandError, match="vault-nope"):
+        run_command("create_api_client", "acme-bot", "--vault", "vault-eth-001", "--vault", "vault-nope")
+    assert not User.objects.filter(username="acme-bot").exists()
+    assert not VaultGrant.objects.exists()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -3,6 +3,7 @@ signed feeds, intents and API clients."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from io import StringIO
@@ -121,10 +122,12 @@ def feed_body(
     }
 
 
-def token_client(name: str = "feed-bot") -> APIClient:
-    """An API client authenticated with the token `manage.py create_api_client` prints."""
+def token_client(name: str = "feed-bot", *, vaults: Iterable[Vault] = ()) -> APIClient:
+    """An API client authenticated with the token `manage.py create_api_client` prints, granted
+    `vaults` (`--vault`)."""
     out = StringIO()
-    call_command("create_api_client", name, stdout=out, stderr=StringIO())
+    granted = [f"--vault={vault.vault_id}" for vault in vaults]
+    call_command("create_api_client", name, *granted, stdout=out, stderr=StringIO())
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {out.getvalue().strip()}")
     return client

@@ -39,7 +39,7 @@ def emit(vault: Vault, policy: VaultPolicy, **fields: Any) -> ExecutionIntent:
 def test_it_lists_the_vaults_by_id() -> None:
     second = make_vault("vault-eth-002", auto_rebalance=False)
     first = make_vault("vault-eth-001", name="Main")
-    response = token_client().get("/v1/vaults")
+    response = token_client(vaults=[first, second]).get("/v1/vaults")
     assert response.status_code == 200
     data = response.json()["data"]
     assert [v["vaultId"] for v in data] == ["vault-eth-001", "vault-eth-002"]
@@ -79,7 +79,7 @@ def test_it_shows_a_vault_with_its_active_policy() -> None:
         max_turnover_pct=Decimal(30),
         approval_threshold=Decimal(5000),
     )
-    response = token_client().get(f"/v1/vaults/{vault.vault_id}")
+    response = token_client(vaults=[vault]).get(f"/v1/vaults/{vault.vault_id}")
     assert response.status_code == 200
     body = response.json()
     assert body["vaultId"] == vault.vault_id
@@ -105,7 +105,7 @@ def test_it_shows_a_vault_with_its_active_policy() -> None:
 
 def test_it_shows_a_vault_without_an_active_policy_with_policy_null() -> None:
     vault = make_vault()
-    response = token_client().get(f"/v1/vaults/{vault.vault_id}")
+    response = token_client(vaults=[vault]).get(f"/v1/vaults/{vault.vault_id}")
     assert response.status_code == 200
     assert response.json()["policy"] is None
 
@@ -117,7 +117,7 @@ def test_it_lists_a_vaults_intents_newest_first() -> None:
     other = make_vault("vault-eth-002")
     emit(other, make_policy(other))
 
-    response = token_client().get(f"/v1/vaults/{vault.vault_id}/intents")
+    response = token_client(vaults=[vault, other]).get(f"/v1/vaults/{vault.vault_id}/intents")
 
     assert response.status_code == 200
     data = response.json()["data"]
@@ -141,13 +141,12 @@ def test_it_lists_a_vaults_intents_newest_first() -> None:
 
 def test_it_lists_no_intents_for_a_vault_that_has_none() -> None:
     vault = make_vault()
-    assert token_client().get(f"/v1/vaults/{vault.vault_id}/intents").json() == {"data": []}
+    assert token_client(vaults=[vault]).get(f"/v1/vaults/{vault.vault_id}/intents").json() == {"data": []}
 
 
 @pytest.mark.parametrize("path", ["/v1/vaults/vault-nope", "/v1/vaults/vault-nope/intents"])
 def test_it_answers_404_not_found_for_an_unknown_vault(path: str) -> None:
-    make_vault()
-    assert_error(token_client().get(path), 404, "not_found")
+    assert_error(token_client(vaults=[make_vault()]).get(path), 404, "not_found")
 
 
 @pytest.mark.parametrize("path", ["/v1/vaults", "/v1/vaults/vault-eth-001", "/v1/vaults/vault-eth-001/intents"])

@@ -53,7 +53,8 @@ def test_a_feed_from_a_trusted_oracle_starts_one_rebalance_for_each_auto_rebalan
     make_policy(moved_on, whitelist=[aave], oracles=[oracle])
     make_policy(moved_on, oracles=[other_oracle])
 
-    response = post_feed(token_client(), feed_body(account, now_s(), [entry("Aave USDC")]))
+    granted = [trusting, manual, distrusting, moved_on]
+    response = post_feed(token_client(vaults=granted), feed_body(account, now_s(), [entry("Aave USDC")]))
 
     assert response.status_code == 201, response.content
     feed = SignedFeed.objects.get()

@@ -166,9 +166,10 @@ def feed_signer(parsed: ParsedFeed, signable: SignableMessage | None = None) -> 
         return ""
 
 
-def feed_accept(*, payload: Any, now: datetime | None = None) -> SignedFeed:
+def feed_accept(*, payload: Any, now: datetime | None = None, client: Any = None) -> SignedFeed:
     """Verifies and stores a feed, then (after commit) starts Flow A for the vaults whose
-    active policy trusts its oracle. Raises FeedRefused; a refused feed is stored nowhere."""
+    active policy trusts its oracle. Raises FeedRefused; a refused feed is stored nowhere.
+    `client`, the API client that posted it, owns the runs of the vaults it may read."""
     parsed = feed_parse(payload)
     now = now or timezone.now()
     # iexact: an address registered by hand in lowercase (or mixed case) is the same oracle.
@@ -198,7 +199,7 @@ def feed_accept(*, payload: Any, now: datetime | None = None) -> SignedFeed:
                 digest=digest,
             )
             stored = True
-            rebalances_start_for_feed(feed=feed)
+            rebalances_start_for_feed(feed=feed, client=client)
     except IntegrityError:
         if stored:
             raise

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from orchestrator.engine import Blocked, RetryableError, TerminalError, Wait
@@ -23,7 +24,7 @@ from orchestrator.engine.models import Phase, WorkflowRun
 from orchestrator.engine.services import workflow_start
 from orchestrator.infra.errors import DomainError
 from relayer.rpc import TRANSPORT_ERRORS, web3_for
-from vaults.models import ExecutionIntent, IntentStatus, PolicyStatus, SignedFeed, Vault, VaultPolicy
+from vaults.models import ExecutionIntent, IntentStatus, PolicyStatus, SignedFeed, Vault, VaultGrant, VaultPolicy
 from vaults.selectors import intent_relays
 from vaults.services.intents import IntentExpired, intent_advance
 
@@ -35,28 +36,46 @@ SETTLE_POLL_SECONDS = settings.FLOW_SETTLE_POLL_SECONDS
 
 
 def rebalance_start(
-    *, vault: Vault, feed: SignedFeed, correlation_id: str | None = None, new_feed: bool = False
+    *,
+    vault: Vault,
+    feed: SignedFeed,
+    correlation_id: str | None = None,
+    new_feed: bool = False,
+    owner: Any = None,
 ) -> tuple[WorkflowRun, bool]:
     """One run per (vault, feed): a feed seen twice, or beat and the feed's arrival racing,
     start nothing more. Returns (run, created). `new_feed`: the feed was stored in this
-    transaction, so no run can have its key yet."""
+    transaction, so no run can have its key yet. `owner`: the API client whose request starts
+    the run."""
     return workflow_start(
         kind=REBALANCE_WORKFLOW,
         input={"vault": vault.pk, "feed": str(feed.id)},
         idempotency_key=f"flow-a:{vault.pk}:{feed.id}",
         correlation_id=correlation_id,
         new_key=new_feed,
+        owner=owner,
     )
 
 
-def rebalances_start_for_feed(*, feed: SignedFeed) -> list[WorkflowRun]:
+def rebalances_start_for_feed(*, feed: SignedFeed, client: Any = None) -> list[WorkflowRun]:
     """Flow A for every auto-rebalancing vault whose active policy trusts the feed's oracle.
-    The feed is new: this runs in the transaction that stored it."""
+    The feed is new: this runs in the transaction that stored it.
+
+    `client`, the API client that posted the feed, owns the runs of the vaults it may read;
+    the others start without an owner, as a pulled feed's do, so posting a feed shows a client
+    nothing of a vault it was not granted (docs/api.md#access)."""
     # Only the vaults' ids: rebalance_start needs nothing else, and this runs on every feed.
     vaults = Vault.objects.filter(
         auto_rebalance=True, policies__status=PolicyStatus.ACTIVE, policies__oracles=feed.oracle_id
     ).only("pk")
-    return [rebalance_start(vault=vault, feed=feed, new_feed=True)[0] for vault in vaults]
+    if client is not None and not client.is_staff:
+        # In the same statement: one grant per (client, vault), read as a flag.
+        vaults = vaults.annotate(granted=Exists(VaultGrant.objects.filter(vault=OuterRef("pk"), client=client)))
+    runs = []
+    for vault in vaults:
+        owner = client if client is not None and (client.is_staff or getattr(vault, "granted", False)) else None
+        runs.append(rebalance_start(vault=vault, feed=feed, new_feed=True, owner=owner)[0])
+    return runs
 
 
 def rebalances_dispatch(*, now: datetime | None = None) -> int:

@@ -1,6 +1,7 @@
-"""The demo data `manage.py up` creates: an admin, an API client, the approvers and their
-waiting proposal, and the example executor's registration. Each step is safe to run again on
-the data a previous run kept: it reports what it found instead of creating it twice."""
+"""The demo data `manage.py up` creates: an admin, an API client (granted the demo vault), the
+approvers and their waiting proposal, and the example executor's registration. Each step is safe
+to run again on the data a previous run kept: it reports what it found instead of creating it
+twice."""
 
 from __future__ import annotations
 
@@ -59,6 +60,18 @@ def demo_accounts() -> DemoAccounts:
     admin_note = "admin created" if password else "admin exists"
     client_note = "client created" if err.getvalue().startswith("Created") else "client exists"
     return DemoAccounts(admin_password=password, token=out.getvalue().strip(), note=f"{admin_note}, {client_note}")
+
+
+def demo_client_grant(vault: Any) -> bool:
+    """Lets the demo API client read the demo vault (as an operator would in the admin, or with
+    `create_api_client --vault`): without a grant its token sees no vault. Returns whether the
+    grant is new."""
+    from vaults.services.access import vault_grant
+
+    users = get_user_model().objects
+    client = users.get(username=API_CLIENT)
+    _, created = vault_grant(client=client, vault=vault, granted_by=users.filter(username=ADMIN_USERNAME).first())
+    return created
 
 
 def demo_approvers(vault: Any) -> DemoApprovers:

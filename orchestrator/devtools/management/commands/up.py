@@ -187,6 +187,8 @@ class Command(BaseCommand):
 
             notes: list[str] = []
             vault = demo_setup(web_port=plan.web_port, say=notes.append)
+            if demo.demo_client_grant(vault):
+                notes.append(f"{demo.API_CLIENT} may read {vault.vault_id}")
             outcome.text = f"{vault.vault_id} ({len(notes)} change(s))"
         with progress.step("Demo approvers and a proposal waiting for them") as outcome:
             running.approvers = demo.demo_approvers(vault)
