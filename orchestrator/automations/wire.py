@@ -1,12 +1,24 @@
 """The automation API's wire shapes (docs/api.md, "Automation API"): what clients and executors
-receive."""
+receive, and the serializers that describe them in the OpenAPI schema."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from orchestrator.automations.models import AutomationConfig, Executor, Firing, SourceType, Subscription
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from orchestrator.automations.models import (
+    AutomationConfig,
+    ConfigStatus,
+    Executor,
+    Firing,
+    FiringStatus,
+    SourceType,
+    Subscription,
+    SubscriptionStatus,
+)
 
 
 def rfc3339(when: datetime) -> str:
@@ -81,3 +93,103 @@ def log_entry_json(firing: Firing) -> dict[str, Any]:
         "subId": str(sub.id),
         "outputTxHash": firing.output_tx_hash,
     }
+
+
+# --- The same shapes for the OpenAPI schema (the views answer the dicts above) ---------------
+
+
+class ExecutorOut(serializers.Serializer):
+    registryID = serializers.UUIDField()
+    address = serializers.CharField()
+    name = serializers.CharField()
+    metadata = serializers.DictField()
+    createdAt = serializers.DateTimeField()
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "integer", "minimum": 1, "description": "INTERVAL: whole seconds"},
+            {"type": "object", "additionalProperties": True, "description": "FILTER: the eth_getLogs filter"},
+        ]
+    }
+)
+class _SourceValueOut(serializers.JSONField):
+    pass
+
+
+class SourceOut(serializers.Serializer):
+    type = serializers.ChoiceField(choices=SourceType.values)
+    value = _SourceValueOut()
+
+
+class DestinationOut(serializers.Serializer):
+    baseURL = serializers.CharField()
+
+
+class ConfigCreatedOut(serializers.Serializer):
+    id = serializers.UUIDField()
+    registryID = serializers.UUIDField()
+    executorAddress = serializers.CharField()
+    hmacKey = serializers.CharField(help_text="64 hex characters; shown in this answer only.")
+    relayerAddress = serializers.ListField(child=serializers.CharField())
+    verifyingAddress = serializers.CharField()
+
+
+class ConfigOut(serializers.Serializer):
+    id = serializers.UUIDField()
+    registryID = serializers.UUIDField()
+    executorAddress = serializers.CharField()
+    relayerAddress = serializers.ListField(child=serializers.CharField())
+    verifyingAddress = serializers.CharField()
+    source = SourceOut()  # type: ignore[assignment]  # DRF pops declared fields off the class
+    destination = DestinationOut()
+    verifyPayload = serializers.BooleanField()
+    relayerCount = serializers.IntegerField()
+    autosign = serializers.BooleanField()
+    allowedTargets = serializers.ListField(child=serializers.CharField())
+    status = serializers.ChoiceField(choices=ConfigStatus.values)
+    createdAt = serializers.DateTimeField()
+
+
+class SubscriptionOut(serializers.Serializer):
+    id = serializers.UUIDField()
+    registryId = serializers.UUIDField()
+    chainId = serializers.IntegerField()
+    subAccountAddress = serializers.CharField()
+    status = serializers.ChoiceField(choices=SubscriptionStatus.values, help_text="2 active, 3 cancelled.")
+    duration = serializers.IntegerField(help_text="The config's interval in seconds; 0 for FILTER.")
+    tokenInputs = serializers.DictField(child=serializers.CharField())
+    tokenLimits = serializers.DictField(child=serializers.CharField())
+    metadata = serializers.DictField()
+    feeToken = serializers.CharField(allow_blank=True)
+    feeAmount = serializers.CharField()
+    commitHash = serializers.CharField(allow_blank=True)
+    createdAt = serializers.DateTimeField()
+
+
+class OutcomeOut(serializers.Serializer):
+    status = serializers.ChoiceField(choices=FiringStatus.values)
+    reason = serializers.CharField(allow_blank=True)
+
+
+class LogMetadataOut(serializers.Serializer):
+    postExecutionState = serializers.JSONField(allow_null=True)
+    request = serializers.JSONField(allow_null=True, help_text="The /kernel/trigger body sent.")
+    response = serializers.JSONField(allow_null=True, help_text="The executor's answer, or null.")
+    outcome = OutcomeOut()
+
+
+class LogEntryOut(serializers.Serializer):
+    metadata = LogMetadataOut()
+    message = serializers.CharField()
+    createdAt = serializers.DateTimeField()
+    subAccountAddress = serializers.CharField()
+    chainId = serializers.IntegerField()
+    id = serializers.UUIDField()
+    subId = serializers.UUIDField()
+    outputTxHash = serializers.CharField(allow_blank=True)
+
+
+class LogPageOut(serializers.Serializer):
+    data = LogEntryOut(many=True)  # type: ignore[assignment]  # a declared field, not Serializer.data

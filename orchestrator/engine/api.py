@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 from orchestrator.engine.models import StepRun, WorkflowRun
 from orchestrator.engine.selectors import run_for_user
 from orchestrator.infra.errors import NotFound
+from orchestrator.infra.schema import api_responses, uuid_path
 
 
 class StepSerializer(serializers.Serializer[StepRun]):
@@ -23,8 +24,8 @@ class StepSerializer(serializers.Serializer[StepRun]):
     status = serializers.CharField()
     output = serializers.JSONField()
     error = serializers.CharField()
-    startedAt = serializers.DateTimeField(source="started_at")
-    finishedAt = serializers.DateTimeField(source="finished_at")
+    startedAt = serializers.DateTimeField(source="started_at", allow_null=True)
+    finishedAt = serializers.DateTimeField(source="finished_at", allow_null=True)
 
 
 class WorkflowSerializer(serializers.Serializer[WorkflowRun]):
@@ -38,7 +39,7 @@ class WorkflowSerializer(serializers.Serializer[WorkflowRun]):
     correlationId = serializers.CharField(source="correlation_id")
     createdAt = serializers.DateTimeField(source="created_at")
     updatedAt = serializers.DateTimeField(source="updated_at")
-    finishedAt = serializers.DateTimeField(source="finished_at")
+    finishedAt = serializers.DateTimeField(source="finished_at", allow_null=True)
     steps = StepSerializer(many=True)
 
     def to_representation(self, instance: WorkflowRun) -> dict[str, object]:
@@ -50,7 +51,11 @@ class WorkflowSerializer(serializers.Serializer[WorkflowRun]):
 
 
 class WorkflowDetailView(APIView):
-    @extend_schema(responses=WorkflowSerializer, summary="Status of a workflow run")
+    @extend_schema(
+        parameters=[uuid_path("run_id")],
+        responses=api_responses({200: WorkflowSerializer}, errors=[404]),
+        summary="Status of a workflow run",
+    )
     def get(self, request: Request, run_id: str) -> Response:
         try:
             parsed = uuid.UUID(run_id)
