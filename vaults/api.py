@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiExample, extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -15,9 +15,18 @@ from rest_framework.views import APIView
 from orchestrator.engine.models import WorkflowRun
 from orchestrator.infra.errors import NotFound
 from orchestrator.infra.idempotency import idempotent
-from vaults.models import ExecutionIntent, PolicyStatus, Vault, VaultPolicy
+from orchestrator.infra.schema import (
+    ADDRESS_PATTERN,
+    DECIMAL_PATTERN,
+    IDEMPOTENCY_KEY,
+    SIGNATURE_PATTERN,
+    TextField,
+    api_responses,
+    text_path,
+)
+from vaults.models import ExecutionIntent, IntentStatus, PolicyStatus, Vault, VaultPolicy
 from vaults.selectors import vaults_visible_to
-from vaults.services.feeds import FEED_DOMAIN, FEED_TYPES, feed_accept
+from vaults.services.feeds import FEED_DOMAIN, FEED_TYPES, MAX_ENTRIES, feed_accept
 from vaults.services.rebalance import REBALANCE_WORKFLOW
 
 
@@ -81,23 +90,113 @@ def intent_json(intent: ExecutionIntent) -> dict[str, Any]:
     }
 
 
+# --- The schema's view of the bodies: feed_parse (vaults/services/feeds.py) checks the feed ---
+
+
 class FeedEntrySerializer(serializers.Serializer):
-    protocol = serializers.CharField()
-    apy = serializers.CharField(help_text='Decimal string, e.g. "0.051".')
-    tvl = serializers.CharField(help_text="Decimal string.")
+    protocol = TextField(max_length=100, help_text="Each protocol once per feed.")
+    apy = serializers.RegexField(DECIMAL_PATTERN, help_text='Non-negative decimal string, e.g. "0.051".')
+    tvl = serializers.RegexField(DECIMAL_PATTERN, help_text="Non-negative decimal string.")
     risk = serializers.IntegerField(min_value=0, max_value=255)
 
 
 class FeedSerializer(serializers.Serializer):
+    oracle = serializers.RegexField(ADDRESS_PATTERN)
+    timestamp = serializers.DateTimeField(help_text="RFC 3339 with a zone.")
+    entries = serializers.ListField(child=FeedEntrySerializer(), min_length=1, max_length=MAX_ENTRIES)
+    signature = serializers.RegexField(SIGNATURE_PATTERN, help_text="65 bytes: r || s || v.")
+
+
+class FeedOut(serializers.Serializer):
+    id = serializers.UUIDField()
     oracle = serializers.CharField()
     timestamp = serializers.DateTimeField()
-    entries = FeedEntrySerializer(many=True)
+    digest = serializers.CharField(help_text="The typed-data hash.")
+    rebalances = serializers.ListField(child=serializers.UUIDField(), help_text="The Flow A runs started.")
+
+
+class PolicyOut(serializers.Serializer):
+    version = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=PolicyStatus.values)
+    maxExposurePct = serializers.CharField()
+    whitelist = serializers.ListField(child=serializers.CharField())
+    maxRiskScore = serializers.IntegerField()
+    minIntervalSeconds = serializers.IntegerField()
+    windowStartHour = serializers.IntegerField()
+    windowEndHour = serializers.IntegerField()
+    maxFeedAgeSeconds = serializers.IntegerField()
+    maxTurnoverPct = serializers.CharField()
+    approvalThreshold = serializers.CharField()
+    intentTtlSeconds = serializers.IntegerField()
+    oracles = serializers.ListField(child=serializers.CharField())
+    activatedAt = serializers.DateTimeField(allow_null=True)
+
+
+class VaultOut(serializers.Serializer):
+    vaultId = serializers.CharField()
+    name = serializers.CharField()
+    chainId = serializers.IntegerField()
+    account = serializers.CharField()
+    operator = serializers.CharField()
+    asset = serializers.CharField()
+    strategy = serializers.CharField()
+    autoRebalance = serializers.BooleanField()
+    intentNonce = serializers.IntegerField()
+    lastRebalanceAt = serializers.DateTimeField(allow_null=True)
+
+
+class VaultDetailOut(VaultOut):
+    policy = PolicyOut(allow_null=True, help_text="The active policy, or null.")
+
+
+class VaultPageOut(serializers.Serializer):
+    data = VaultOut(many=True)  # type: ignore[assignment]  # a declared field, not Serializer.data
+
+
+@extend_schema_field({"type": "object", "additionalProperties": True})
+class _ActionOut(serializers.JSONField):
+    pass
+
+
+class IntentOut(serializers.Serializer):
+    id = serializers.UUIDField()
+    vaultId = serializers.CharField()
+    nonce = serializers.IntegerField()
+    actions = serializers.ListField(child=_ActionOut())
+    allocation = serializers.DictField(child=serializers.CharField())
+    deadline = serializers.DateTimeField()
+    issuer = serializers.CharField()
+    policyVersion = serializers.IntegerField()
+    feedId = serializers.UUIDField(allow_null=True)
+    proposalId = serializers.CharField(allow_null=True)
+    digest = serializers.CharField()
     signature = serializers.CharField()
+    status = serializers.ChoiceField(choices=IntentStatus.values)
+    error = serializers.CharField(allow_null=True)
+    createdAt = serializers.DateTimeField()
+    executedAt = serializers.DateTimeField(allow_null=True)
+
+
+class IntentPageOut(serializers.Serializer):
+    data = IntentOut(many=True)  # type: ignore[assignment]  # a declared field, not Serializer.data
 
 
 class FeedView(APIView):
     @extend_schema(
         request=FeedSerializer,
+        parameters=[IDEMPOTENCY_KEY],
+        responses=api_responses(
+            {201: FeedOut},
+            errors=[403, 422],
+            body=True,
+            idempotent=True,
+            codes={
+                401: "`invalid_signature`",
+                403: "`unknown_oracle`",
+                409: "`feed_replayed`",
+                422: "`future_feed`, `stale_feed`",
+            },
+        ),
         summary="Submit a signed market feed",
         description=(
             "EIP-712 typed data signed by an allow-listed oracle key. Domain "
@@ -112,10 +211,10 @@ class FeedView(APIView):
             OpenApiExample(
                 "feed",
                 value={
-                    "oracle": "0x...",
+                    "oracle": "0x" + "ab" * 20,
                     "timestamp": "2026-11-23T12:00:00Z",
                     "entries": [{"protocol": "Aave USDC", "apy": "0.051", "tvl": "1250000", "risk": 2}],
-                    "signature": "0x...",
+                    "signature": "0x" + "cd" * 65,
                 },
             )
         ],
@@ -149,20 +248,28 @@ def _vault_or_404(request: Request, vault_id: str) -> Vault:
 
 
 class VaultListView(APIView):
-    @extend_schema(summary="Vaults")
+    @extend_schema(responses=api_responses({200: VaultPageOut}), summary="Vaults", operation_id="v1_vaults_list")
     def get(self, request: Request) -> Response:
         vaults = vaults_visible_to(user=request.user)
         return Response({"data": [vault_json(v, with_policy=False) for v in vaults]})
 
 
 class VaultDetailView(APIView):
-    @extend_schema(summary="A vault with its active policy")
+    @extend_schema(
+        parameters=[text_path("vault_id")],
+        responses=api_responses({200: VaultDetailOut}, errors=[404]),
+        summary="A vault with its active policy",
+    )
     def get(self, request: Request, vault_id: str) -> Response:
         return Response(vault_json(_vault_or_404(request, vault_id), with_policy=True))
 
 
 class VaultIntentsView(APIView):
-    @extend_schema(summary="A vault's ExecutionIntents, newest first")
+    @extend_schema(
+        parameters=[text_path("vault_id")],
+        responses=api_responses({200: IntentPageOut}, errors=[404]),
+        summary="A vault's ExecutionIntents, newest first",
+    )
     def get(self, request: Request, vault_id: str) -> Response:
         vault = _vault_or_404(request, vault_id)
         intents = vault.intents.select_related("vault", "policy").order_by("-nonce")[:100]
