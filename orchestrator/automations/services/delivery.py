@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from orchestrator.automations.models import ConfigStatus, Firing, FiringStatus, SubscriptionStatus
 from orchestrator.automations.services.answers import Verdict, answer_review
-from orchestrator.automations.services.destinations import DestinationRefused, destination_check
+from orchestrator.automations.services.destinations import Destination, DestinationRefused, destination_pin
 from orchestrator.automations.services.firings import HmacKeys
 from orchestrator.automations.services.hooks import HookCall, HookResult, hook_url, hooks_post
 from orchestrator.engine import RetryPolicy
@@ -68,12 +68,16 @@ def firings_deliver(*, firing_ids: list[str], token: str) -> DeliveryResult:
     early = (max(f.due_at for f in firings) - timezone.now()).total_seconds()
     if early > 0:
         time.sleep(min(early, settings.AUTOMATION_LOOKAHEAD_SECONDS + 1))
-    keys, calls, refused = HmacKeys(), [], _destinations_refused({f.subscription.config.base_url for f in firings})
+    keys, calls = HmacKeys(), []
+    pinned, refused = _destinations({f.subscription.config.base_url for f in firings})
     for firing in firings:
         config = firing.subscription.config
+        if config.base_url in refused:
+            continue
         calls.append(
             HookCall(
                 url=hook_url(config.base_url, "trigger"),
+                destination=pinned[config.base_url],
                 body=firing.request,
                 request_id=firing.request_id,
                 hmac_key=keys(config),
@@ -82,7 +86,7 @@ def firings_deliver(*, firing_ids: list[str], token: str) -> DeliveryResult:
             )
         )
     sendable = [i for i, f in enumerate(firings) if f.subscription.config.base_url not in refused]
-    answers = dict(zip(sendable, hooks_post([calls[i] for i in sendable]), strict=True))
+    answers = dict(zip(sendable, hooks_post(calls), strict=True))
     failpoint("automations.after_hook")  # tests: a worker killed between the call and its record
     # One transaction for the batch's records: one commit instead of one per firing. Each
     # record is still conditional on the lease, so a firing taken over meanwhile is left alone.
@@ -137,15 +141,16 @@ def _take(firing_ids: list[str], token: str, lease: uuid.UUID) -> list[Firing]:
     return live
 
 
-def _destinations_refused(urls: set[str]) -> dict[str, str]:
-    """Checked again at every call: a name may resolve elsewhere now than at config time."""
-    refused = {}
+def _destinations(urls: set[str]) -> tuple[dict[str, Destination], dict[str, str]]:
+    """Checked again at every call: a name may resolve elsewhere now than at config time. The
+    calls connect to the addresses checked here (the pins), not to a later resolution."""
+    pinned, refused = {}, {}
     for url in urls:
         try:
-            destination_check(url)
-        except DestinationRefused as exc:
+            pinned[url] = destination_pin(url)
+        except (DestinationRefused, ValueError) as exc:
             refused[url] = str(exc)
-    return refused
+    return pinned, refused
 
 
 CLOSED = ["status", "reason", "response", "answered_at", "hook_ms", "next_attempt_at", "lease_token", "lease_until"]

@@ -18,7 +18,7 @@ from django.utils import timezone
 from orchestrator.automations.models import Firing, FiringStatus, ReportStatus, Subscription
 from orchestrator.automations.services.answers import Verdict
 from orchestrator.automations.services.configs import config_hmac_key
-from orchestrator.automations.services.destinations import DestinationRefused, destination_check
+from orchestrator.automations.services.destinations import DestinationRefused, destination_pin
 from orchestrator.automations.services.hooks import HookCall, hook_url, hooks_post
 from orchestrator.automations.services.policy import task_policy_check
 from orchestrator.automations.typed_data import hmac_hex
@@ -211,12 +211,13 @@ def execution_report(ctx: StepContext) -> Reported | ReportFailed:
     hmac_key = config_hmac_key(config)
     body = executed_body(firing, ctx.output("relay", Relayed), hmac_key)
     try:
-        destination_check(config.base_url)
+        destination = destination_pin(config.base_url)  # the call connects to what is checked here
     except DestinationRefused as exc:
         raise RetryableError(f"destination refused: {exc}") from exc
     Firing.objects.filter(pk=firing.pk).update(report_status=ReportStatus.PENDING)
     call = HookCall(
         url=hook_url(config.base_url, "executed"),
+        destination=destination,
         body=body,
         request_id=body["requestID"],
         hmac_key=hmac_key,

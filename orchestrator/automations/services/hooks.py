@@ -5,22 +5,35 @@ size.
 Many calls go out at once from a pool of threads over keep-alive connections (webhook calls
 are made concurrently, in batches), so a thousand due firings are not a thousand Celery tasks.
 urllib3 rather than an asyncio client: measured here, a threaded urllib3 pool costs ~0.7 ms of
-CPU per call, httpx's async pool 4-8 ms at this concurrency."""
+CPU per call, httpx's async pool 4-8 ms at this concurrency.
+
+A call connects only to the addresses its destination check passed (`destination_pin`), never
+to what the name resolves to by then (DNS rebinding); the name stays the Host header, the TLS
+server name and the name the certificate must match."""
 
 from __future__ import annotations
 
 import json
+import socket
 import ssl
+import sys
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import certifi
 import urllib3
 from django.conf import settings
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util import connection
 
+from orchestrator.automations.services.destinations import Destination
 from orchestrator.automations.typed_data import webhook_signature
 from orchestrator.infra.errors import DomainError
 
@@ -33,6 +46,7 @@ def hook_url(base_url: str, hook: str) -> str:
 @dataclass(frozen=True)
 class HookCall:
     url: str
+    destination: Destination  # url's scheme, host and port, checked: the addresses to connect to
     body: dict[str, Any]
     request_id: str
     hmac_key: str
@@ -88,14 +102,95 @@ def _tls() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
+def _pinned_socket(conn: HTTPConnection, addresses: tuple[str, ...]) -> socket.socket:
+    """urllib3's own connect (HTTPConnection._new_conn), to the checked addresses in turn
+    instead of to a fresh resolution of conn.host."""
+    failure: OSError | None = None
+    for address in addresses:
+        try:
+            sock = connection.create_connection(
+                (address, conn.port),
+                conn.timeout,
+                source_address=conn.source_address,
+                socket_options=conn.socket_options,
+            )
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(conn, f"connection to {conn.host} ({address}) timed out") from exc
+        except OSError as exc:
+            failure = exc
+            continue
+        sys.audit("http.client.connect", conn, conn.host, conn.port)
+        return sock
+    raise NewConnectionError(conn, f"{conn.host} at {', '.join(addresses)}: {failure}")
+
+
+class _PinnedHTTPConnection(HTTPConnection):
+    def __init__(self, *args: Any, addresses: tuple[str, ...], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.addresses = addresses
+
+    def _new_conn(self) -> socket.socket:
+        return _pinned_socket(self, self.addresses)
+
+
+class _PinnedHTTPSConnection(HTTPSConnection):
+    """TLS over the pinned socket: server_hostname (SNI) and the certificate check stay
+    conn.host, the name, as urllib3 does for any connection."""
+
+    def __init__(self, *args: Any, addresses: tuple[str, ...], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.addresses = addresses
+
+    def _new_conn(self) -> socket.socket:
+        return _pinned_socket(self, self.addresses)
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _PinnedHTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _PinnedHTTPSConnection
+
+
+class _Pools:
+    """Keep-alive connections per checked destination (scheme, host, port and addresses), per
+    process (made after the worker forks), the least recently used closed past `size`. A name
+    that resolves elsewhere gets a new pool: a kept connection always goes to an address of the
+    latest check. No retries and no redirects: retries are the firing's, with backoff, and a
+    redirect could lead past the destination check (SSRF)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.lock = threading.Lock()
+        self.pools: OrderedDict[Destination, urllib3.HTTPConnectionPool] = OrderedDict()
+
+    def get(self, destination: Destination) -> urllib3.HTTPConnectionPool:
+        with self.lock:
+            pool = self.pools.pop(destination, None)
+            if pool is None:
+                pool = self._new(destination)
+            self.pools[destination] = pool
+            evicted = self.pools.popitem(last=False)[1] if len(self.pools) > self.size else None
+        if evicted is not None:
+            evicted.close()  # idle connections now; ones in use close when given back
+        return pool
+
+    @staticmethod
+    def _new(destination: Destination) -> urllib3.HTTPConnectionPool:
+        common: dict[str, Any] = {
+            "maxsize": settings.AUTOMATION_HOOK_CONCURRENCY,
+            "retries": False,
+            "addresses": destination.addresses,
+        }
+        if destination.scheme == "https":
+            return _HTTPSPool(destination.host, destination.port, ssl_context=_tls(), **common)
+        return _HTTPPool(destination.host, destination.port, **common)
+
+
 @cache
-def _pool() -> urllib3.PoolManager:
-    """Keep-alive connections per destination, per process (made after the worker forks).
-    No retries and no redirects here: retries are the firing's, with backoff, and a redirect
-    could lead past the destination check (SSRF)."""
-    return urllib3.PoolManager(
-        num_pools=256, maxsize=settings.AUTOMATION_HOOK_CONCURRENCY, ssl_context=_tls(), retries=False
-    )
+def _pools() -> _Pools:
+    return _Pools(256)
 
 
 @cache
@@ -127,15 +222,23 @@ def _post(call: HookCall) -> HookResult:
     started = time.monotonic()
     timeout = settings.AUTOMATION_HOOK_TIMEOUT_SECONDS
     response, drained = None, False
+    parts = urlsplit(call.url)
+    pinned = call.destination
+    if (parts.scheme, parts.hostname, parts.port or pinned.port) != (pinned.scheme, pinned.host, pinned.port):
+        return HookResult(None, error=f"{call.url} is not the destination that was checked")
     try:
-        response = _pool().request(
-            "POST",
-            call.url,
-            body=raw,
-            headers=hook_headers(call, raw),
-            preload_content=False,
-            redirect=False,
-            timeout=urllib3.Timeout(total=timeout),
+        response = (
+            _pools()
+            .get(pinned)
+            .urlopen(
+                "POST",
+                parts.path + (f"?{parts.query}" if parts.query else ""),
+                body=raw,
+                headers=hook_headers(call, raw),
+                preload_content=False,
+                redirect=False,
+                timeout=urllib3.Timeout(total=timeout),
+            )
         )
         body = _read_capped(response, settings.AUTOMATION_HOOK_MAX_BYTES)
         drained = True
