@@ -12,4 +12,10 @@ class RelayerConfig(AppConfig):
     name = "relayer"
 
     def ready(self) -> None:
+        from orchestrator.infra.sealing import sealer_register
+        from relayer.keys import MasterKeySealer
+
         post_migrate.connect(_seed_chain, sender=self)
+        # Infrastructure stores secrets too (idempotent answers) but may not import the relayer:
+        # it seals them with whatever is registered here.
+        sealer_register(MasterKeySealer())

@@ -6,8 +6,9 @@ methods and keep the private key outside this process altogether.
 
 Master keys come from the environment: KEY_MASTER_KEYS="2:<base64 32 bytes>,1:<base64 ...>"
 (the highest version encrypts; older ones only decrypt until `manage.py keys rotate-master`
-has re-encrypted everything). Without it, a development master key is generated once under
-VAR_DIR; never run that way with real funds.
+has re-sealed everything: `master_key_rotate` runs every re-sealer registered with
+orchestrator.infra.sealing, this module's signing keys first). Without it, a development master
+key is generated once under VAR_DIR; never run that way with real funds.
 
 A private key never leaves this module: not in a return value, a log line, an exception
 message, an admin page or a repr."""
@@ -35,6 +36,8 @@ from eth_account.messages import SignableMessage, encode_defunct, encode_typed_d
 from eth_account.types import TransactionDictType
 
 from orchestrator.infra.errors import DomainError
+from orchestrator.infra.sealing import SealedSecret as SealedSecret
+from orchestrator.infra.sealing import resealers
 from relayer.models import KeyPurpose, SigningKey
 
 logger = logging.getLogger("relayer.keys")
@@ -107,15 +110,6 @@ def _secret_aad(context: str) -> bytes:
     return f"vault-orchestrator:secret:{context}".encode()
 
 
-@dataclass(frozen=True)
-class SealedSecret:
-    """A secret other than a private key (an HMAC key, say), encrypted like the keys are."""
-
-    version: int
-    nonce: bytes
-    ciphertext: bytes
-
-
 def _seal(plaintext: bytes, aad: bytes) -> SealedSecret:
     """AES-256-GCM under the current master key, with a fresh 12-byte nonce."""
     masters = master_keys()
@@ -141,6 +135,34 @@ def secret_seal(plaintext: bytes, *, context: str) -> SealedSecret:
 def secret_open(sealed: SealedSecret, *, context: str) -> bytes:
     """Raises KeyManagerError when the master key is missing or the row was tampered with."""
     return _open(sealed, _secret_aad(context), what=f"secret for {context}")
+
+
+class MasterKeySealer:
+    """The sealing the apps store secrets with (orchestrator.infra.sealing.Sealer), registered
+    when the relayer app is ready."""
+
+    def seal(self, plaintext: bytes, *, context: str) -> SealedSecret:
+        return secret_seal(plaintext, context=context)
+
+    def open(self, sealed: SealedSecret, *, context: str) -> bytes:
+        return secret_open(sealed, context=context)
+
+    def current_version(self) -> int:
+        return master_keys().current
+
+
+SIGNING_KEYS = "signing keys"
+
+
+def master_key_rotate() -> dict[str, int]:
+    """Re-seals everything not under the current master key: the signing keys, then every kind
+    another app registered (config HMAC keys, idempotency answers, ...). Returns how many of
+    each kind. Safe to run again: what is already current is left alone. Until it has run, the
+    older master keys must stay in KEY_MASTER_KEYS."""
+    counts = {SIGNING_KEYS: key_manager().rotate_master()}
+    for kind, reseal in resealers().items():
+        counts[kind] = reseal()
+    return counts
 
 
 class KeyManager(Protocol):

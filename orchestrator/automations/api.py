@@ -141,7 +141,7 @@ class ConfigSerializer(serializers.Serializer):
 
 class ConfigListView(APIView):
     @extend_schema(request=ConfigSerializer, summary="Create an automation config (EIP-712 signed)")
-    @idempotent
+    @idempotent(secret=("hmacKey",))  # a replay still answers it, but it is stored sealed
     def post(self, request: Request) -> Response:
         body = ConfigSerializer(data=request.data)
         body.is_valid(raise_exception=True)

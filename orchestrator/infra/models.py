@@ -16,7 +16,13 @@ class IdempotencyRecord(models.Model):
     key = models.CharField(max_length=255)
     fingerprint = models.CharField(max_length=64, help_text="SHA-256 of method, path and body.")
     status_code = models.PositiveSmallIntegerField(default=0)
+    # The answer, with each secret field (a view's `secret=`) as null; the secrets themselves are
+    # in `sealed`, field -> sealed by the key manager (orchestrator/infra/sealing.py).
     body = models.JSONField(null=True)
+    sealed = models.JSONField(default=dict, blank=True)
+    # The master key version of everything in `sealed` (null when nothing is): rotation re-seals
+    # the records under an older one.
+    sealed_version = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -18,11 +18,12 @@ from orchestrator.automations.models import Firing, FiringStatus, ReportStatus, 
 from orchestrator.automations.services.subscriptions import subscription_cancel
 from orchestrator.automations.typed_data import hmac_hex
 from orchestrator.devtools.processes import ManagedProcess
+from relayer.keys import master_keys
 from relayer.models import RelayTransaction
 from tests.conftest import Workers, wait_until
 from tests.support.automations import LOCAL_DESTINATIONS, SUBSCRIPTION_KEYS, automation_create, beat_start, fund
 from tests.support.executor_server import Executor, ExecutorServer
-from tests.support.relays import make_chain
+from tests.support.relays import b64_key, make_chain, run_command
 from vaults.onchain import approve_calldata, deploy_asset
 
 pytestmark = [
@@ -293,3 +294,42 @@ def test_two_beats_fire_each_due_time_once(
     received = [t.body["requestID"] for t in executor.triggers()]
     assert len(received) == len(set(received)), "no hook sent twice"
     assert Firing.objects.count() >= len(received)
+
+
+def test_after_a_master_key_rotation_and_the_old_key_dropped_triggers_still_sign_and_relay(
+    anvil: str, server: ExecutorServer, workers: Workers, beat: ManagedProcess, settings: Any
+) -> None:
+    """Issue 14, item 3: the runbook (docs/relayer.md, "Keys"): new master key in front, rotate,
+    drop the old one. Workers that know only the new key sign the config's triggers with its HMAC
+    key, check the answer's, and relay the task with the config's relayer key."""
+
+    def master(raw: str) -> None:
+        settings.KEY_MASTER_KEYS = raw
+        master_keys.cache_clear()
+
+    old, new = b64_key(), b64_key()
+    master(f"1:{old}")
+    try:
+        w3, token = chain_with_token(anvil)
+        spender = Account.create().address
+        executor = server.executor
+        executor.on_trigger = lambda body: executor.task(body, to=token, data=approve_calldata(spender, 7))
+        automation = automation_create(server, source={"type": "INTERVAL", "value": 2})
+        fund(anvil, *automation.config["relayerAddress"])
+
+        master(f"2:{new},1:{old}")
+        out, _ = run_command("keys", "rotate-master")
+        assert "config HMAC keys: 1 re-sealed" in out and "signing keys: 2 re-sealed" in out
+        master(f"2:{new}")
+        automation.subscribe(tokenLimits={token: "1"})
+        start_workers(workers, KEY_MASTER_KEYS=f"2:{new}")
+
+        wait_until(lambda: executor.executed(), timeout=60, message="the post-execution hook")
+    finally:
+        master_keys.cache_clear()
+    trigger, executed = executor.triggers()[0], executor.executed()[0]
+    assert trigger.body_signature_ok and trigger.webhook_signature_ok
+    assert trigger.verifying_signer == automation.config["verifyingAddress"]  # the rotated verifying key
+    assert executed.body["successful"] is True and executed.body_signature_ok
+    receipt = w3.eth.get_transaction_receipt(executed.body["relayResponse"]["outputTransactionHash"])
+    assert receipt["status"] == 1 and receipt["from"] in automation.config["relayerAddress"]

@@ -10,8 +10,12 @@ from typing import Any
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
+from orchestrator.automations.models import AutomationConfig
+from orchestrator.automations.services.configs import config_hmac_key
+from orchestrator.infra.models import IdempotencyRecord
 from relayer.keys import key_manager, master_keys
 from relayer.models import KeyPurpose, SigningKey
+from tests.support.automations import api_client, signed_config_body
 from tests.support.relays import (
     Configure,
     assert_cannot_sign,
@@ -25,6 +29,12 @@ from tests.support.relays import (
 pytestmark = pytest.mark.usefixtures("master")  # tests/relayer/conftest.py: a master key of the test's own
 
 
+def rotation_counts(out: str) -> dict[str, int]:
+    """`keys rotate-master` prints "<kind>: <n> re-sealed" per kind, then a closing line."""
+    lines = [line.rpartition(" re-sealed")[0] for line in out.strip().splitlines()[:-1]]
+    return {kind: int(n) for kind, _, n in (line.rpartition(": ") for line in lines)}
+
+
 @pytest.mark.django_db
 def test_rotate_master_re_encrypts_every_key_under_the_new_version(master: Configure) -> None:
     old, new = b64_key(), b64_key()
@@ -35,7 +45,8 @@ def test_rotate_master_re_encrypts_every_key_under_the_new_version(master: Confi
     master(f"2:{new},1:{old}")
     assert master_keys().current == 2
     out, _ = run_command("keys", "rotate-master")
-    assert out.strip() == f"re-encrypted {len(created)} key(s) under master key v2"
+    assert rotation_counts(out) == {"signing keys": len(created), "idempotency answers": 0, "config HMAC keys": 0}
+    assert out.strip().endswith("everything sealed is under master key v2: the older ones may go")
 
     rotated = list(SigningKey.objects.all())
     assert {key.pk for key in rotated} == set(before)
@@ -49,7 +60,7 @@ def test_rotate_master_re_encrypts_every_key_under_the_new_version(master: Confi
             assert_no_key_material(bytes(value), secret)
 
     out, _ = run_command("keys", "rotate-master")
-    assert out.strip() == "re-encrypted 0 key(s) under master key v2"
+    assert set(rotation_counts(out).values()) == {0}
 
     master(f"2:{new}")  # the old master key retired
     for key in SigningKey.objects.all():
@@ -114,3 +125,35 @@ def test_without_the_setting_a_development_master_key_is_generated_once(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     master_keys.cache_clear()
     assert master_keys() == first  # read back, not generated again
+
+
+@pytest.mark.django_db
+def test_rotate_master_re_seals_config_hmac_keys_and_idempotent_answers_too(master: Configure, settings: Any) -> None:
+    """Issue 14, item 3: after the rotation the old master key can go and every config still
+    opens its HMAC key, every replay still answers it."""
+    settings.AUTOMATION_ALLOW_PRIVATE_DESTINATIONS = True  # executor.example does not resolve here
+    old, new = b64_key(), b64_key()
+    master(f"1:{old}")
+    client = api_client()
+    bodies = [signed_config_body(client, base_url="https://executor.example") for _ in range(2)]
+    answers = [client.post("/v1/config", bodies[0], format="json", HTTP_IDEMPOTENCY_KEY="k").json()]
+    answers.append(client.post("/v1/config", bodies[1], format="json").json())  # no Idempotency-Key
+    configs = [AutomationConfig.objects.get(pk=answer["id"]) for answer in answers]
+    keys = SigningKey.objects.count()  # a verifying key and a relayer per config
+
+    master(f"2:{new},1:{old}")
+    out, _ = run_command("keys", "rotate-master")
+    assert rotation_counts(out) == {"signing keys": keys, "idempotency answers": 1, "config HMAC keys": 2}
+    again, _ = run_command("keys", "rotate-master")
+    assert set(rotation_counts(again).values()) == {0}
+
+    master(f"2:{new}")  # the old master key dropped, as the runbook says
+    for config, answer in zip(configs, answers, strict=True):
+        config.refresh_from_db()
+        assert config.hmac_version == 2 and config_hmac_key(config) == answer["hmacKey"]
+    assert IdempotencyRecord.objects.get().sealed_version == 2
+    replay = client.post("/v1/config", bodies[0], format="json", HTTP_IDEMPOTENCY_KEY="k")
+    assert replay.status_code == 201 and replay.json() == answers[0]
+    for key in SigningKey.objects.all():
+        assert key.master_key_version == 2
+        assert_signs_for(key)

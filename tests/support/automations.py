@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from eth_account import Account
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from web3 import Web3
@@ -76,6 +77,20 @@ class Automation:
         response = self.client.get(f"/v1/{sub_id}/logs", query)
         assert response.status_code == 200, response.content
         return list(response.json()["data"])
+
+
+def signed_config_body(client: APIClient, *, base_url: str, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Registers a new executor for `client` and returns a POST /v1/config body it signed."""
+    account = Account.create()
+    response = client.post("/v1/executors", {"address": account.address, "name": "executor"}, format="json")
+    assert response.status_code == 201, response.content
+    return {
+        "registryID": response.json()["registryID"],
+        "source": source or {"type": "INTERVAL", "value": 30},
+        "destination": {"baseURL": base_url},
+        "verifyPayload": True,
+        "signature": kernel_action_sign(account, destination_url=base_url, verify_payload=True, action="CREATE"),
+    }
 
 
 def automation_create(

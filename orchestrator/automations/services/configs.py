@@ -21,7 +21,8 @@ from orchestrator.automations.models import (
 )
 from orchestrator.automations.services.destinations import DestinationRefused, destination_check
 from orchestrator.automations.typed_data import kernel_action_signer
-from relayer.keys import SealedSecret, key_manager, secret_open, secret_seal
+from orchestrator.infra.sealing import SealedSecret
+from relayer.keys import key_manager, master_keys, secret_open, secret_seal
 from relayer.models import KeyPurpose
 from relayer.services.funding import dev_funding_after_commit
 
@@ -91,12 +92,7 @@ def config_create(
                 interval_seconds=interval,
                 filter=log_filter,
             )
-            sealed = secret_seal(hmac_key.encode(), context=f"config:{config.id}")
-            config.hmac_version, config.hmac_nonce, config.hmac_ciphertext = (
-                sealed.version,
-                sealed.nonce,
-                sealed.ciphertext,
-            )
+            _hmac_seal(config, hmac_key)
             config.save(force_insert=True)
             relayers = [
                 keys.create_key(purpose=KeyPurpose.RELAYER, label=f"relayer {i + 1} of config {config.id}")
@@ -127,9 +123,30 @@ def _signed_by_executor(
         raise InvalidSignature()
 
 
+def _hmac_seal(config: AutomationConfig, hmac_key: str) -> None:
+    sealed = secret_seal(hmac_key.encode(), context=f"config:{config.id}")
+    config.hmac_version, config.hmac_nonce, config.hmac_ciphertext = sealed.version, sealed.nonce, sealed.ciphertext
+
+
 def config_hmac_key(config: AutomationConfig) -> str:
     sealed = SealedSecret(config.hmac_version, bytes(config.hmac_nonce), bytes(config.hmac_ciphertext))
     return secret_open(sealed, context=f"config:{config.id}").decode()
+
+
+def config_hmac_reseal() -> int:
+    """Re-seals the HMAC key of every config (deleted ones too: their rows still hold it) not
+    under the current master key; `keys rotate-master` runs it. Returns how many."""
+    current = master_keys().current
+    resealed = 0
+    for config_id in AutomationConfig.objects.exclude(hmac_version=current).values_list("pk", flat=True):
+        with transaction.atomic():
+            config = AutomationConfig.objects.select_for_update().get(pk=config_id)
+            if config.hmac_version == current:
+                continue
+            _hmac_seal(config, config_hmac_key(config))
+            config.save(update_fields=["hmac_version", "hmac_nonce", "hmac_ciphertext"])
+            resealed += 1
+    return resealed
 
 
 def config_delete(*, config: AutomationConfig, signature: str) -> AutomationConfig:

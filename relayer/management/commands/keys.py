@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from relayer.keys import KeyManagerError, key_manager, master_keys, new_master_key_entry
+from relayer.keys import KeyManagerError, key_manager, master_key_rotate, master_keys, new_master_key_entry
 from relayer.models import KeyPurpose, SigningKey
 from relayer.services.funding import dev_funding_after_commit
 
@@ -22,7 +22,10 @@ class Command(BaseCommand):
         )
         create.add_argument("--purpose", required=True, choices=KeyPurpose.values)
         create.add_argument("--label", default="")
-        sub.add_parser("rotate-master", help="Re-encrypt every key under the newest master key.")
+        sub.add_parser(
+            "rotate-master",
+            help="Re-seal every key and sealed secret under the newest master key; prints counts per kind.",
+        )
         sub.add_parser(
             "new-master-key",
             help="Print a new master key entry (version N+1) for KEY_MASTER_KEYS.",
@@ -39,8 +42,12 @@ class Command(BaseCommand):
                     dev_funding_after_commit(keys=[key])  # autocommit: funded now, on development chains
                 self.stdout.write(key.address)
             elif action == "rotate-master":
-                count = key_manager().rotate_master()
-                self.stdout.write(f"re-encrypted {count} key(s) under master key v{master_keys().current}")
+                counts = master_key_rotate()
+                for kind, count in counts.items():
+                    self.stdout.write(f"{kind}: {count} re-sealed")
+                self.stdout.write(
+                    f"everything sealed is under master key v{master_keys().current}: the older ones may go"
+                )
             elif action == "new-master-key":
                 entry = new_master_key_entry(master_keys().current + 1)
                 self.stderr.write("Prepend this to KEY_MASTER_KEYS (comma-separated), restart, then rotate-master:")
