@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -19,6 +18,7 @@ from approvals.selectors import is_operator, proposals_visible_to
 from approvals.services import proposal_approve, proposal_create, proposal_execution_start, proposal_reject
 from orchestrator.infra.errors import DomainError, NotFound
 from orchestrator.infra.idempotency import idempotent
+from orchestrator.infra.validation import SMALLINT_MAX, WholeNumberField, aware_datetime_text
 from vaults.api import intent_json
 from vaults.selectors import vaults_visible_to
 
@@ -53,7 +53,7 @@ def proposal_json(proposal: RebalanceProposal) -> dict[str, Any]:
 class ProposalCreateSerializer(serializers.Serializer):
     vaultId = serializers.CharField()
     approvers = serializers.ListField(child=serializers.CharField(), min_length=1)
-    quorumRequired = serializers.IntegerField(min_value=1)
+    quorumRequired = WholeNumberField(min_value=1, max_value=SMALLINT_MAX)
     proposedAllocations = serializers.DictField(child=serializers.CharField())
     expiresAt = serializers.CharField(required=False)
 
@@ -86,8 +86,8 @@ class ProposalListView(APIView):
         missing = set(data["approvers"]) - {u.get_username() for u in users}
         if missing:
             raise DomainError("Unknown approvers.", code="invalid", fields={"approvers": f"Unknown: {sorted(missing)}"})
-        expires = parse_datetime(data["expiresAt"]) if data.get("expiresAt") else None
-        if data.get("expiresAt") and (expires is None or expires.tzinfo is None):
+        expires = aware_datetime_text(data["expiresAt"]) if data.get("expiresAt") else None
+        if data.get("expiresAt") and expires is None:
             raise DomainError("Bad expiry.", code="invalid", fields={"expiresAt": "An RFC 3339 time with a zone."})
         proposal = proposal_create(
             vault=vault,

@@ -20,6 +20,7 @@ from approvals.models import Approval, Decision, ProposalSource, ProposalStatus,
 from orchestrator.engine.models import WorkflowRun
 from orchestrator.engine.services import workflow_start
 from orchestrator.infra.errors import Conflict, DomainError
+from orchestrator.infra.validation import decimal_text
 from vaults.models import PolicyStatus, Protocol, SignedFeed, Vault, VaultPolicy
 from vaults.services.compliance import ComplianceResult, PolicyRules, compliance_check
 from vaults.services.feeds import feed_entries
@@ -107,6 +108,9 @@ def allocation_validate(*, vault: Vault, allocation: dict[str, Any]) -> dict[str
     for name, pct in allocation.items():
         if name not in known:
             raise ProposalInvalid(f"unknown protocol {name!r}")
+        # A string (the API's) in plain ASCII digits: Decimal() alone would take "1_0" and "١٢".
+        if isinstance(pct, bool) or (isinstance(pct, str) and not decimal_text(pct)):
+            raise ProposalInvalid(f"{name}: {str(pct)[:40]!r} is not a percentage in ASCII digits, like 60 or 33.5")
         try:
             value = Decimal(str(pct))
         except InvalidOperation:

@@ -67,5 +67,7 @@ if settings.DEMO_ORACLE:
 
     urlpatterns.append(path("demo/oracle/feed", demo_oracle_feed, name="demo-oracle-feed"))
 
+handler400 = "orchestrator.infra.errors.json_bad_request"
+handler403 = "orchestrator.infra.errors.json_permission_denied"
 handler404 = "orchestrator.infra.errors.json_not_found"
 handler500 = "orchestrator.infra.errors.json_server_error"

@@ -22,6 +22,14 @@ from orchestrator.automations.services.subscriptions import subscription_cancel,
 from orchestrator.automations.wire import config_json, executor_json, log_entry_json, subscription_json
 from orchestrator.infra.errors import DomainError, NotFound
 from orchestrator.infra.idempotency import idempotent
+from orchestrator.infra.validation import (
+    BIGINT_MAX,
+    INTEGER_MAX,
+    AmountField,
+    DecimalTextField,
+    WholeNumberField,
+)
+from relayer.services.chains import served_chain_ids
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -86,19 +94,29 @@ class SourceSerializer(serializers.Serializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         value = attrs["value"]
         if attrs["type"] == SourceType.INTERVAL:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise serializers.ValidationError({"value": "A whole number of seconds, at least 1."})
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= INTEGER_MAX:
+                raise serializers.ValidationError({"value": f"A whole number of seconds, 1 to {INTEGER_MAX}."})
         else:
             attrs["value"] = _log_filter(value)
         return attrs
+
+
+def chain_unserved_message(chain_id: int) -> str | None:
+    """Why a subscription or a FILTER config may not name this chain, or None if it may."""
+    served = served_chain_ids()
+    if chain_id in served:
+        return None
+    return f"chain {chain_id} is not served here; served chains: {', '.join(map(str, served)) or 'none'}."
 
 
 def _log_filter(value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise serializers.ValidationError({"value": "An eth_getLogs filter object."})
     chain_id = value.get("chainId")
-    if not isinstance(chain_id, int) or isinstance(chain_id, bool) or chain_id < 1:
+    if not isinstance(chain_id, int) or isinstance(chain_id, bool) or not 1 <= chain_id <= BIGINT_MAX:
         raise serializers.ValidationError({"value": "chainId must be a positive integer."})
+    if (unserved := chain_unserved_message(chain_id)) is not None:
+        raise serializers.ValidationError({"value": f"chainId: {unserved}"})
     addresses = value.get("address")
     listed = addresses if isinstance(addresses, list) else [addresses]
     if not listed or not all(isinstance(a, str) and is_address(a) for a in listed):
@@ -111,7 +129,9 @@ def _log_filter(value: object) -> dict[str, Any]:
         if topic is not None and not all(isinstance(t, str) and TOPIC.match(t) for t in options):
             raise serializers.ValidationError({"value": "each topic is null, a 32-byte hex or a list of them."})
     from_block = value.get("fromBlock", "latest")
-    if from_block != "latest" and (not isinstance(from_block, int) or isinstance(from_block, bool) or from_block < 0):
+    if from_block != "latest" and (
+        not isinstance(from_block, int) or isinstance(from_block, bool) or not 0 <= from_block <= BIGINT_MAX
+    ):
         raise serializers.ValidationError({"value": 'fromBlock must be "latest" or a block number.'})
     return {
         "chainId": chain_id,
@@ -132,7 +152,7 @@ class ConfigSerializer(serializers.Serializer):
     source = SourceSerializer()  # type: ignore[assignment]  # DRF pops declared fields off the class
     destination = DestinationSerializer()
     verifyPayload = serializers.BooleanField()
-    relayerCount = serializers.IntegerField(min_value=1, max_value=16, default=1)
+    relayerCount = WholeNumberField(min_value=1, max_value=16, default=1)
     autosign = serializers.BooleanField(default=False)
     # Optional: an allowlist of the addresses tasks may call.
     allowedTargets = serializers.ListField(child=AddressField(), required=False, default=list, max_length=100)
@@ -198,13 +218,18 @@ class ConfigDetailView(APIView):
 
 
 class SubscriptionSerializer(serializers.Serializer):
-    chainId = serializers.IntegerField(min_value=1)
+    chainId = WholeNumberField(min_value=1)
     subAccountAddress = AddressField()
-    tokenInputs = serializers.DictField(child=serializers.RegexField(r"^\d+$"), required=False, default=dict)
-    tokenLimits = serializers.DictField(child=serializers.RegexField(r"^\d+(\.\d+)?$"), required=False, default=dict)
+    tokenInputs = serializers.DictField(child=AmountField(), required=False, default=dict)
+    tokenLimits = serializers.DictField(child=DecimalTextField(), required=False, default=dict)
     metadata = serializers.DictField(required=False, default=dict)
     feeToken = serializers.CharField(required=False, allow_blank=True, default="")
-    feeAmount = serializers.RegexField(r"^\d+$", required=False, default="0")
+    feeAmount = AmountField(required=False, default="0")
+
+    def validate_chainId(self, chain_id: int) -> int:
+        if (unserved := chain_unserved_message(chain_id)) is not None:
+            raise serializers.ValidationError(unserved[0].upper() + unserved[1:])
+        return chain_id
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         for field in ("tokenInputs", "tokenLimits"):
@@ -260,8 +285,8 @@ class SubscriptionDetailView(APIView):
 
 
 class LogsQuerySerializer(serializers.Serializer):
-    offset = serializers.IntegerField(min_value=0, default=0)
-    limit = serializers.IntegerField(min_value=0, max_value=100, default=10)
+    offset = WholeNumberField(default=0)
+    limit = WholeNumberField(max_value=100, default=10)
 
 
 class SubscriptionLogsView(APIView):

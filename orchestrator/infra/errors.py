@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import BadRequest, DisallowedHost, PermissionDenied, RequestDataTooBig, TooManyFieldsSent
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -126,6 +127,47 @@ def json_not_found(request: HttpRequest, exception: Exception | None = None) -> 
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception or Http404())
+
+
+def _request_refusal(exception: Exception | None) -> tuple[int, str, str]:
+    """Status, code and message for what Django refuses before (or instead of) a view."""
+    if isinstance(exception, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return 413, "request_too_large", f"The request body is larger than {limit} bytes."
+    if isinstance(exception, TooManyFieldsSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return 400, "too_many_parameters", f"More than {limit} query or form parameters."
+    if isinstance(exception, DisallowedHost):
+        return 400, "disallowed_host", "The Host header names a host this server does not answer for."
+    # Only our own BadRequest's message is meant for the client; Django's may quote internals.
+    return (
+        400,
+        "bad_request",
+        str(exception) if isinstance(exception, BadRequest) and str(exception) else "Bad request.",
+    )
+
+
+def json_bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler400: every SuspiciousOperation and BadRequest, raised by Django itself (an
+    unknown Host, too many parameters, a body over DATA_UPLOAD_MAX_MEMORY_SIZE, which is 413)
+    or by RequestTextMiddleware."""
+    status_code, code, message = _request_refusal(exception)
+    if _wants_json(request):
+        return JsonResponse(error_body(code, message), status=status_code)
+    from django.views.defaults import bad_request
+
+    response = bad_request(request, exception or BadRequest())
+    response.status_code = status_code
+    return response
+
+
+def json_permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler403 (a PermissionDenied outside DRF, such as a CSRF failure)."""
+    if _wants_json(request):
+        return JsonResponse(error_body("permission_denied", "You do not have permission to do this."), status=403)
+    from django.views.defaults import permission_denied
+
+    return permission_denied(request, exception or PermissionDenied())
 
 
 def json_server_error(request: HttpRequest) -> HttpResponse:

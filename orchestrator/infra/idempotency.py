@@ -60,8 +60,10 @@ def _idempotent(view: View, *, secret: tuple[str, ...]) -> View:
         key = request.headers.get(HEADER)
         if key is None:
             return view(self, request, *args, **kwargs)
-        if not key or len(key) > MAX_KEY_LENGTH:
-            raise DomainError(f"{HEADER} must be 1 to {MAX_KEY_LENGTH} characters.", code="invalid_idempotency_key")
+        if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():  # a NUL cannot be stored
+            raise DomainError(
+                f"{HEADER} must be 1 to {MAX_KEY_LENGTH} printable characters.", code="invalid_idempotency_key"
+            )
         fingerprint = _fingerprint(request)
         owner = request.user  # authenticated: every POST that creates something needs a token
         assert owner.is_authenticated
@@ -69,7 +71,7 @@ def _idempotent(view: View, *, secret: tuple[str, ...]) -> View:
             with transaction.atomic():
                 record = IdempotencyRecord.objects.create(owner=owner, key=key, fingerprint=fingerprint)
                 response = view(self, request, *args, **kwargs)
-                if response.status_code >= 500:
+                if response.status_code >= 400:  # only a success is remembered, and kept
                     raise _DontRemember(response)
                 record.status_code = response.status_code
                 record.body, record.sealed, record.sealed_version = answer_sealed(

@@ -25,3 +25,9 @@ def chain_seed_from_env(*, overwrite: bool) -> Chain:
     else:
         chain, _ = Chain.objects.get_or_create(chain_id=settings.CHAIN_ID, defaults=values)
     return chain
+
+
+def served_chain_ids() -> list[int]:
+    """The chains this deployment serves (enabled rows): the only ones a subscription or a
+    FILTER config may name."""
+    return list(Chain.objects.filter(enabled=True).order_by("chain_id").values_list("chain_id", flat=True))

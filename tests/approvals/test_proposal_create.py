@@ -103,6 +103,23 @@ def test_a_quorum_outside_1_to_the_number_of_approvers_is_refused(quorum: int) -
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("pct", ["\u0666\u0660", "6_0", " 60", "6e1", "+60"], ids=["Arabic-Indic", "_", " ", "e", "+"])
+def test_a_percentage_not_written_in_plain_ascii_digits_is_refused(pct: str) -> None:
+    vault = make_vault()
+    known_protocols()
+    (alice,) = users("alice")
+    with pytest.raises(ProposalInvalid, match="ASCII digits"):
+        proposal_create(
+            vault=vault,
+            policy=make_policy(vault),
+            allocation={"Aave USDC": pct, "Compound USDC": "40"},
+            approvers=[alice],
+            quorum=1,
+        )
+    assert not RebalanceProposal.objects.exists()
+
+
+@pytest.mark.django_db
 def test_a_proposer_among_the_approvers_is_refused() -> None:
     vault = make_vault()
     alice, bob = users("alice", "bob")

@@ -17,6 +17,7 @@ from orchestrator.automations.models import AutomationConfig
 from orchestrator.automations.services.configs import config_hmac_key
 from orchestrator.automations.typed_data import kernel_action_sign
 from relayer.models import SigningKey
+from tests.factories import ChainFactory
 from tests.support.automations import SUBSCRIPTION_KEYS
 
 pytestmark = pytest.mark.django_db
@@ -65,6 +66,13 @@ def config_body(registry: str, account: LocalAccount, **changes: Any) -> dict[st
     }
     body.update(changes)
     return body
+
+
+@pytest.fixture(autouse=True)
+def _served_chains() -> None:
+    """Subscriptions and FILTER configs may only name chains the deployment serves."""
+    for chain_id, name in ((1, "mainnet"), (8453, "base")):
+        ChainFactory.create(chain_id=chain_id, name=name)
 
 
 @pytest.fixture(autouse=True)

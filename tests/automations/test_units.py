@@ -136,6 +136,8 @@ def test_review_accepts_a_signed_skip_and_a_signed_task(reviewed: tuple[Subscrip
         (lambda a: _executable(a, callType=2), "malformed_answer"),
         (lambda a: _executable(a, to="0x1234"), "malformed_answer"),
         (lambda a: _executable(a, value="-1"), "malformed_answer"),
+        (lambda a: _executable(a, value="\u0667"), "malformed_answer"),  # Arabic-Indic 7: int() takes it
+        (lambda a: _executable(a, value=str(2**256)), "malformed_answer"),
         (lambda a: _executable(a, data="0xabc"), "malformed_answer"),
         (lambda a: _executable(a, value="8"), "bad_executor_signature"),  # signed for 7
         (lambda a: a | {"task": a["task"] | {"subaccount": Account.create().address}}, "wrong_subaccount"),

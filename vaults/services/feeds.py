@@ -19,18 +19,18 @@ import logging
 import string
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from eth_account import Account
 from eth_account.messages import SignableMessage, encode_typed_data
 from eth_utils import is_address, to_checksum_address
 
 from orchestrator.infra.errors import DomainError
+from orchestrator.infra.validation import aware_datetime_text, decimal_text
 from vaults.models import OracleKey, SignedFeed
 from vaults.services.typed_data import typed_data_hash
 
@@ -93,15 +93,10 @@ def feed_entries(entries: list[dict[str, Any]]) -> list[FeedEntry]:
 
 
 def _decimal_string(value: Any, field: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{field} must be a decimal string")
-    try:
-        number = Decimal(value)
-    except InvalidOperation:
-        raise ValueError(f"{field} must be a decimal string") from None
-    if not number.is_finite() or number < 0:
-        raise ValueError(f"{field} must be a non-negative decimal")
-    return value
+    # Plain ASCII digits only: Decimal() would also take "1e9", "1_0" and other scripts' digits.
+    if not decimal_text(value):
+        raise ValueError(f"{field} must be a non-negative decimal string of ASCII digits, like 0.051")
+    return str(value)
 
 
 def _is_hex_signature(value: str) -> bool:
@@ -116,9 +111,8 @@ def feed_parse(payload: Any) -> ParsedFeed:
     oracle = payload.get("oracle")
     if not isinstance(oracle, str) or not is_address(oracle):
         errors["oracle"] = "An address is required."
-    raw_time = payload.get("timestamp")
-    when = parse_datetime(raw_time) if isinstance(raw_time, str) else None
-    if when is None or when.tzinfo is None:
+    when = aware_datetime_text(payload.get("timestamp"))
+    if when is None:
         errors["timestamp"] = "An RFC 3339 time with a zone is required."
     entries = payload.get("entries")
     clean: list[dict[str, Any]] = []

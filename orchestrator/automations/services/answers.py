@@ -18,6 +18,7 @@ from orchestrator.automations.typed_data import (
     execution_request_signer,
     hmac_valid,
 )
+from orchestrator.infra.validation import whole_number_text
 from relayer.keys import key_manager
 
 HEX_DATA = re.compile(r"^0x([0-9a-fA-F]{2})*$")
@@ -92,7 +93,7 @@ def _task_review(*, task: dict[str, Any], request_id: str, subscription: Subscri
         return _refused("malformed_answer", "executable.to must be an address")
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not value.isdigit() or int(value) >= 2**256:
+    if not isinstance(value, str) or whole_number_text(value) is None:  # "١٢".isdigit() is true too
         return _refused("malformed_answer", "executable.value must be a decimal string of wei")
     data = data if data not in (None, "") else "0x"
     if not isinstance(data, str) or not HEX_DATA.match(data):
