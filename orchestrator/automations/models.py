@@ -85,15 +85,26 @@ class AutomationConfig(models.Model):
 
 
 class UsedSignature(models.Model):
-    """Every config signature ever accepted: one is never accepted twice (replays)."""
+    """Every config signature ever accepted, remembered by what it signed: the signer and the
+    EIP-712 digest. Another encoding of the same signature (the high-s twin, another v) signs
+    the same digest, so it is a replay too (docs/api.md, "Signatures")."""
 
-    signature = models.CharField(max_length=140, unique=True)
+    # Empty only on rows from before 0003 that it could not recompute, or that were replays the
+    # old byte-keyed check let through (see that migration); every new row has both.
+    signer = models.CharField(max_length=42, blank=True, default="")
+    digest = models.CharField(max_length=66, blank=True, default="", help_text="EIP-712 hash of the KernelAction.")
+    signature = models.CharField(max_length=140, help_text="Canonical: low s, v 27/28 (older rows: as sent).")
     action = models.CharField(max_length=10)
     config = models.ForeignKey(AutomationConfig, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["signer", "digest"], condition=~Q(digest=""), name="used_signature_once")
+        ]
+
     def __str__(self) -> str:
-        return f"{self.action} {self.signature[:12]}…"
+        return f"{self.action} {(self.digest or self.signature)[:12]}…"
 
 
 class SubscriptionStatus(models.IntegerChoices):

@@ -15,6 +15,10 @@ needs no Django, so an executor process can import it on its own.
                      orchestrator's calls, of "requestID:executorSignature" on the answers
     webhook headers  webhook-signature: v1,<base64 HMAC-SHA256 over "<id>.<timestamp>.<body>">
     x-verifying-signature  an EIP-191 signature of the requestID by the config's verifying key
+
+Every signature is read by orchestrator.infra.signatures: 65 bytes, low s (EIP-2), v 27/28 or
+0/1 (normalised to 27/28). Anything else recovers no signer here, so the high-s twin or another
+encoding of a signature is not a second signature.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ import time
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
-from eth_account import Account
 from eth_account.messages import SignableMessage, encode_defunct, encode_typed_data
 from eth_account.signers.local import LocalAccount
+
+from orchestrator.infra.signatures import MalformedSignature, Recovered, signature_recover
 
 # EIP-712 field lists: {"TypeName": [{"name": ..., "type": ...}, ...]}
 Types = dict[str, list[dict[str, str]]]
@@ -74,10 +79,10 @@ def _signature_hex(signer: LocalAccount, signable: SignableMessage) -> str:
 
 
 def _signer_of(signable: SignableMessage, signature: str) -> str:
-    """The address that signed, or "" if the signature is malformed."""
+    """The address that signed, or "" if the signature is malformed or not canonical."""
     try:
-        return str(Account.recover_message(signable, signature=signature))
-    except Exception:  # malformed signatures raise assorted errors from eth-keys
+        return signature_recover(signable, signature).signer
+    except MalformedSignature:
         return ""
 
 
@@ -98,6 +103,12 @@ def kernel_action_sign(signer: LocalAccount, *, destination_url: str, verify_pay
 def kernel_action_signer(*, destination_url: str, verify_payload: bool, action: str, signature: str) -> str:
     """The address that signed the config action, or "" if the signature is malformed."""
     return _signer_of(_kernel_action(destination_url, verify_payload, action), signature)
+
+
+def kernel_action_recover(*, destination_url: str, verify_payload: bool, action: str, signature: str) -> Recovered:
+    """Who signed the config action and its EIP-712 digest (the replay key). Raises
+    MalformedSignature for a signature that is not canonical or recovers no key."""
+    return signature_recover(_kernel_action(destination_url, verify_payload, action), signature)
 
 
 def execution_request_domain(chain_id: int) -> dict[str, str | int]:
@@ -132,10 +143,19 @@ def execution_request_sign(
 def execution_request_signer(*, chain_id: int, message: Message, signature: str) -> str:
     """The address that signed the execution request, or "" if the signature is malformed."""
     try:
-        signable = _execution_request(chain_id, message)
-    except Exception:  # a message the types cannot encode
+        return execution_request_recover(chain_id=chain_id, message=message, signature=signature).signer
+    except MalformedSignature:
         return ""
-    return _signer_of(signable, signature)
+
+
+def execution_request_recover(*, chain_id: int, message: Message, signature: str) -> Recovered:
+    """Who signed the execution request, and its digest. Raises MalformedSignature (also for a
+    message the types cannot encode)."""
+    try:
+        signable = _execution_request(chain_id, message)
+    except Exception:  # eth-abi raises assorted errors for a message the types cannot encode
+        raise MalformedSignature("The signed message cannot be encoded as an ExecutionRequest.") from None
+    return signature_recover(signable, signature)
 
 
 def verifying_signer(request_id: str, signature: str) -> str:

@@ -15,9 +15,10 @@ from orchestrator.automations.typed_data import (
     Executable,
     execution_request_domain,
     execution_request_message,
-    execution_request_signer,
+    execution_request_recover,
     hmac_valid,
 )
+from orchestrator.infra.signatures import MalformedSignature
 from orchestrator.infra.validation import whole_number_text
 from relayer.keys import key_manager
 
@@ -121,8 +122,15 @@ def _task_review(*, task: dict[str, Any], request_id: str, subscription: Subscri
             types=EXECUTION_REQUEST_TYPES,
             message=message,
         )
-    elif execution_request_signer(chain_id=subscription.chain_id, message=message, signature=signature) not in signers:
-        return _refused("bad_executor_signature", "executorSignature does not recover to the config's executor")
+    else:
+        try:
+            signed = execution_request_recover(chain_id=subscription.chain_id, message=message, signature=signature)
+        except MalformedSignature as exc:  # not canonical (docs/api.md, "Signatures"), or recovers no key
+            return _refused("bad_executor_signature", f"executorSignature is refused: {exc}")
+        if signed.signer not in signers:
+            return _refused("bad_executor_signature", "executorSignature does not recover to the config's executor")
+        # What is relayed is the canonical form (v 27/28); the HMAC above covered it as sent.
+        signature = signed.signature.hex()
     reviewed: ReviewedTask = {
         "subaccount": subscription.sub_account_address,
         "executor": to_checksum_address(executor),

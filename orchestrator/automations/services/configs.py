@@ -20,8 +20,9 @@ from orchestrator.automations.models import (
     UsedSignature,
 )
 from orchestrator.automations.services.destinations import DestinationRefused, destination_check
-from orchestrator.automations.typed_data import kernel_action_signer
+from orchestrator.automations.typed_data import kernel_action_recover
 from orchestrator.infra.sealing import SealedSecret
+from orchestrator.infra.signatures import MalformedSignature, Recovered
 from relayer.keys import key_manager, master_keys, secret_open, secret_seal
 from relayer.models import KeyPurpose
 from relayer.services.funding import dev_funding_after_commit
@@ -55,15 +56,16 @@ def config_create(
     """Checks in the documented order (docs/api.md, "Configs"): a destination that is not
     allowed is part of a malformed body (400 DestinationRefused); the signature must recover to
     the executor (401 invalid_signature), must not have been used (409 signature_replayed), and
-    the executor must have no active config (409 config_exists). Raises those DomainErrors."""
+    the executor must have no active config (409 config_exists). Raises those DomainErrors.
+    "Used" means what was signed (signer and digest), whatever the encoding of the signature."""
     try:
         destination_check(base_url)
     except ValueError as exc:  # a URL too malformed to check (a port that is not a number, ...)
         raise DestinationRefused(str(exc)) from None
-    _signed_by_executor(
+    signed = _signed_by_executor(
         executor, base_url=base_url, verify_payload=verify_payload, action="CREATE", signature=signature
     )
-    if UsedSignature.objects.filter(signature=signature.lower()).exists():
+    if UsedSignature.objects.filter(signer=signed.signer, digest=signed.digest).exists():
         raise SignatureReplayed()
     if AutomationConfig.objects.filter(executor=executor, status=ConfigStatus.ACTIVE).exists():
         raise ConfigExists()
@@ -99,7 +101,7 @@ def config_create(
                 for i in range(relayer_count)
             ]
             config.relayers.set(relayers)
-            UsedSignature.objects.create(signature=signature.lower(), action="CREATE", config=config)
+            _signature_use(signed, action="CREATE", config=config)
             # Gas on development chains, sent after the commit: a config that loses the race
             # below funds nothing. The relayers serve any chain a subscription names, so every
             # development chain gets them funded.
@@ -114,13 +116,25 @@ def config_create(
 
 def _signed_by_executor(
     executor: Executor, *, base_url: str, verify_payload: bool, action: str, signature: str
-) -> None:
-    """Raises InvalidSignature unless the executor signed this config action."""
-    signer = kernel_action_signer(
-        destination_url=base_url, verify_payload=verify_payload, action=action, signature=signature
-    )
-    if signer != executor.address:
+) -> Recovered:
+    """Who signed what, if the executor signed this config action with a canonical signature
+    (docs/api.md, "Signatures"); raises InvalidSignature otherwise, saying why."""
+    try:
+        signed = kernel_action_recover(
+            destination_url=base_url, verify_payload=verify_payload, action=action, signature=signature
+        )
+    except MalformedSignature as exc:
+        raise InvalidSignature(str(exc)) from None
+    if signed.signer != executor.address:
         raise InvalidSignature()
+    return signed
+
+
+def _signature_use(signed: Recovered, *, action: str, config: AutomationConfig) -> None:
+    """Records a config signature as used; IntegrityError if what it signed was used before."""
+    UsedSignature.objects.create(
+        signer=signed.signer, digest=signed.digest, signature=signed.signature.hex(), action=action, config=config
+    )
 
 
 def _hmac_seal(config: AutomationConfig, hmac_key: str) -> None:
@@ -155,7 +169,7 @@ def config_delete(*, config: AutomationConfig, signature: str) -> AutomationConf
     or SignatureReplayed."""
     if config.status != ConfigStatus.ACTIVE:
         raise ConfigDeleted()
-    _signed_by_executor(
+    signed = _signed_by_executor(
         config.executor,
         base_url=config.base_url,
         verify_payload=config.verify_payload,
@@ -168,7 +182,7 @@ def config_delete(*, config: AutomationConfig, signature: str) -> AutomationConf
             locked = AutomationConfig.objects.select_for_update().get(pk=config.pk)
             if locked.status != ConfigStatus.ACTIVE:
                 raise ConfigDeleted()
-            UsedSignature.objects.create(signature=signature.lower(), action="DELETE", config=locked)
+            _signature_use(signed, action="DELETE", config=locked)
             locked.status, locked.deleted_at = ConfigStatus.DELETED, now
             locked.save(update_fields=["status", "deleted_at"])
             locked.subscriptions.filter(status=SubscriptionStatus.ACTIVE).update(
