@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 import pytest
 from eth_account import Account
 
+from tests.support.signatures import high_s_twin, recovery_bit, with_v
 from tests.support.vaults import (
     assert_refused,
     entry,
@@ -129,6 +130,36 @@ def test_a_well_formed_signature_that_recovers_nothing_is_refused_401_invalid_si
     body = feed_body(account, now_s())
     body["signature"] = signature
     assert_refused(post_feed(token_client(), body), 401, "invalid_signature")
+
+
+def test_the_high_s_twin_of_a_valid_feed_signature_is_refused_401_invalid_signature() -> None:
+    # The twin verifies with eth-account and has another digest nowhere: only the canonical
+    # form (low s, EIP-2) is a signature here, so the twin cannot stand in for a fresh feed.
+    _, account = make_oracle()
+    body = feed_body(account, now_s())
+    twin = body | {"signature": high_s_twin(body["signature"])}
+    error = assert_refused(post_feed(token_client(), twin), 401, "invalid_signature")
+    assert "lower half" in error["message"]
+    assert post_feed(token_client(), body).status_code == 201  # the original is still good
+
+
+@pytest.mark.parametrize("v", [35, 36, 37, 38])
+def test_a_feed_signature_with_an_eip_155_v_is_refused_401_invalid_signature(v: int) -> None:
+    _, account = make_oracle()
+    body = feed_body(account, now_s())
+    body["signature"] = with_v(body["signature"], v)
+    assert_refused(post_feed(token_client(), body), 401, "invalid_signature")
+
+
+def test_a_feed_signature_with_v_0_or_1_is_accepted_stored_as_27_or_28_and_is_the_same_feed() -> None:
+    _, account = make_oracle()
+    body = feed_body(account, now_s())
+    short_v = body | {"signature": with_v(body["signature"], recovery_bit(body["signature"]))}
+    client = token_client()
+    assert post_feed(client, short_v).status_code == 201
+    assert SignedFeed.objects.get().signature == body["signature"].lower()
+    replayed = post_feed(client, body)
+    assert replayed.status_code == 409 and replayed.json()["error"]["code"] == "feed_replayed"
 
 
 # --- refused: when ---------------------------------------------------------------------------------

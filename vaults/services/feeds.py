@@ -9,9 +9,11 @@ A feed is EIP-712 typed data signed by an allow-listed oracle key:
              "entries": [{"protocol", "apy", "tvl", "risk"}]}   apy and tvl as the decimal
                                                                 strings sent in the body
 
-Refused (and stored nowhere): unknown or inactive oracle, a signature that does not recover to
-the oracle, a timestamp in the future (beyond FEED_CLOCK_SKEW_SECONDS) or older than
-FEED_MAX_AGE_SECONDS, and a feed whose typed-data hash was accepted before."""
+Refused (and stored nowhere): unknown or inactive oracle, a signature that is not canonical
+(orchestrator.infra.signatures: low s, v 27/28 or 0/1) or does not recover to the oracle, a
+timestamp in the future (beyond FEED_CLOCK_SKEW_SECONDS) or older than FEED_MAX_AGE_SECONDS,
+and a feed whose typed-data hash was accepted before (the hash covers the oracle, so it is the
+signer and what was signed, whatever the signature's encoding)."""
 
 from __future__ import annotations
 
@@ -25,11 +27,11 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from eth_account import Account
 from eth_account.messages import SignableMessage, encode_typed_data
 from eth_utils import is_address, to_checksum_address
 
 from orchestrator.infra.errors import DomainError
+from orchestrator.infra.signatures import MalformedSignature, signature_recover
 from orchestrator.infra.validation import aware_datetime_text, decimal_text
 from vaults.models import OracleKey, SignedFeed
 from vaults.services.typed_data import typed_data_hash
@@ -151,12 +153,12 @@ def feed_parse(payload: Any) -> ParsedFeed:
 
 
 def feed_signer(parsed: ParsedFeed, signable: SignableMessage | None = None) -> str:
-    """The address the feed's signature recovers to ("" if it recovers to none); `signable` is
-    the feed's typed data when the caller has encoded it already."""
-    signable = signable or parsed.signable()
+    """The address the feed's signature recovers to ("" if it recovers to none, or is not
+    canonical: orchestrator.infra.signatures); `signable` is the feed's typed data when the
+    caller has encoded it already."""
     try:
-        return str(Account.recover_message(signable, signature=parsed.signature))
-    except Exception:  # malformed signatures raise assorted errors from eth-keys
+        return signature_recover(signable or parsed.signable(), parsed.signature).signer
+    except MalformedSignature:
         return ""
 
 
@@ -170,14 +172,19 @@ def feed_accept(*, payload: Any, now: datetime | None = None, client: Any = None
     oracle = OracleKey.objects.filter(address__iexact=parsed.oracle, active=True).first()
     if oracle is None:
         raise FeedRefused("unknown_oracle", f"{parsed.oracle} is not an allow-listed oracle.", status=403)
-    signable = parsed.signable()
-    if feed_signer(parsed, signable) != parsed.oracle:
+    try:
+        # Canonical only (low s, v 27/28 or 0/1): the high-s twin of a signature is refused,
+        # not taken for a second feed. The replay key below, the digest, covers the oracle too.
+        signed = signature_recover(parsed.signable(), parsed.signature)
+    except MalformedSignature as exc:
+        raise FeedRefused("invalid_signature", str(exc), status=401) from None
+    if signed.signer != parsed.oracle:
         raise FeedRefused("invalid_signature", "The signature does not recover to the oracle.", status=401)
     if parsed.timestamp > now + timedelta(seconds=settings.FEED_CLOCK_SKEW_SECONDS):
         raise FeedRefused("future_feed", f"The feed is dated in the future ({parsed.timestamp.isoformat()}).")
     if now - parsed.timestamp > timedelta(seconds=settings.FEED_MAX_AGE_SECONDS):
         raise FeedRefused("stale_feed", f"The feed is older than {settings.FEED_MAX_AGE_SECONDS} s.")
-    digest = typed_data_hash(signable)
+    digest = signed.digest
     from vaults.services.rebalance import rebalances_start_for_feed
 
     stored = False
@@ -189,7 +196,7 @@ def feed_accept(*, payload: Any, now: datetime | None = None, client: Any = None
                 oracle=oracle,
                 timestamp=parsed.timestamp,
                 entries=parsed.entries,
-                signature=parsed.signature,
+                signature=signed.signature.hex(),
                 digest=digest,
             )
             stored = True
