@@ -9,12 +9,19 @@ from typing import Any
 
 import pytest
 from eth_account import Account
+from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from rest_framework.test import APIClient
 
 from orchestrator.automations.models import AutomationConfig, ConfigStatus, Subscription, UsedSignature
 from orchestrator.automations.services.answers import answer_review
-from orchestrator.automations.typed_data import Executable, hmac_hex, kernel_action_sign, task_answer
+from orchestrator.automations.typed_data import (
+    Executable,
+    hmac_hex,
+    kernel_action_sign,
+    task_answer,
+    verifying_signer,
+)
 from tests.support.automations import api_client
 from tests.support.signatures import high_s_twin, recovery_bit, with_v
 
@@ -153,3 +160,15 @@ def test_the_high_s_twin_of_an_executor_signature_is_refused(
     outcome, code, _ = review(with_v(signature, 37 + recovery_bit(signature)))
     assert (outcome, code) == ("refused", "bad_executor_signature")
     assert review(with_v(signature, recovery_bit(signature))) == ("task", "", signature)  # normalised to 27/28
+
+
+# --- x-verifying-signature -----------------------------------------------------------------
+
+
+def test_an_executor_reads_x_verifying_signature_with_the_same_parser() -> None:
+    key = Account.create()
+    signature = "0x" + key.sign_message(encode_defunct(text="r-1")).signature.hex().removeprefix("0x")
+    assert verifying_signer("r-1", signature) == key.address
+    assert verifying_signer("r-1", with_v(signature, recovery_bit(signature))) == key.address
+    assert verifying_signer("r-1", high_s_twin(signature)) == ""
+    assert verifying_signer("r-1", with_v(signature, 37 + recovery_bit(signature))) == ""
