@@ -5,16 +5,20 @@ write, requests Django refuses before any view, other scripts' digits, and chain
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from django.db.models import Model
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from rest_framework.test import APIClient
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.test import APIClient, APIRequestFactory, force_authenticate
+from rest_framework.views import APIView
 
 from orchestrator.automations.models import AutomationConfig, Executor, Subscription
 from orchestrator.automations.typed_data import kernel_action_sign
+from orchestrator.infra.idempotency import idempotent
 from orchestrator.infra.models import IdempotencyRecord
 from tests.factories import ChainFactory, TokenFactory
 
@@ -314,3 +318,34 @@ def test_a_filter_config_on_a_chain_not_served_is_400_naming_the_served_chains(c
     error = assert_error(client.post("/v1/config", config_body(registry, account, source), format="json"))
     assert error["fields"]["source"]["value"] == "chainId: chain 1 is not served here; served chains: 31337."
     assert counts() == before
+
+
+# --- an Idempotency-Key remembers successes only -------------------------------------------------
+
+
+class _Answering(APIView):
+    """Creates an executor, then answers the next status of `statuses` (not by raising)."""
+
+    statuses: ClassVar[list[int]] = []
+
+    @idempotent
+    def post(self, request: Request) -> Response:
+        Executor.objects.create(owner=request.user, address=ADDRESS, name="bot")
+        return Response({"answered": True}, status=self.statuses.pop(0))
+
+
+def test_an_answer_of_4xx_or_5xx_is_not_remembered_and_its_work_is_undone() -> None:
+    user = TokenFactory.create().user
+    _Answering.statuses[:] = [500, 422, 201]
+
+    def post() -> Any:
+        request = APIRequestFactory().post("/", {"a": 1}, format="json", HTTP_IDEMPOTENCY_KEY="same")
+        force_authenticate(request, user=user)
+        return _Answering.as_view()(request)
+
+    assert post().status_code == 500 and counts()["Executor"] == counts()["IdempotencyRecord"] == 0
+    assert post().status_code == 422 and counts()["Executor"] == counts()["IdempotencyRecord"] == 0
+    assert post().status_code == 201 and counts()["Executor"] == counts()["IdempotencyRecord"] == 1
+    replayed = post()  # statuses is empty now: the view is not called again
+    assert (replayed.status_code, replayed.data) == (201, {"answered": True})
+    assert counts()["Executor"] == 1
