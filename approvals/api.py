@@ -7,19 +7,21 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from approvals.models import RebalanceProposal
+from approvals.models import Decision, ProposalSource, ProposalStatus, RebalanceProposal
 from approvals.selectors import is_operator, proposals_visible_to
 from approvals.services import proposal_approve, proposal_create, proposal_execution_start, proposal_reject
 from orchestrator.infra.errors import DomainError, NotFound
 from orchestrator.infra.idempotency import idempotent
+from orchestrator.infra.schema import IDEMPOTENCY_KEY, TextField, api_responses, text_path
 from orchestrator.infra.validation import SMALLINT_MAX, WholeNumberField, aware_datetime_text
-from vaults.api import intent_json
+from vaults.api import IntentOut, intent_json
 from vaults.selectors import vaults_visible_to
 
 
@@ -50,12 +52,49 @@ def proposal_json(proposal: RebalanceProposal) -> dict[str, Any]:
     }
 
 
+@extend_schema_field(OpenApiTypes.DATETIME)
+class _TimeText(serializers.CharField):
+    """Parsed by the view (aware_datetime_text), which also insists on a zone."""
+
+
 class ProposalCreateSerializer(serializers.Serializer):
-    vaultId = serializers.CharField()
-    approvers = serializers.ListField(child=serializers.CharField(), min_length=1)
+    vaultId = TextField()
+    approvers = serializers.ListField(child=TextField(), min_length=1, help_text="Usernames.")
     quorumRequired = WholeNumberField(min_value=1, max_value=SMALLINT_MAX)
+    proposedAllocations = serializers.DictField(
+        child=TextField(), help_text="Protocol name to percentage (a decimal string); they sum to 100."
+    )
+    expiresAt = _TimeText(required=False)
+
+
+class ApprovalOut(serializers.Serializer):
+    approver = serializers.CharField()
+    decision = serializers.ChoiceField(choices=Decision.values)
+    comment = serializers.CharField(allow_blank=True)
+    decidedAt = serializers.DateTimeField()
+
+
+class ProposalOut(serializers.Serializer):
+    proposalId = serializers.CharField()
+    vaultId = serializers.CharField()
+    proposer = serializers.CharField(allow_null=True)
+    source = serializers.ChoiceField(choices=ProposalSource.values)  # type: ignore[assignment]  # a declared field
+    approvers = serializers.ListField(child=serializers.CharField())
+    quorumRequired = serializers.IntegerField()
     proposedAllocations = serializers.DictField(child=serializers.CharField())
-    expiresAt = serializers.CharField(required=False)
+    policyVersion = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=ProposalStatus.values)
+    expiresAt = serializers.DateTimeField()
+    approvals = ApprovalOut(many=True)
+    intent = IntentOut(allow_null=True)
+    executionError = serializers.CharField(allow_null=True)
+    createdAt = serializers.DateTimeField()
+
+
+class ExecutionStartedOut(serializers.Serializer):
+    proposalId = serializers.CharField()
+    workflowId = serializers.UUIDField()
+    phase = serializers.CharField(help_text="The run's phase now.")
 
 
 class DecisionSerializer(serializers.Serializer):
@@ -70,7 +109,22 @@ def _visible(request: Request, proposal_id: str) -> RebalanceProposal:
 
 
 class ProposalListView(APIView):
-    @extend_schema(request=ProposalCreateSerializer, summary="Propose a rebalance (operators)")
+    @extend_schema(
+        request=ProposalCreateSerializer,
+        parameters=[IDEMPOTENCY_KEY],
+        responses=api_responses(
+            {201: ProposalOut},
+            errors=[403, 422],
+            body=True,
+            idempotent=True,
+            codes={
+                400: "an unknown vault or approvers, a bad expiry (`fields` says which)",
+                403: "not an operator",
+                422: "`invalid_proposal`",
+            },
+        ),
+        summary="Propose a rebalance (operators)",
+    )
     @idempotent
     def post(self, request: Request) -> Response:
         if not is_operator(request.user):
@@ -101,7 +155,11 @@ class ProposalListView(APIView):
 
 
 class ProposalDetailView(APIView):
-    @extend_schema(summary="A proposal with its decisions")
+    @extend_schema(
+        parameters=[text_path("proposal_id")],
+        responses=api_responses({200: ProposalOut}, errors=[404]),
+        summary="A proposal with its decisions",
+    )
     def get(self, request: Request, proposal_id: str) -> Response:
         return Response(proposal_json(_visible(request, proposal_id)))
 
@@ -109,7 +167,17 @@ class ProposalDetailView(APIView):
 class _DecisionView(APIView):
     decide = staticmethod(proposal_approve)
 
-    @extend_schema(request=DecisionSerializer, summary="Decide on a proposal (a designated approver)")
+    @extend_schema(
+        request=DecisionSerializer,
+        parameters=[text_path("proposal_id")],
+        responses=api_responses(
+            {200: ProposalOut},
+            errors=[403, 404, 409],
+            body=True,
+            codes={403: "`not_an_approver`, `own_proposal`", 409: "`already_decided`, `proposal_closed`"},
+        ),
+        summary="Decide on a proposal (a designated approver)",
+    )
     def post(self, request: Request, proposal_id: str) -> Response:
         proposal = _visible(request, proposal_id)
         body = DecisionSerializer(data=request.data)
@@ -127,7 +195,16 @@ class ProposalRejectView(_DecisionView):
 
 
 class ProposalExecuteView(APIView):
-    @extend_schema(summary="Execute an approved proposal (starts once; repeats return the same run)")
+    @extend_schema(
+        request=None,
+        parameters=[text_path("proposal_id")],
+        responses=api_responses(
+            {202: ExecutionStartedOut},
+            errors=[403, 404, 409],
+            codes={403: "not an operator or a designated approver", 409: "`not_approved`"},
+        ),
+        summary="Execute an approved proposal (starts once; repeats return the same run)",
+    )
     def post(self, request: Request, proposal_id: str) -> Response:
         proposal = _visible(request, proposal_id)
         if not (is_operator(request.user) or proposal.approvers.filter(username=request.user.get_username()).exists()):

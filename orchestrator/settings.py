@@ -158,12 +158,20 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Vault Orchestrator API",
     "DESCRIPTION": "Automation, vault and workflow API. docs/api.md in the repository describes the contract.",
     "VERSION": "1",
+    # 3.1 for propertyNames: the keys of tokenInputs and tokenLimits are addresses.
+    "OAS_VERSION": "3.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # Swagger UI's files come from the sidecar package: the docs page works offline.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    # Every answer has its serializer and every error status its body (orchestrator/infra/schema.py);
+    # tests/e2e/test_openapi_fuzz.py holds the live app to it.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "orchestrator.automations.schema.served_chains_enum",
+    ],
 }
 
 # --- Celery ---------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ from rest_framework import serializers
 from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.parsers import JSONParser
 
+from orchestrator.infra.schema import json_whole_number
+
 # The widest value of each PostgreSQL integer column Django makes.
 SMALLINT_MAX = 2**15 - 1  # PositiveSmallIntegerField
 INTEGER_MAX = 2**31 - 1  # PositiveIntegerField
@@ -129,7 +131,8 @@ class StorableJSONParser(JSONParser):
 class WholeNumberField(serializers.IntegerField):
     """An integer as a JSON number or a string of ASCII digits (query parameters), between
     min_value (default 0) and max_value (default the bigint column's maximum). Refuses `true`,
-    `1.0`, `" 1"` and other scripts' digits, which DRF's IntegerField accepts."""
+    `1.5`, `"1.0"`, `" 1"` and other scripts' digits, which DRF's IntegerField accepts; takes the
+    number `1.0` as 1, as OpenAPI 3.1 (JSON Schema 2020-12) counts it an integer."""
 
     default_error_messages = {"invalid": "A whole number (ASCII digits) is required."}
 
@@ -139,8 +142,8 @@ class WholeNumberField(serializers.IntegerField):
         super().__init__(**kwargs)
 
     def to_internal_value(self, data: Any) -> int:
-        if isinstance(data, int) and not isinstance(data, bool):
-            return data
+        if (whole := json_whole_number(data)) is not None:  # 3 or 3.0, never true (OpenAPI 3.1's integer)
+            return whole
         if isinstance(data, str) and len(data) <= 100 and re.fullmatch(r"-?[0-9]+", data):
             return int(data)
         self.fail("invalid")

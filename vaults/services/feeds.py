@@ -31,6 +31,7 @@ from eth_account.messages import SignableMessage, encode_typed_data
 from eth_utils import is_address, to_checksum_address
 
 from orchestrator.infra.errors import DomainError
+from orchestrator.infra.schema import json_whole_number
 from orchestrator.infra.signatures import MalformedSignature, signature_recover
 from orchestrator.infra.validation import aware_datetime_text, decimal_text
 from vaults.models import OracleKey, SignedFeed
@@ -111,7 +112,8 @@ def feed_parse(payload: Any) -> ParsedFeed:
     if not isinstance(payload, dict):
         raise FeedRefused("invalid", "The body must be a JSON object.", status=400)
     oracle = payload.get("oracle")
-    if not isinstance(oracle, str) or not is_address(oracle):
+    # Any case (docs/api.md): lower() so that a mixed case that is not an EIP-55 checksum still counts.
+    if not isinstance(oracle, str) or not is_address(oracle.lower()):
         errors["oracle"] = "An address is required."
     when = aware_datetime_text(payload.get("timestamp"))
     if when is None:
@@ -128,8 +130,8 @@ def feed_parse(payload: Any) -> ParsedFeed:
                 protocol = entry.get("protocol")
                 if not isinstance(protocol, str) or not protocol.strip() or len(protocol) > 100:
                     raise ValueError("protocol must be a name")
-                risk = entry.get("risk")
-                if not isinstance(risk, int) or isinstance(risk, bool) or not 0 <= risk <= 255:
+                risk = json_whole_number(entry.get("risk"))  # 2.0 too: JSON does not tell it from 2
+                if risk is None or not 0 <= risk <= 255:
                     raise ValueError("risk must be an integer from 0 to 255")
                 clean.append(
                     {
