@@ -12,13 +12,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from django.conf import settings
+from django.conf import settings as django_settings
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
 
 from tests.conftest import ARTIFACTS, free_port
-from tests.factories import TokenFactory, VaultPolicyFactory
+from tests.factories import VaultPolicyFactory
+from tests.support.automations import api_client, signed_config_body
 from tests.support.servers import web_server
+from vaults.services.access import vault_grant
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.stack]
 
@@ -26,10 +31,51 @@ SEED = 20261204
 MAX_EXAMPLES = 25  # per operation and phase
 
 
+def _seeded(settings: Any) -> tuple[str, dict[str, str]]:
+    """An API client's token, and the ids of what it may read: a vault granted to it (with an
+    active policy), an executor with an active config, and a subscription to it."""
+    settings.AUTOMATION_ALLOW_PRIVATE_DESTINATIONS = True  # the config is made here, in-process
+    client = api_client("fuzz-client")
+    user = get_user_model().objects.get(username="fuzz-client")
+    vault = VaultPolicyFactory.create().vault
+    vault_grant(client=user, vault=vault)
+    body = signed_config_body(client, base_url="https://executor.example")
+    config = client.post("/v1/config", body, format="json")
+    assert config.status_code == 201, config.content
+    sub = client.post(
+        "/v1/subscriptions",
+        {"registryID": body["registryID"], "chainId": vault.chain_id, "subAccountAddress": "0x" + "ab" * 20},
+        format="json",
+    )
+    assert sub.status_code == 201, sub.content
+    token = Token.objects.get(user=user).key
+    return token, {
+        "vault_id": vault.vault_id,
+        "registry_id": body["registryID"],
+        "config_id": config.json()["id"],
+        "sub_id": sub.json()["id"],
+    }
+
+
+def _config(ids: dict[str, str]) -> str:
+    """schemathesis.toml: each path id is one of the seeded ones half of the time, so the
+    operations answer real objects (and their serializers are checked against them) as well as
+    404s for generated ids."""
+    lines = []
+    for name, value in ids.items():
+        lines += [f"[dictionaries.{name}]", f'values = ["{value}"]', ""]
+    lines.append("[parameters]")
+    lines += [f'"path.{name}" = {{ dictionary = "{name}", probability = 0.5 }}' for name in ids]
+    return "\n".join(lines) + "\n"
+
+
 @pytest.mark.timeout(600)
-def test_the_live_api_keeps_every_promise_of_its_openapi_schema(worker_env: dict[str, str], tmp_path: Path) -> None:
-    token = TokenFactory.create(user__username="fuzz-client").key
-    VaultPolicyFactory.create()  # a vault with an active policy, so the vault answers carry data
+def test_the_live_api_keeps_every_promise_of_its_openapi_schema(
+    worker_env: dict[str, str], tmp_path: Path, settings: Any
+) -> None:
+    token, ids = _seeded(settings)
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(_config(ids))
     port = free_port()
     web = web_server(port, worker_env)
     report = ARTIFACTS / "schemathesis"
@@ -37,6 +83,7 @@ def test_the_live_api_keeps_every_promise_of_its_openapi_schema(worker_env: dict
         run = subprocess.run(
             [
                 str(Path(sys.executable).with_name("schemathesis")),
+                f"--config-file={config}",
                 "run",
                 f"http://127.0.0.1:{port}/api/schema/",
                 "--checks=all",
@@ -56,7 +103,7 @@ def test_the_live_api_keeps_every_promise_of_its_openapi_schema(worker_env: dict
             env={
                 **os.environ,
                 "SCHEMATHESIS_HOOKS": "tests.e2e.openapi_hooks",
-                "PYTHONPATH": str(settings.BASE_DIR),
+                "PYTHONPATH": str(django_settings.BASE_DIR),
                 "NO_COLOR": "1",
             },
             capture_output=True,

@@ -66,6 +66,10 @@ def test_the_statuses_the_issue_named(schema: dict[str, Any]) -> None:
     delete = paths["/v1/config/{config_id}"]["delete"]["responses"]
     assert "204" not in delete
     assert delete["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ConfigOut"}
+    # Its body, the signature, is documented and required (drf-spectacular leaves DELETE bodies out).
+    body = paths["/v1/config/{config_id}"]["delete"]["requestBody"]
+    assert body["required"] is True
+    assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Delete"}
     assert "registryID" in schema["components"]["schemas"]["SubscriptionRequest"]["required"]
 
 
