@@ -59,7 +59,9 @@ class Decision(models.TextChoices):
 
 
 class Approval(models.Model):
-    proposal = models.ForeignKey(RebalanceProposal, on_delete=models.CASCADE, related_name="approvals")
+    # PROTECT: decisions are audit rows (a database trigger refuses deleting them); deleting a
+    # decided proposal is refused here, by name, before any SQL is sent.
+    proposal = models.ForeignKey(RebalanceProposal, on_delete=models.PROTECT, related_name="approvals")
     approver = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="approvals")
     decision = models.CharField(max_length=8, choices=Decision.choices)
     comment = models.TextField(blank=True)

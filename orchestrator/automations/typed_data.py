@@ -190,7 +190,7 @@ def webhook_authentic(
     signature of its id, timestamp and body (one of its space-separated signatures), and its
     timestamp is at most `max_age` seconds off (None: any age)."""
     msg_id, stamp = headers.get("webhook-id", ""), headers.get("webhook-timestamp", "0")
-    if max_age is not None and (not stamp.isdigit() or abs(time.time() - int(stamp)) > max_age):
+    if max_age is not None and (not (stamp.isascii() and stamp.isdigit()) or abs(time.time() - int(stamp)) > max_age):
         return False
     expected = webhook_signature(key, msg_id=msg_id, timestamp=stamp, body=body)
     return any(hmac.compare_digest(expected, given) for given in headers.get("webhook-signature", "").split())

@@ -16,7 +16,7 @@ from orchestrator.automations.models import Firing, FiringStatus, Subscription
 from orchestrator.automations.services.answers import answer_review
 from orchestrator.automations.services.delivery import firings_deliver
 from orchestrator.automations.services.firings import delivery_chunks, intervals_dispatch, next_due
-from orchestrator.automations.typed_data import hmac_hex
+from orchestrator.automations.typed_data import hmac_hex, webhook_authentic, webhook_signature
 from tests.support.automations import Automation, api_client, automation_create
 from tests.support.executor_server import ExecutorServer
 
@@ -273,3 +273,16 @@ def test_logs_are_newest_first_paged_and_private(server: ExecutorServer) -> None
         assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
     anonymous = automation.client.__class__()
     assert anonymous.get(f"/v1/{sub['id']}/logs").status_code == 401
+
+
+@pytest.mark.parametrize("stamp", ["²", "\u0661\u0667" + "\u0660" * 8, "-5", ""])
+def test_a_webhook_timestamp_that_is_not_ascii_digits_is_not_authentic_and_raises_nothing(stamp: str) -> None:
+    """'²'.isdigit() is true and int("²") raises: an executor's check must answer False instead."""
+    body = b"{}"
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": stamp,
+        "webhook-signature": webhook_signature("k", msg_id="msg_1", timestamp=stamp, body=body),
+    }
+    assert webhook_authentic("k", headers, body) is False
+    assert webhook_authentic("k", headers, body, max_age=None) is True  # the signature itself matches
