@@ -146,7 +146,8 @@ STORAGES = {
 
 # --- REST API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.TokenAuthentication"],
+    # DRF's `Authorization: Token ...`, looked up by the token's hash (orchestrator/infra/tokens.py).
+    "DEFAULT_AUTHENTICATION_CLASSES": ["orchestrator.infra.tokens.HashedTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["orchestrator.infra.validation.StorableJSONParser"],

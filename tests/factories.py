@@ -9,6 +9,7 @@ The shared singletons (chain 31337, a protocol by name) are got or created, neve
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -19,10 +20,10 @@ from django.contrib.auth.models import Group
 from django.utils import timezone
 from eth_account import Account
 from factory.django import DjangoModelFactory
-from rest_framework.authtoken.models import Token
 
 from orchestrator.engine.models import Phase, StepKind, StepRun, StepStatus, WorkflowRun, WorkflowTransition
 from orchestrator.infra.models import Heartbeat
+from orchestrator.infra.tokens import api_token_issue
 from relayer.keys import key_manager
 from relayer.models import Chain, SigningKey
 from vaults.models import OracleKey, Protocol, Vault, VaultPolicy
@@ -63,13 +64,31 @@ class UserFactory(DjangoModelFactory[Any]):
             user.groups.set(Group.objects.filter(name__in=extracted))
 
 
-class TokenFactory(DjangoModelFactory[Token]):
-    """An API token (what `manage.py create_api_client` hands out) for a new user by default."""
+@dataclass(frozen=True)
+class IssuedToken:
+    """An API token as its client holds it: `key` is the raw token for `Authorization: Token ...`;
+    the database holds only its hash (orchestrator/infra/tokens.py)."""
+
+    user: Any
+    key: str
+
+
+class TokenFactory(factory.Factory[IssuedToken]):
+    """An API token issued through api_token_issue (what `manage.py create_api_client` hands out)
+    for a new user by default. Replaces any token the user had."""
 
     class Meta:
-        model = Token
+        model = IssuedToken
 
     user = factory.SubFactory(UserFactory)
+
+    @classmethod
+    def _create(cls, model_class: type[IssuedToken], *args: Any, user: Any, **kwargs: Any) -> IssuedToken:
+        return model_class(user=user, key=api_token_issue(user=user))
+
+    @classmethod
+    def _build(cls, model_class: type[IssuedToken], *args: Any, **kwargs: Any) -> IssuedToken:
+        raise TypeError("A token exists only once issued: use TokenFactory.create().")
 
 
 # --- chains and keys ----------------------------------------------------------------------------

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from approvals.models import ProposalStatus, RebalanceProposal
 from approvals.selectors import OPERATORS_GROUP
 from approvals.services import EXECUTE_WORKFLOW, proposal_approve, proposal_create, proposal_execution_start
 from orchestrator.engine.models import WorkflowRun
+from orchestrator.infra.tokens import api_token_issue
 from tests.factories import UserFactory
 from tests.support.vaults import make_policy, make_protocol, make_vault
 from vaults.services.access import vault_grant
@@ -29,7 +29,7 @@ ALLOCATION = {"Aave USDC": "60", "Compound USDC": "40"}
 
 def api(user: Any) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_issue(user=user)}")
     return client
 
 

@@ -14,7 +14,6 @@ from django.contrib.auth.models import Group
 from django.core import mail
 from django.db import connection
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from web3 import Web3
 
@@ -30,6 +29,7 @@ from approvals.services import (
     proposals_expire,
 )
 from orchestrator.engine.models import Phase, WorkflowRun
+from orchestrator.infra.tokens import api_token_issue
 from tests.conftest import AnvilFactory, Workers, wait_until
 from tests.support.flows import ENTRIES, bootstrapped_vault, signed_feed
 from tests.support.relays import RELAY_ENV, make_chain
@@ -206,7 +206,7 @@ def test_execution_checks_the_policy_active_then_not_the_one_it_was_proposed_und
 
 def _client(user: Any) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_issue(user=user)}")
     return client
 
 

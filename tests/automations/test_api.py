@@ -10,12 +10,12 @@ from django.db import connection
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from orchestrator.automations.models import AutomationConfig
 from orchestrator.automations.services.configs import config_hmac_key
 from orchestrator.automations.typed_data import kernel_action_sign
+from orchestrator.infra.tokens import api_token_issue
 from relayer.models import SigningKey
 from tests.factories import ChainFactory
 from tests.support.automations import SUBSCRIPTION_KEYS
@@ -27,7 +27,7 @@ BASE_URL = "https://executor.example"
 def client_for(name: str) -> APIClient:
     user = get_user_model().objects.create_user(name)
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_issue(user=user)}")
     return client
 
 

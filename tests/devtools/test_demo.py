@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth import authenticate, get_user_model
 from django.test import Client
+from rest_framework.test import APIClient
 
 from approvals.models import ProposalStatus
 from approvals.selectors import APPROVERS_GROUP, proposals_waiting_for
@@ -62,3 +63,18 @@ def test_the_demo_client_is_granted_the_demo_vault_once() -> None:
     assert demo_client_grant(vault) is False
     assert list(vaults_visible_to(user=client)) == [vault]
     assert VaultGrant.objects.get(client=client).granted_by == admin
+
+
+def test_each_start_shows_a_new_api_token_that_authenticates() -> None:
+    # Only the token's hash is stored: a start cannot show the previous token, so it issues one.
+    first = demo_accounts()
+    second = demo_accounts()
+    assert "client created" in first.note and "client exists, new token" in second.note
+    assert first.token != second.token
+
+    def status(token: str) -> int:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+        return client.get("/v1/vaults").status_code
+
+    assert status(second.token) == 200 and status(first.token) == 401

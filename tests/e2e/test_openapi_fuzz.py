@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 
+from orchestrator.infra.tokens import api_token_issue
 from tests.conftest import ARTIFACTS, free_port
 from tests.factories import VaultPolicyFactory
 from tests.support.automations import api_client, signed_config_body
@@ -48,7 +48,7 @@ def _seeded(settings: Any) -> tuple[str, dict[str, str]]:
         format="json",
     )
     assert sub.status_code == 201, sub.content
-    token = Token.objects.get(user=user).key
+    token = api_token_issue(user=user)  # a new one: only the hash of api_client's is stored
     return token, {
         "vault_id": vault.vault_id,
         "registry_id": body["registryID"],

@@ -4,14 +4,11 @@ clear (issue 14, item 2), and records written before that are sealed by infra's 
 from __future__ import annotations
 
 import importlib
-import os
-import subprocess
 from typing import Any
 
 import pytest
 from django.apps import apps as django_apps
 from django.contrib.auth import get_user_model
-from django.db import connection
 from rest_framework.test import APIClient
 
 from orchestrator.automations.models import AutomationConfig
@@ -20,6 +17,7 @@ from orchestrator.infra.models import IdempotencyRecord
 from orchestrator.infra.sealing import sealed_from_json, sealer
 from relayer.keys import KeyManagerError
 from tests.support.automations import api_client, signed_config_body
+from tests.support.dumps import pg_dump
 
 BASE_URL = "https://executor.example"
 
@@ -35,16 +33,6 @@ def a_client() -> APIClient:
 
 def config_body(client: APIClient) -> dict[str, Any]:
     return signed_config_body(client, base_url=BASE_URL)
-
-
-def pg_dump() -> str:
-    """The whole test database as `pg_dump` writes it (data included), read by a separate client:
-    what a backup or a stolen dump would hold."""
-    db = connection.settings_dict
-    argv = ["pg_dump", "--no-owner", "-h", db["HOST"] or "127.0.0.1", "-p", str(db["PORT"] or 5432)]
-    argv += ["-U", db["USER"] or "postgres", db["NAME"]]
-    env = {**os.environ, "PGPASSWORD": db["PASSWORD"] or ""}
-    return subprocess.run(argv, env=env, capture_output=True, text=True, check=True, timeout=60).stdout
 
 
 @pytest.mark.django_db(transaction=True)  # pg_dump reads only what is committed

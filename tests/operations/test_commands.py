@@ -18,6 +18,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from orchestrator.engine.models import Phase
+from orchestrator.infra.tokens import token_digest
 from tests.factories import WorkflowRunFactory
 from tests.support.vaults import make_vault
 from vaults.models import VaultGrant
@@ -49,21 +50,46 @@ def test_it_prints_a_40_character_token_that_authenticates_against_the_api() -> 
     assert not user.has_usable_password()
 
 
+def authenticates(token: str) -> bool:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    return client.get("/v1/vaults").status_code == 200
+
+
 @pytest.mark.django_db
-def test_it_returns_the_same_token_when_run_twice_for_one_name() -> None:
+def test_run_again_for_an_existing_client_it_prints_no_token_and_says_how_to_rotate() -> None:
     first, _ = run_command("create_api_client", "acme-bot")
     second, err = run_command("create_api_client", "acme-bot")
-    assert first == second
-    assert "Existing" in err
+    assert second == ""  # only the hash is stored: the token cannot be shown again
+    assert "Existing" in err and "create_api_client acme-bot --rotate" in err
+    assert authenticates(first.strip())  # and it is left working
     assert User.objects.filter(username="acme-bot").count() == 1
     assert Token.objects.filter(user__username="acme-bot").count() == 1
 
 
 @pytest.mark.django_db
-def test_it_strips_the_name_so_padding_does_not_make_a_second_client() -> None:
+def test_rotate_prints_a_new_token_and_the_old_one_stops_working() -> None:
     first, _ = run_command("create_api_client", "acme-bot")
-    second, _ = run_command("create_api_client", "  acme-bot ")
-    assert first == second
+    second, err = run_command("create_api_client", "acme-bot", "--rotate")
+    assert re.fullmatch(r"[0-9a-f]{40}\n", second) and second != first
+    assert "new token" in err
+    assert authenticates(second.strip())
+    assert not authenticates(first.strip())
+    assert Token.objects.filter(user__username="acme-bot").count() == 1
+
+
+@pytest.mark.django_db
+def test_rotate_for_a_new_client_just_creates_it() -> None:
+    out, err = run_command("create_api_client", "acme-bot", "--rotate")
+    assert err.startswith("Created") and authenticates(out.strip())
+
+
+@pytest.mark.django_db
+def test_it_strips_the_name_so_padding_does_not_make_a_second_client() -> None:
+    run_command("create_api_client", "acme-bot")
+    second, err = run_command("create_api_client", "  acme-bot ")
+    assert second == "" and "Existing API client 'acme-bot'" in err
+    assert User.objects.filter(username__contains="acme-bot").count() == 1
 
 
 @pytest.mark.django_db
@@ -97,7 +123,7 @@ def test_it_grants_the_vaults_named_with_vault_to_a_new_or_an_existing_client() 
     assert client.get("/v1/vaults/vault-eth-002").status_code == 404
 
     again, err = run_command("create_api_client", "acme-bot", "--vault=vault-eth-001", "--vault=vault-eth-002")
-    assert again == out and "Granted: vault-eth-002." in err  # the first grant was there already
+    assert again == "" and "Granted: vault-eth-002." in err  # the first grant was there already
     assert [v["vaultId"] for v in client.get("/v1/vaults").json()["data"]] == ["vault-eth-001", "vault-eth-002"]
     assert VaultGrant.objects.filter(client__username="acme-bot", granted_by=None).count() == 2
 
@@ -123,4 +149,5 @@ def test_it_prints_only_the_token_on_the_real_stdout(worker_env: dict[str, str])
     )
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"[0-9a-f]{40}\n", result.stdout), result.stdout
-    assert Token.objects.get(user__username="shell-bot").key == result.stdout.strip()
+    # What is stored is the token's hash, not the token.
+    assert Token.objects.get(user__username="shell-bot").key == token_digest(result.stdout.strip())

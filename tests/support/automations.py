@@ -9,12 +9,12 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from eth_account import Account
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from web3 import Web3
 
 from orchestrator.automations.typed_data import kernel_action_sign
 from orchestrator.devtools import processes
+from orchestrator.infra.tokens import api_token_issue
 from orchestrator.operations.schedules import ensure_periodic_tasks
 from tests.conftest import ARTIFACTS
 from tests.support.executor_server import ExecutorServer
@@ -43,7 +43,7 @@ LOCAL_DESTINATIONS = {"AUTOMATION_ALLOW_INSECURE_DESTINATIONS": "1", "AUTOMATION
 def api_client(name: str | None = None) -> APIClient:
     user = get_user_model().objects.create_user(name or f"author-{uuid.uuid4().hex[:8]}")
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_issue(user=user)}")
     return client
 
 

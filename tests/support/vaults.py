@@ -124,10 +124,11 @@ def feed_body(
 
 def token_client(name: str = "feed-bot", *, vaults: Iterable[Vault] = ()) -> APIClient:
     """An API client authenticated with the token `manage.py create_api_client` prints, granted
-    `vaults` (`--vault`)."""
+    `vaults` (`--vault`). Called again for the same name it rotates the token (only its hash is
+    stored): an earlier client of that name stops authenticating."""
     out = StringIO()
     granted = [f"--vault={vault.vault_id}" for vault in vaults]
-    call_command("create_api_client", name, *granted, stdout=out, stderr=StringIO())
+    call_command("create_api_client", name, "--rotate", *granted, stdout=out, stderr=StringIO())
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {out.getvalue().strip()}")
     return client

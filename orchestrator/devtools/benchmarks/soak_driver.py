@@ -26,13 +26,13 @@ import httpx
 from django.contrib.auth import get_user_model
 from django.db import connections
 from eth_account import Account
-from rest_framework.authtoken.models import Token
 
 from orchestrator.automations.typed_data import kernel_action_sign
 from orchestrator.devtools.benchmarks.soak_executor import ExecutorServer, SoakExecutor
 from orchestrator.devtools.benchmarks.soak_http import Http
 from orchestrator.devtools.benchmarks.soak_proposals import APPROVERS, VAULT, Proposals
 from orchestrator.devtools.benchmarks.soak_stack import Stack, Summary
+from orchestrator.infra.tokens import api_token_issue
 
 OPERATOR = "admin"  # the demo's superuser: an operator may propose
 SOAK_CLIENT = "soak-client"
@@ -55,19 +55,16 @@ class AutomationClient:
 
 
 def api_tokens(alias: str, usernames: tuple[str, ...]) -> dict[str, str]:
-    """DRF tokens for existing users (the demo's approvers and admin), made through the ORM on
-    the system's database: what `manage.py create_api_client` does for a new client."""
+    """New API tokens for existing users (the demo's approvers and admin), issued on the system's
+    database: what `manage.py create_api_client --rotate` does. Only their hashes are stored, so
+    any token these users had before stops working."""
     users = get_user_model().objects.db_manager(alias)
-    tokens = {}
-    for name in usernames:
-        user = users.get(username=name)
-        tokens[name] = Token.objects.using(alias).get_or_create(user=user)[0].key
-    return tokens
+    return {name: api_token_issue(user=users.get(username=name)) for name in usernames}
 
 
 def api_client_create(alias: str, name: str) -> str:
     user, _ = get_user_model().objects.db_manager(alias).get_or_create(username=name)
-    return str(Token.objects.using(alias).get_or_create(user=user)[0].key)
+    return api_token_issue(user=user)
 
 
 class Driver:

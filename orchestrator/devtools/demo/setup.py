@@ -54,11 +54,12 @@ def demo_accounts() -> DemoAccounts:
         # Random and shown once: a fixed demo password would end up on a reachable machine.
         password = secrets.token_urlsafe(12)
         users.create_superuser(ADMIN_USERNAME, email="", password=password)
-    # The same logic as `manage.py create_api_client demo-client`: token on stdout.
+    # The same logic as `manage.py create_api_client demo-client --rotate`: token on stdout. Only
+    # its hash is stored, so each start issues a new one to show (the previous one stops working).
     out, err = io.StringIO(), io.StringIO()
-    call_command("create_api_client", API_CLIENT, stdout=out, stderr=err)
+    call_command("create_api_client", API_CLIENT, "--rotate", stdout=out, stderr=err)
     admin_note = "admin created" if password else "admin exists"
-    client_note = "client created" if err.getvalue().startswith("Created") else "client exists"
+    client_note = "client created" if err.getvalue().startswith("Created") else "client exists, new token"
     return DemoAccounts(admin_password=password, token=out.getvalue().strip(), note=f"{admin_note}, {client_note}")
 
 
