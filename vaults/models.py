@@ -44,12 +44,20 @@ class Vault(models.Model):
     vault_id = models.CharField(max_length=64, unique=True, help_text='Like "vault-eth-001".')
     name = models.CharField(max_length=200, blank=True)
     chain = models.ForeignKey("relayer.Chain", on_delete=models.PROTECT, related_name="vaults")
-    # The account that holds the funds: a relayer key, so intents are sent from it.
+    # Without a Safe, the account holds the funds and intents are sent from it. With one, the
+    # Safe holds them and this key only pays the gas of the Safe's transactions: it is no owner,
+    # so it can move nothing (docs/flow-b.md#safe-vaults).
     account = models.ForeignKey(
         "relayer.SigningKey",
         on_delete=models.PROTECT,
         related_name="vaults_held",
-        help_text="Holds the funds.",
+        help_text="Holds the funds; for a Safe vault, only pays the gas of the Safe's transactions.",
+    )
+    safe_address = models.CharField(
+        max_length=42,
+        blank=True,
+        help_text="The Safe account that holds the funds; its owners are the approvers' wallets and its "
+        "threshold the quorum. Empty: the account key holds them.",
     )
     operator = models.ForeignKey(
         "relayer.SigningKey",
@@ -72,6 +80,11 @@ class Vault(models.Model):
 
     def __str__(self) -> str:
         return self.vault_id
+
+    @property
+    def holder(self) -> str:
+        """The address that holds the funds: the Safe, else the account key."""
+        return self.safe_address or self.account.address
 
 
 class VaultGrant(models.Model):
@@ -242,3 +255,78 @@ class IntentRelay(models.Model):
 
     def __str__(self) -> str:
         return f"intent {self.intent_id} action {self.position}: relay {self.relay_id}"
+
+
+class SafeTxPurpose(models.TextChoices):
+    REBALANCE = "rebalance", "Rebalance"
+    REJECTION = "rejection", "Rejection (does nothing, uses up the nonce)"
+    OWNERS = "owners", "Owners and threshold"
+
+
+class SafeTxStatus(models.TextChoices):
+    SIGNING = "signing", "Collecting signatures"
+    SENDING = "sending", "Sending"
+    EXECUTED = "executed", "Executed"
+    FAILED = "failed", "Failed"
+    VOID = "void", "Void: its nonce was used by another transaction"
+
+
+class SafeTransaction(models.Model):
+    """A transaction of a vault's Safe, as its owners sign it: the SafeTx fields (`tx`), its
+    EIP-712 hash, and what it is for. A rebalance or owner change gets a rejection at the same
+    nonce when it is made, so owners can sign either; whichever executes uses up the nonce and
+    the other can never execute."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    vault = models.ForeignKey(Vault, on_delete=models.PROTECT, related_name="safe_transactions")
+    purpose = models.CharField(max_length=10, choices=SafeTxPurpose.choices)
+    nonce = models.PositiveBigIntegerField(help_text="The Safe nonce it executes at.")
+    tx = models.JSONField(help_text="The SafeTx fields (vaults.safe.SafeTx.as_json).")
+    safe_tx_hash = models.CharField(max_length=66, unique=True)
+    rejects = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="rejection", help_text="What it rejects."
+    )
+    proposal_id = models.CharField(max_length=64, blank=True, db_index=True, help_text="The proposal it executes.")
+    summary = models.TextField(help_text="What it does, in words.")
+    plan = models.JSONField(default=dict, blank=True, help_text="What it was planned from and should leave.")
+    status = models.CharField(max_length=10, choices=SafeTxStatus.choices, default=SafeTxStatus.SIGNING)
+    relay = models.OneToOneField(
+        "relayer.RelayTransaction", null=True, blank=True, on_delete=models.SET_NULL, related_name="safe_tx"
+    )
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    executed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["vault", "nonce", "created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.vault.vault_id} Safe nonce {self.nonce}: {self.get_purpose_display()} ({self.status})"
+
+
+class SafeSignature(models.Model):
+    """An owner's signature of a Safe transaction's hash, checked when it arrived: it recovered
+    to `owner`, an owner of the Safe at that time."""
+
+    safe_tx = models.ForeignKey(SafeTransaction, on_delete=models.PROTECT, related_name="signatures")
+    owner = models.CharField(max_length=42)
+    signature = models.CharField(max_length=132)
+    signer = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Whose registered wallet the owner is.",
+    )
+    submitted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["safe_tx", "owner"]
+        constraints = [models.UniqueConstraint(fields=["safe_tx", "owner"], name="one_signature_per_owner")]
+
+    def __str__(self) -> str:
+        return f"{self.owner} signed {self.safe_tx_id}"
