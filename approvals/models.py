@@ -75,3 +75,42 @@ class Approval(models.Model):
 
     def __str__(self) -> str:
         return f"{self.approver} {self.decision}s {self.proposal.proposal_id}"
+
+
+class ApproverWallet(models.Model):
+    """The wallet an approver signs Safe transactions with, proven by a signed EIP-4361 message
+    (approvals/wallets.py). One per user, and an address belongs to one user only."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="wallet")
+    address = models.CharField(max_length=42, unique=True, help_text="Checksummed (EIP-55).")
+    proven_at = models.DateTimeField()
+    message = models.TextField(help_text="The EIP-4361 text the wallet signed.")
+    signature = models.CharField(max_length=132, help_text="Canonical: low s, v 27/28.")
+    development = models.BooleanField(
+        default=False, help_text="A key the server holds (development chains only): never real funds."
+    )
+
+    class Meta:
+        ordering = ["user__username"]
+
+    def __str__(self) -> str:
+        return f"{self.address} ({self.user})"
+
+
+class WalletChallenge(models.Model):
+    """An EIP-4361 message issued to a user: signed once, within its expiry, by the address it
+    names."""
+
+    nonce = models.CharField(max_length=64, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="wallet_challenges")
+    address = models.CharField(max_length=42)
+    message = models.TextField()
+    issued_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-issued_at"]
+
+    def __str__(self) -> str:
+        return f"challenge {self.nonce} for {self.address}"

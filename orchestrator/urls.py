@@ -11,6 +11,7 @@ from approvals.api import (
     ProposalListView,
     ProposalRejectView,
 )
+from approvals.api_wallets import WalletChallengeView, WalletListView, WalletMeView
 from orchestrator.automations.api import (
     ConfigDetailView,
     ConfigListView,
@@ -56,6 +57,9 @@ urlpatterns = [
     path("v1/proposals/<str:proposal_id>/approve", ProposalApproveView.as_view(), name="proposal-approve"),
     path("v1/proposals/<str:proposal_id>/reject", ProposalRejectView.as_view(), name="proposal-reject"),
     path("v1/proposals/<str:proposal_id>/execute", ProposalExecuteView.as_view(), name="proposal-execute"),
+    path("v1/wallets/challenge", WalletChallengeView.as_view(), name="wallet-challenge"),
+    path("v1/wallets/me", WalletMeView.as_view(), name="wallet-me"),
+    path("v1/wallets", WalletListView.as_view(), name="wallets"),
     path("v1/vaults", VaultListView.as_view(), name="vaults"),
     path("v1/vaults/<str:vault_id>", VaultDetailView.as_view(), name="vault-detail"),
     path("v1/vaults/<str:vault_id>/intents", VaultIntentsView.as_view(), name="vault-intents"),

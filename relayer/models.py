@@ -37,6 +37,7 @@ class KeyPurpose(models.TextChoices):
     EXECUTOR = "executor", "Executor"
     OPERATOR = "operator", "Operator"
     ORACLE = "oracle", "Oracle"
+    APPROVER = "approver", "Approver (development wallet)"
 
 
 class SigningKey(models.Model):
