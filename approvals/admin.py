@@ -20,6 +20,7 @@ from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 
+from approvals import admin_wallet  # noqa: F401  (registers "Your approver wallet")
 from approvals.admin_views import ProposalPagesAdmin, is_approver, quorum_progress
 from approvals.forms import ProposalAddForm
 from approvals.models import Approval, Decision, RebalanceProposal
