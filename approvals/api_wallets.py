@@ -154,8 +154,8 @@ class WalletListView(APIView):
             errors=[409],
             body=True,
             codes={
-                400: "`invalid_challenge`: not issued to you, used, or expired; ask for a new one",
-                401: "`invalid_signature` (not 65 canonical bytes), `wallet_signature_mismatch` (another signer)",
+                401: "`invalid_challenge` (the message was not issued to you, or was used, or expired: ask for a "
+                "new one), `invalid_signature` (not 65 canonical bytes), `wallet_signature_mismatch` (another signer)",
                 409: "`wallet_taken`: another user registered the address",
             },
         ),

@@ -42,10 +42,11 @@ _NONCE_LINE = re.compile(r"^Nonce: ([A-Za-z0-9]+)$", re.MULTILINE)
 
 
 class InvalidChallenge(DomainError):
-    """The message is not one issued to this user, or it was used or has expired."""
+    """The message is not one issued to this user, or it was used or has expired: the proof of
+    the wallet fails, as a wrong signature does (401)."""
 
     code = "invalid_challenge"
-    http_status = 400
+    http_status = 401
 
 
 class InvalidWalletSignature(DomainError):
@@ -113,9 +114,11 @@ def _statement(user: Any) -> str:
 
 def wallet_challenge_issue(*, user: Any, address: str, domain: str, uri: str, chain_id: int) -> WalletChallenge:
     """A fresh EIP-4361 message for `user` to sign with `address`, good for CHALLENGE_TTL and
-    once. Raises InvalidChallenge for an address that is not one."""
+    once. Raises DomainError (400 invalid) for an address that is not one."""
     if not is_address(address):
-        raise InvalidChallenge("That is not an address: 0x and 40 hex digits.", fields={"address": "Not an address."})
+        raise DomainError(
+            "That is not an address: 0x and 40 hex digits.", code="invalid", fields={"address": "Not an address."}
+        )
     address = to_checksum_address(address)
     # Whole seconds: the text carries them, and the row's times are what the text says.
     issued = timezone.now().replace(microsecond=0)
@@ -164,7 +167,7 @@ def _recovered(message: str, signature: str) -> Recovered:
 def wallet_register(*, user: Any, message: str, signature: str, development: bool = False) -> ApproverWallet:
     """Registers the address of the challenge `message` as `user`'s wallet, given its EIP-191
     personal_sign `signature`; replaces a wallet the user had. `development` is for
-    dev_wallet_enable only (a key the server holds). Raises InvalidChallenge (400),
+    dev_wallet_enable only (a key the server holds). Raises InvalidChallenge (401),
     InvalidWalletSignature (401), WalletSignatureMismatch (401) and WalletTaken (409)."""
     with transaction.atomic():
         challenge = _challenge_locked(user=user, message=message)

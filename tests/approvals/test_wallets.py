@@ -28,6 +28,7 @@ from approvals.wallets import (
     wallet_of,
     wallet_register,
 )
+from orchestrator.infra.errors import DomainError
 from relayer.keys import key_manager
 from relayer.models import Chain, KeyPurpose, SigningKey
 from tests.factories import ChainFactory, TokenFactory, UserFactory
@@ -95,8 +96,9 @@ def test_the_challenge_is_an_eip_4361_message_with_a_fresh_nonce_good_for_ten_mi
 
 
 def test_a_challenge_for_something_that_is_no_address_is_refused(user: Any) -> None:
-    with pytest.raises(InvalidChallenge):
+    with pytest.raises(DomainError) as refused:
         issue(user, "0x1234")
+    assert (refused.value.code, refused.value.http_status) == ("invalid", 400)
     assert not WalletChallenge.objects.exists()
 
 
@@ -161,7 +163,7 @@ def test_a_challenge_registers_once(user: Any, account: LocalAccount) -> None:
     wallet_register(user=user, message=challenge.message, signature=signature)
     with pytest.raises(InvalidChallenge, match="used already") as refused:
         wallet_register(user=user, message=challenge.message, signature=signature)
-    assert (refused.value.code, refused.value.http_status) == ("invalid_challenge", 400)
+    assert (refused.value.code, refused.value.http_status) == ("invalid_challenge", 401)
 
 
 def test_an_expired_challenge_is_refused(user: Any, account: LocalAccount) -> None:
@@ -305,7 +307,7 @@ def test_rest_refusals_have_their_codes(api: APIClient, user: Any, account: Loca
         ({"message": message, "signature": sign(Account.create(), message)}, 401, "wallet_signature_mismatch"),
         ({"message": message, "signature": high_s_twin(signature)}, 401, "invalid_signature"),
         ({"message": message, "signature": "0x12"}, 401, "invalid_signature"),
-        ({"message": message.replace("approver1", "approver2"), "signature": signature}, 400, "invalid_challenge"),
+        ({"message": message.replace("approver1", "approver2"), "signature": signature}, 401, "invalid_challenge"),
         ({"message": message, "signature": 12}, 400, "invalid"),
         ({"message": ["x"], "signature": signature}, 400, "invalid"),
         ({"signature": signature}, 400, "invalid"),
@@ -315,7 +317,7 @@ def test_rest_refusals_have_their_codes(api: APIClient, user: Any, account: Loca
     assert not ApproverWallet.objects.exists()
     assert api.post("/v1/wallets", {"message": message, "signature": signature}, format="json").status_code == 201
     again = api.post("/v1/wallets", {"message": message, "signature": signature}, format="json")
-    assert error_code(again, 400) == "invalid_challenge"
+    assert error_code(again, 401) == "invalid_challenge"
 
     # The same address, proven by another user: taken.
     other = TokenFactory.create()
