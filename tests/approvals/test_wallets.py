@@ -4,10 +4,13 @@ once by the wallet it names, registers the wallet; everything else is refused wi
 from __future__ import annotations
 
 import re
+import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection, transaction
+from django.test import Client
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
@@ -31,6 +34,7 @@ from approvals.wallets import (
 from orchestrator.infra.errors import DomainError
 from relayer.keys import key_manager
 from relayer.models import Chain, KeyPurpose, SigningKey
+from tests.conftest import wait_until
 from tests.factories import ChainFactory, TokenFactory, UserFactory
 from tests.support.signatures import high_s_twin, with_v
 
@@ -164,6 +168,42 @@ def test_a_challenge_registers_once(user: Any, account: LocalAccount) -> None:
     with pytest.raises(InvalidChallenge, match="used already") as refused:
         wallet_register(user=user, message=challenge.message, signature=signature)
     assert (refused.value.code, refused.value.http_status) == ("invalid_challenge", 401)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_registrations_of_one_challenge_wait_for_its_row_lock_and_one_wins(
+    user: Any, account: LocalAccount
+) -> None:
+    challenge = issue(user, account.address)
+    signature = sign(account, challenge.message)
+    outcome: dict[str, str] = {}
+
+    def second() -> None:
+        try:
+            wallet_register(user=user, message=challenge.message, signature=signature)
+            outcome["second"] = "registered"
+        except InvalidChallenge as exc:
+            outcome["second"] = exc.message
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=second)
+    with transaction.atomic():
+        wallet_register(user=user, message=challenge.message, signature=signature)
+        thread.start()
+        # The second registration waits for the challenge's row lock, held until this commits.
+        wait_until(lambda: waiting_for_a_lock() == 1, timeout=10, message="the second registration to wait")
+    thread.join(timeout=10)
+    assert "used already" in outcome["second"]
+    assert ApproverWallet.objects.get(user=user).address == account.address
+
+
+def waiting_for_a_lock() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return int(cursor.fetchone()[0])
 
 
 def test_an_expired_challenge_is_refused(user: Any, account: LocalAccount) -> None:
@@ -333,3 +373,105 @@ def test_rest_needs_a_token() -> None:
     client = APIClient()
     assert error_code(client.get("/v1/wallets/me"), 401) == "not_authenticated"
     assert error_code(client.post("/v1/wallets/challenge", {}, format="json"), 401) == "not_authenticated"
+
+
+def test_rest_bodies_the_database_cannot_keep_or_that_are_not_objects_are_400(api: APIClient) -> None:
+    ChainFactory.create()
+    for raw in ('{"message": "a\\u0000b", "signature": "0x00"}', "[]", '{"message": "' + "x" * 2001 + '"}'):
+        response = api.post("/v1/wallets", raw, content_type="application/json")
+        assert error_code(response, 400) in {"invalid", "malformed_json"}, raw
+    response = api.post("/v1/wallets/challenge", "not json", content_type="application/json")
+    assert error_code(response, 400) == "malformed_json"
+    assert not WalletChallenge.objects.exists()
+
+
+# --- the admin's endpoints ----------------------------------------------------------------------
+
+WALLET_PAGE = "/admin/approvals/approverwallet/"
+
+
+@pytest.fixture
+def browser_session(user: Any) -> Client:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    return client
+
+
+def csrf_token(client: Client) -> str:
+    page = client.get(WALLET_PAGE)
+    assert page.status_code == 200
+    found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.content.decode())
+    assert found is not None
+    return found.group(1)
+
+
+def test_the_admin_page_registers_with_the_session_and_the_csrf_token(
+    browser_session: Client, user: Any, account: LocalAccount
+) -> None:
+    ChainFactory.create()
+    page = browser_session.get(WALLET_PAGE)
+    assert b"Your approver wallet" in page.content and b"Use a development wallet" in page.content
+    without = browser_session.post(
+        f"{WALLET_PAGE}challenge/", {"address": account.address}, content_type="application/json"
+    )
+    assert without.status_code == 403  # no CSRF token
+    token = csrf_token(browser_session)
+    challenge = browser_session.post(
+        f"{WALLET_PAGE}challenge/",
+        {"address": account.address},
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=token,
+    )
+    assert challenge.status_code == 201, challenge.content
+    message = challenge.json()["message"]
+    refused = browser_session.post(
+        f"{WALLET_PAGE}register/",
+        {"message": message, "signature": sign(Account.create(), message)},
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=token,
+    )
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "wallet_signature_mismatch"
+    for raw in ("not json", "[]", '{"message": 1, "signature": "0x"}'):
+        bad = browser_session.post(
+            f"{WALLET_PAGE}register/", raw, content_type="application/json", HTTP_X_CSRFTOKEN=token
+        )
+        assert bad.status_code == 400 and bad.json()["error"]["code"] in {"invalid", "malformed_json"}, raw
+    registered = browser_session.post(
+        f"{WALLET_PAGE}register/",
+        {"message": message, "signature": sign(account, message)},
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=token,
+    )
+    assert registered.status_code == 201 and registered.json()["address"] == account.address
+    assert account.address.encode() in browser_session.get(WALLET_PAGE).content
+    assert browser_session.get(f"{WALLET_PAGE}register/").status_code == 405
+
+
+def test_the_admin_pages_are_for_staff_and_have_no_object_pages(user: Any) -> None:
+    outsider = Client()
+    outsider.force_login(UserFactory.create())  # not staff
+    assert outsider.get(WALLET_PAGE).status_code == 302  # to the login page
+    staff = Client()
+    staff.force_login(user)
+    assert staff.get(f"{WALLET_PAGE}1/change/").status_code == 404
+    assert staff.get(f"{WALLET_PAGE}add/").status_code == 404
+
+
+def test_the_admin_offers_a_development_wallet_on_a_development_chain_only(
+    browser_session: Client, user: Any, settings: Any
+) -> None:
+    ChainFactory.create()
+    token = csrf_token(browser_session)
+    answer = browser_session.post(f"{WALLET_PAGE}development/", {"csrfmiddlewaretoken": token}, follow=True)
+    assert b"a development wallet" in answer.content
+    assert ApproverWallet.objects.get(user=user).development is True
+
+    Chain.objects.create(chain_id=1, name="mainnet", rpc_url="http://127.0.0.1:9")
+    settings.CHAIN_ID = 1
+    assert b"Use a development wallet" not in browser_session.get(WALLET_PAGE).content
+    other = UserFactory.create(staff=True)
+    browser_session.force_login(other)
+    token = csrf_token(browser_session)
+    answer = browser_session.post(f"{WALLET_PAGE}development/", {"csrfmiddlewaretoken": token}, follow=True)
+    assert b"is not a development chain" in answer.content
+    assert wallet_of(other) is None
