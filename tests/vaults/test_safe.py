@@ -365,3 +365,13 @@ def test_owners_and_threshold_change_in_one_safe_transaction(chain: Chain) -> No
     assert safe_lib.safe_state(w3, safe).threshold == 1
     with pytest.raises(ValueError, match="threshold"):
         safe_lib.owner_change_calls(safe=safe, owners_now=[], owners_wanted=[dave.address], threshold=2)
+
+
+def test_a_listed_chain_without_the_canonical_contracts_is_refused(anvils: AnvilFactory) -> None:
+    w3 = Web3(Web3.HTTPProvider(anvils.start(extra=["--chain-id", "1"])))
+    canonical = safe_lib.canonical_addresses(1)
+    assert canonical is not None
+    # Not deployed from `deployer` either: canonical addresses come from another factory than ours.
+    with pytest.raises(safe_lib.SafeUnavailable, match=f"Chain 1 should have Safe 1.4.1 at {canonical.singleton}"):
+        safe_lib.safe_contracts(w3, deployer=w3.eth.accounts[0])
+    assert w3.eth.get_transaction_count(w3.eth.accounts[0]) == 0
