@@ -1,12 +1,14 @@
 """The proposal page's review (current and proposed allocation, compliance, decisions, the
-intent's transactions) and the Approve / Reject pages: a confirmation page, then a POST to
-proposal_approve / proposal_reject, which are the authority on who may decide. The admin for
-proposals (approvals/admin.py) is built on ProposalPagesAdmin."""
+execution's state, the intent's transactions) and the Approve / Reject pages: a confirmation
+page, then a POST to proposal_approve / proposal_reject, which are the authority on who may
+decide. Someone who may not decide gets a 403 page inside the admin that says why. The admin
+for proposals (approvals/admin.py) is built on ProposalPagesAdmin."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -28,6 +30,7 @@ from approvals.services import (
     proposal_current_allocation,
     proposal_reject,
 )
+from orchestrator.engine.models import WAITING_PHASES, Phase, StepStatus, WorkflowRun
 from orchestrator.infra.admin_base import DomainErrorAdminMixin
 from orchestrator.infra.errors import DomainError
 from vaults.models import ExecutionIntent, PolicyStatus, Protocol
@@ -99,6 +102,45 @@ def executed_check(intent: ExecutionIntent | None) -> ComplianceResult | None:
     return ComplianceResult([Violation(rule=v["rule"], message=v["message"]) for v in recorded["violations"]])
 
 
+def execution_run(proposal: RebalanceProposal) -> WorkflowRun | None:
+    """The newest run executing the proposal (Flow B's, or a Safe vault's)."""
+    return WorkflowRun.objects.filter(input__proposal=proposal.pk).order_by("-created_at").first()
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def execution_state(proposal: RebalanceProposal, run: WorkflowRun | None) -> dict[str, str]:
+    """What the page says about the execution, one statement per run phase: `state` is
+    waiting, stopped, failed, running, done or none (no run), `text` the sentence (empty when
+    the intent below says it all). Derived from the run, so it never contradicts itself."""
+    if run is None:
+        if proposal.execution_error:
+            return {"state": "stopped", "text": f"Stopped: {proposal.execution_error}"}
+        if proposal.status == ProposalStatus.APPROVED:
+            return {"state": "none", "text": "Approved; execution has not started yet."}
+        return {"state": "none", "text": ""}
+    if run.phase in WAITING_PHASES:
+        waited = run.steps.filter(status=StepStatus.WAITING).order_by("-id").first()
+        info = waited.output if waited is not None and isinstance(waited.output, dict) else {}
+        what = str(info.get("waiting") or f"step {run.step_name}")
+        until = run.due_at  # the Wait's resume_at: when the engine runs the step again
+        again = "the check runs again" if run.step_name == "check" else "it looks again"
+        when = f"; {again} at {_utc(until)}" if until is not None else ""
+        return {"state": "waiting", "text": f"Waiting for {what[:1].lower()}{what[1:]}{when}"}
+    if run.phase == Phase.BLOCKED:
+        return {"state": "stopped", "text": f"Stopped: {run.error or proposal.execution_error}"}
+    if run.phase in (Phase.FAILED, Phase.DEAD_LETTER):
+        return {"state": "failed", "text": f"Failed ({run.get_phase_display().lower()}): {run.error}"}
+    if run.phase == Phase.COMPLETED:
+        return {"state": "done", "text": "" if proposal.intent_id is not None else "Execution completed."}
+    if proposal.intent_id is not None:
+        return {"state": "running", "text": ""}
+    doing = f" (step {run.step_name})" if run.step_name else ""
+    return {"state": "running", "text": f"Approved; the intent is being prepared{doing}."}
+
+
 def quorum_progress(proposal: RebalanceProposal) -> str:
     given = getattr(proposal, "approvals_given", None)
     if given is None:
@@ -110,6 +152,7 @@ class ProposalPagesAdmin(DomainErrorAdminMixin, admin.ModelAdmin):
     """The review on the proposal page and the decision pages."""
 
     decision_template = "admin/approvals/rebalanceproposal/decision_confirmation.html"
+    refused_template = "admin/approvals/rebalanceproposal/decision_refused.html"
 
     @contextmanager
     def domain_errors(self, request: HttpRequest, *, form: forms.Form | None = None) -> Iterator[None]:
@@ -168,6 +211,7 @@ class ProposalPagesAdmin(DomainErrorAdminMixin, admin.ModelAdmin):
             "intent": intent,
             "intent_url": intent_url,
             "transactions": transactions,
+            "execution": execution_state(proposal, execution_run(proposal)),
             "can_decide": can_decide(proposal, request.user),
             "approve_url": reverse("admin:{}_{}_approve".format(*info), args=[proposal.pk]),
             "reject_url": reverse("admin:{}_{}_reject".format(*info), args=[proposal.pk]),
@@ -209,8 +253,11 @@ class ProposalPagesAdmin(DomainErrorAdminMixin, admin.ModelAdmin):
             form = DecisionForm(request.POST)
             comment = form.cleaned_data["comment"] if form.is_valid() else ""
             decided = None
-            with self.domain_errors(request):
-                decided = service(proposal=proposal, approver=request.user, comment=comment)
+            try:
+                with self.domain_errors(request):
+                    decided = service(proposal=proposal, approver=request.user, comment=comment)
+            except PermissionDenied as exc:  # the service's 403: not an approver, own proposal
+                return self.refused_view(request, proposal, verb, str(exc) or "you may not decide on it", back)
             if decided is None:
                 return HttpResponseRedirect(back)
             given = decided.approvals.filter(decision=Decision.APPROVE).count()
@@ -226,8 +273,14 @@ class ProposalPagesAdmin(DomainErrorAdminMixin, admin.ModelAdmin):
             return HttpResponseRedirect(back)
         # GET: the same rules the service applies, to show a page or not.
         user: Any = request.user
-        if proposal.proposer_id == user.pk or not proposal.approvers.filter(pk=user.pk).exists():
-            raise PermissionDenied
+        if proposal.proposer_id == user.pk:
+            return self.refused_view(
+                request, proposal, verb, f"{proposal.proposal_id} is your own proposal: a proposer never decides", back
+            )
+        if not proposal.approvers.filter(pk=user.pk).exists():
+            return self.refused_view(
+                request, proposal, verb, f"you are not a designated approver of {proposal.proposal_id}", back
+            )
         if not can_decide(proposal, user):
             self.message_user(
                 request, f"{proposal.proposal_id} is {proposal.status} or decided by you already.", messages.WARNING
@@ -244,6 +297,47 @@ class ProposalPagesAdmin(DomainErrorAdminMixin, admin.ModelAdmin):
             "back_url": back,
             "proposed": [(name, pct_shown(pct)) for name, pct in sorted(proposal.proposed_allocations.items())],
             "quorum_progress": quorum_progress(proposal),
+            **self.decision_compliance(proposal),
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.decision_template, context)
+
+    def decision_compliance(self, proposal: RebalanceProposal) -> dict[str, Any]:
+        """The check the decision rests on, as the proposal page computes it (the policy active
+        now, turnover from the allocation on chain now)."""
+        active = proposal.vault.policies.filter(status=PolicyStatus.ACTIVE).first()
+        title = f"Compliance with the policy active now (v{active.version})" if active else "Compliance"
+        try:
+            current: dict[str, str] | None = proposal_current_allocation(proposal=proposal)
+        except Exception:  # the page renders whatever the chain does
+            current = None
+        try:
+            return {
+                "compliance": proposal_compliance_preview(proposal=proposal, current=current or {}),
+                "compliance_title": title,
+                "compliance_error": "",
+                "current_unavailable": current is None,
+            }
+        except Exception as exc:
+            return {
+                "compliance": None,
+                "compliance_title": title,
+                "compliance_error": f"{exc.__class__.__name__}: {exc}"[:300],
+                "current_unavailable": current is None,
+            }
+
+    def refused_view(
+        self, request: HttpRequest, proposal: RebalanceProposal, verb: str, reason: str, back: str
+    ) -> TemplateResponse:
+        """The admin's page for a decision this user may not make (HTTP 403), saying why."""
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"You cannot {verb.lower()} {proposal.proposal_id}",
+            "opts": self.opts,
+            "original": proposal,
+            "verb": verb,
+            "reason": reason[:1].upper() + reason[1:].rstrip("."),
+            "back_url": back,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.refused_template, context, status=403)

@@ -4,6 +4,7 @@ page and its POST, the operators' add form, and that nothing is edited or delete
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,9 +15,11 @@ from django.test import Client
 
 from approvals.models import Approval, Decision, ProposalStatus, RebalanceProposal
 from approvals.selectors import APPROVERS_GROUP, OPERATORS_GROUP
-from approvals.services import proposal_approve, proposal_create
-from tests.support.vaults import make_policy, make_protocol, make_vault
+from approvals.services import EXECUTE_WORKFLOW, proposal_approve, proposal_create, proposal_reject
+from orchestrator.engine.models import Phase, StepStatus, WorkflowRun
+from tests.support.vaults import entry, feed_body, make_oracle, make_policy, make_protocol, make_vault, now_s
 from vaults.models import Protocol, Vault, VaultPolicy
+from vaults.services.feeds import feed_accept
 
 pytestmark = pytest.mark.django_db
 
@@ -271,3 +274,129 @@ def test_the_decisions_list_is_read_only(world: World) -> None:
     assert "fine" in html and 'name="comment"' not in html
     assert client.post(f"/admin/approvals/approval/{decision.pk}/change/", {"comment": "x"}).status_code == 403
     assert client.get(f"/admin/approvals/approval/{decision.pk}/delete/").status_code == 403
+
+
+# --- the designated approvers' decisions, the refusal page, the confirmation page -----------
+
+
+def test_the_designated_approvers_table_names_each_decision_in_full(world: World) -> None:
+    proposal_approve(proposal=world.proposal, approver=world.approvers[0])
+    proposal_reject(proposal=world.proposal, approver=world.approvers[1])
+    html = page(client_for(world.operator), change_url(world.proposal))
+    table = html.split('id="approvers"', 1)[1].split("</table>", 1)[0]
+    assert "Approved" in table and "Rejected" in table and "not decided" in table
+    assert "Rejectd" not in html and "Approved" + "d" not in html
+
+
+def assert_refused_inside_the_admin(response: Any, proposal: RebalanceProposal, reason: str) -> None:
+    html = response.content.decode()
+    assert response.status_code == 403, response.status_code
+    assert [t.name for t in response.templates][:2] == [
+        "admin/approvals/rebalanceproposal/decision_refused.html",
+        "admin/base_site.html",
+    ]
+    assert 'id="header"' in html and 'class="breadcrumbs"' in html  # the admin's layout
+    assert reason in html, html
+    assert f'href="{change_url(proposal)}"' in html and f"Back to {proposal.proposal_id}" in html
+
+
+def test_someone_who_may_not_decide_gets_a_403_page_inside_the_admin_saying_why(world: World) -> None:
+    proposal = world.proposal
+    outsider, operator = client_for(world.outsider), client_for(world.operator)
+    for url in (approve_url(proposal), reject_url(proposal)):
+        assert_refused_inside_the_admin(outsider.get(url), proposal, "not a designated approver")
+        assert_refused_inside_the_admin(operator.get(url), proposal, "your own proposal")
+    # The service's own refusal of a POST (a 403 DomainError) gets the same page.
+    posted = outsider.post(approve_url(proposal), {"comment": "forged"})
+    assert_refused_inside_the_admin(posted, proposal, "is not an approver of")
+    posted = operator.post(reject_url(proposal), {"comment": "forged"})
+    assert posted.status_code == 403 and "admin/base_site.html" in [t.name for t in posted.templates]
+    assert not Approval.objects.exists()
+
+
+def test_the_confirmation_page_shows_the_compliance_check_and_approve_is_the_default_action(
+    world: World,
+) -> None:
+    client = client_for(world.approvers[0])
+    html = page(client, approve_url(world.proposal))
+    section = html.split('id="compliance"', 1)[1].split("</div>", 1)[0]
+    assert f"policy active now (v{world.policy.version})" in section
+    assert 'data-ok="false"' in section and "no market feed" in section  # each violation listed
+    button = html.split('id="confirm-button"', 1)[1].split(">", 1)[0]
+    assert 'class="default"' in button and "deletelink" not in button
+    assert "delete-confirmation" not in html  # the admin styles every submit of that page as Delete
+    reject = page(client, reject_url(world.proposal))
+    button = reject.split('id="confirm-button"', 1)[1].split(">", 1)[0]
+    assert 'class="reject-button"' in button and "deletelink" not in button and "default" not in button
+
+
+def test_a_compliant_proposal_passes_on_the_confirmation_page(world: World) -> None:
+    key, oracle = make_oracle()
+    world.policy.oracles.add(key)
+    feed_accept(payload=feed_body(oracle, now_s(), [entry("Aave USDC", risk=1), entry("Morpho USDC", risk=1)]))
+    html = page(client_for(world.approvers[0]), approve_url(world.proposal))
+    section = html.split('id="compliance"', 1)[1].split("</div>", 1)[0]
+    assert 'data-ok="true"' in section and "passes the compliance check" in section
+
+
+# --- the execution's state, one statement per run phase ---------------------------------------
+
+
+def executing(world: World, phase: str, **fields: Any) -> WorkflowRun:
+    """The proposal approved and its run in `phase`, as the engine would leave the rows."""
+    RebalanceProposal.objects.filter(pk=world.proposal.pk).update(status=ProposalStatus.APPROVED)
+    return WorkflowRun.objects.create(
+        kind=EXECUTE_WORKFLOW,
+        idempotency_key=f"flow-b:{world.proposal.pk}",
+        correlation_id="c",
+        input={"proposal": world.proposal.pk},
+        phase=phase,
+        **fields,
+    )
+
+
+def execution_section(world: World) -> str:
+    html = page(client_for(world.operator), change_url(world.proposal))
+    return html.split('id="execution"', 1)[1].split("</div>", 1)[0]
+
+
+def test_a_run_waiting_for_the_timing_rule_says_until_when_and_nothing_else(world: World) -> None:
+    due = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    run = executing(world, Phase.CONFIRMING, step_name="check", current_step=1, due_at=due)
+    run.steps.create(
+        index=1,
+        name="check",
+        attempt=1,
+        status=StepStatus.WAITING,
+        started_at=due,
+        output={"phase": "confirming", "waiting": "the policy's timing rule: the last rebalance was too recent"},
+    )
+    section = execution_section(world)
+    assert 'data-state="waiting"' in section
+    assert (
+        "Waiting for the policy&#x27;s timing rule: the last rebalance was too recent; "
+        "the check runs again at 2030-01-02 03:04:05 UTC" in section
+    )
+    assert "Stopped" not in section and "being prepared" not in section and "Nothing executed" not in section
+
+
+@pytest.mark.parametrize(
+    ("phase", "state", "text", "absent"),
+    [
+        (Phase.BLOCKED, "stopped", "Stopped: compliance at execution: exposure", ("Failed", "prepared", "Waiting")),
+        (Phase.FAILED, "failed", "Failed (failed): emit: boom", ("Stopped", "prepared", "Waiting")),
+        (Phase.DEAD_LETTER, "failed", "Failed (dead letter): emit: boom", ("Stopped", "prepared", "Waiting")),
+        (Phase.SUBMITTING, "running", "Approved; the intent is being prepared (step check).", ("Stopped", "Failed")),
+    ],
+)
+def test_each_run_phase_has_one_statement(
+    world: World, phase: str, state: str, text: str, absent: tuple[str, ...]
+) -> None:
+    error = {Phase.BLOCKED: "compliance at execution: exposure", Phase.SUBMITTING: ""}.get(phase, "emit: boom")
+    executing(world, phase, step_name="check", error=error)
+    # What on_transition left on the proposal: the page follows the run, not this.
+    RebalanceProposal.objects.filter(pk=world.proposal.pk).update(execution_error=error)
+    section = execution_section(world)
+    assert f'data-state="{state}"' in section and text in section
+    for contradiction in (*absent, "Nothing executed"):
+        assert contradiction not in section, contradiction
