@@ -18,12 +18,14 @@ from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.urls import reverse
+from django.urls import URLPattern, reverse
 
 from approvals import admin_wallet  # noqa: F401  (registers "Your approver wallet")
+from approvals.admin_signing import SafeSigningAdminMixin
 from approvals.admin_views import ProposalPagesAdmin, is_approver, quorum_progress
 from approvals.forms import ProposalAddForm
 from approvals.models import Approval, Decision, RebalanceProposal
+from approvals.safe_proposals import proposal_safe_txs
 from approvals.selectors import is_operator, proposals_visible_to, proposals_waiting_for
 from orchestrator.infra.admin_base import ReadOnlyAdmin
 from vaults.models import Protocol
@@ -59,7 +61,7 @@ class WaitingForMeFilter(admin.SimpleListFilter):
 
 
 @admin.register(RebalanceProposal)
-class RebalanceProposalAdmin(ProposalPagesAdmin):
+class RebalanceProposalAdmin(SafeSigningAdminMixin, ProposalPagesAdmin):
     list_display = ("proposal_id", "vault", "status", "quorum_progress", "expires_at", "created_at")
     list_display_links = ("proposal_id",)
     list_filter = (WaitingForMeFilter, "status", ("vault", admin.RelatedOnlyFieldListFilter))
@@ -77,6 +79,7 @@ class RebalanceProposalAdmin(ProposalPagesAdmin):
         "created_at",
         "decided_at",
         "execution_error",
+        "safe_shown",
     )
     readonly_fields = fields
     add_form_template = "admin/approvals/rebalanceproposal/add_form.html"
@@ -113,6 +116,31 @@ class RebalanceProposalAdmin(ProposalPagesAdmin):
     @admin.display(description="quorum")
     def quorum_progress(self, obj: RebalanceProposal) -> str:
         return quorum_progress(obj)
+
+    @admin.display(description="Safe transaction")
+    def safe_shown(self, obj: RebalanceProposal) -> str:
+        main, rejection = proposal_safe_txs(obj)
+        if main is None or rejection is None:
+            return "none: the vault's account key holds the funds"
+        return (
+            f"Safe {obj.vault.safe_address}, nonce {main.nonce}, safeTxHash {main.safe_tx_hash} "
+            f"({main.get_status_display().lower()}): {main.signatures.count()} owner signature(s) to approve, "
+            f"{rejection.signatures.count()} to reject ({rejection.get_status_display().lower()}); "
+            f"the Safe executes at {obj.quorum_required}"
+        )
+
+    # --- Safe vaults: Approve and Reject are signatures (approvals/admin_signing.py) -------
+
+    def get_urls(self) -> list[URLPattern]:
+        return self.signing_urls() + super().get_urls()
+
+    def review_context(self, request: HttpRequest, proposal: RebalanceProposal) -> dict[str, Any]:
+        context = super().review_context(request, proposal)
+        if proposal_safe_txs(proposal)[0] is not None:
+            info = (self.opts.app_label, self.opts.model_name)
+            context["approve_url"] = reverse("admin:{}_{}_sign_approve".format(*info), args=[proposal.pk])
+            context["reject_url"] = reverse("admin:{}_{}_sign_reject".format(*info), args=[proposal.pk])
+        return context
 
     # --- the list: approvers start on what waits for them --------------------------------
 

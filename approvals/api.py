@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from approvals.models import Decision, ProposalSource, ProposalStatus, RebalanceProposal
+from approvals.safe_proposals import proposal_safe_txs, proposal_sign, signing_payload
 from approvals.selectors import is_operator, proposals_visible_to
 from approvals.services import proposal_approve, proposal_create, proposal_execution_start, proposal_reject
 from orchestrator.infra.errors import DomainError, NotFound
@@ -22,7 +23,32 @@ from orchestrator.infra.idempotency import idempotent
 from orchestrator.infra.schema import IDEMPOTENCY_KEY, TextField, api_responses, text_path
 from orchestrator.infra.validation import SMALLINT_MAX, WholeNumberField, aware_datetime_text
 from vaults.api import IntentOut, intent_json
+from vaults.models import SafeSignature, SafeTxStatus
 from vaults.selectors import vaults_visible_to
+
+
+def _safe_json(proposal: RebalanceProposal) -> dict[str, Any] | None:
+    main, rejection = proposal_safe_txs(proposal)
+    if main is None or rejection is None:
+        return None
+    signatures = [
+        {
+            "owner": s.owner,
+            "decision": Decision.APPROVE if s.safe_tx_id == main.pk else Decision.REJECT,
+            "approver": s.signer.get_username() if s.signer else None,
+            "signature": s.signature,
+            "signedAt": s.created_at.isoformat(),
+        }
+        for s in SafeSignature.objects.filter(safe_tx__in=[main, rejection]).select_related("signer")
+    ]
+    return {
+        "address": main.vault.safe_address,
+        "chainId": main.vault.chain.chain_id,
+        "nonce": main.nonce,
+        "transaction": signing_payload(main),
+        "rejection": signing_payload(rejection),
+        "signatures": sorted(signatures, key=lambda s: s["signedAt"]),
+    }
 
 
 def proposal_json(proposal: RebalanceProposal) -> dict[str, Any]:
@@ -49,6 +75,7 @@ def proposal_json(proposal: RebalanceProposal) -> dict[str, Any]:
         "intent": intent_json(proposal.intent) if proposal.intent is not None else None,
         "executionError": proposal.execution_error or None,
         "createdAt": proposal.created_at.isoformat(),
+        "safe": _safe_json(proposal),
     }
 
 
@@ -74,6 +101,37 @@ class ApprovalOut(serializers.Serializer):
     decidedAt = serializers.DateTimeField()
 
 
+class SafeCallOut(serializers.Serializer):
+    to = serializers.CharField()
+    value = serializers.CharField(help_text="Wei, as a decimal string.")
+    data = serializers.CharField(help_text="Calldata, 0x-hex.")  # type: ignore[assignment]  # a declared field
+
+
+class SafeTxOut(serializers.Serializer):
+    safeTxHash = serializers.CharField(help_text="The EIP-712 hash an owner signs.")
+    nonce = serializers.IntegerField()
+    typedData = serializers.JSONField(help_text="The full EIP-712 typed data, as eth_signTypedData_v4 takes it.")
+    calls = SafeCallOut(many=True, help_text="What it does: the MultiSend's calls, in order.")
+    status = serializers.ChoiceField(choices=SafeTxStatus.values)
+
+
+class SafeSignatureOut(serializers.Serializer):
+    owner = serializers.CharField()
+    decision = serializers.ChoiceField(choices=Decision.values)
+    approver = serializers.CharField(allow_null=True, help_text="The user who registered the owner's wallet.")
+    signature = serializers.CharField()
+    signedAt = serializers.DateTimeField()
+
+
+class SafeProposalOut(serializers.Serializer):
+    address = serializers.CharField(help_text="The vault's Safe.")
+    chainId = serializers.IntegerField()
+    nonce = serializers.IntegerField(help_text="The Safe nonce both transactions use.")
+    transaction = SafeTxOut(help_text="The rebalance: sign its safeTxHash to approve.")
+    rejection = SafeTxOut(help_text="A transaction that does nothing at the same nonce: sign it to reject.")
+    signatures = SafeSignatureOut(many=True)
+
+
 class ProposalOut(serializers.Serializer):
     proposalId = serializers.CharField()
     vaultId = serializers.CharField()
@@ -89,6 +147,14 @@ class ProposalOut(serializers.Serializer):
     intent = IntentOut(allow_null=True)
     executionError = serializers.CharField(allow_null=True)
     createdAt = serializers.DateTimeField()
+    safe = SafeProposalOut(allow_null=True, help_text="Set when the vault is held by a Safe.")
+
+
+class SignatureIn(serializers.Serializer):
+    signature = TextField(help_text="65 bytes r, s, v as 0x-hex: an EIP-712 signature of the safeTxHash.")
+    decision = serializers.ChoiceField(
+        choices=Decision.values, help_text="approve signs the transaction, reject its rejection."
+    )
 
 
 class ExecutionStartedOut(serializers.Serializer):
@@ -192,6 +258,36 @@ class ProposalApproveView(_DecisionView):
 
 class ProposalRejectView(_DecisionView):
     decide = staticmethod(proposal_reject)
+
+
+class ProposalSignatureView(APIView):
+    @extend_schema(
+        request=SignatureIn,
+        parameters=[text_path("proposal_id")],
+        responses=api_responses(
+            {200: ProposalOut},
+            errors=[403, 404, 409, 503],
+            body=True,
+            codes={
+                400: "`invalid_signature` (not 65 bytes, high s, bad v)",
+                403: "`not_a_safe_owner` (it recovers to no current owner), `own_proposal`",
+                409: "`already_decided`, `proposal_closed`, `safe_tx_void`, `signature_required` (not a Safe vault)",
+                503: "`chain_unavailable`",
+            },
+        ),
+        summary="Post an owner's signature of a Safe vault's proposal (approve or reject)",
+    )
+    def post(self, request: Request, proposal_id: str) -> Response:
+        proposal = _visible(request, proposal_id)
+        body = SignatureIn(data=request.data)
+        body.is_valid(raise_exception=True)
+        proposal = proposal_sign(
+            proposal=proposal,
+            signature=body.validated_data["signature"],
+            decision=body.validated_data["decision"],
+            submitted_by=request.user,
+        )
+        return Response(proposal_json(proposal))
 
 
 class ProposalExecuteView(APIView):

@@ -6,6 +6,7 @@ class ApprovalsConfig(AppConfig):
     name = "approvals"
 
     def ready(self) -> None:
+        import approvals.safe_workflows  # noqa: F401  (registers the safe.execute workflow)
         from approvals.groups import on_post_migrate
 
         # The groups "Approvers" and "Operators" (approvals/groups.py).

@@ -12,14 +12,28 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
-from django.core.mail import send_mass_mail
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from approvals.errors import (
+    AlreadyDecided,
+    NotAnApprover,
+    OwnProposal,
+    ProposalClosed,
+    ProposalInvalid,
+    ProposalNotApproved,
+)
+from approvals.lifecycle import notify, proposal_close, proposal_expire_if_due, proposal_link
 from approvals.models import Approval, Decision, ProposalSource, ProposalStatus, RebalanceProposal
+from approvals.safe_proposals import (
+    SignatureRequired,
+    proposal_safe_attach,
+    proposal_safe_txs,
+    safe_execution_start,
+    safe_owner_users,
+)
 from orchestrator.engine.models import WorkflowRun
 from orchestrator.engine.services import workflow_start
-from orchestrator.infra.errors import Conflict, DomainError
 from orchestrator.infra.validation import decimal_text
 from vaults.models import PolicyStatus, Protocol, SignedFeed, Vault, VaultPolicy
 from vaults.services.compliance import ComplianceResult, PolicyRules, compliance_check
@@ -29,60 +43,6 @@ from vaults.services.strategy import HUNDRED
 logger = logging.getLogger("approvals")
 
 EXECUTE_WORKFLOW = "proposal.execute"
-
-
-class ProposalInvalid(DomainError, ValueError):
-    """Quorum out of range, no approvers, the proposer among the approvers, a bad allocation."""
-
-    code = "invalid_proposal"
-    http_status = 422
-
-
-class OwnProposal(ProposalInvalid):
-    """The proposer tried to decide on their own proposal."""
-
-    code = "own_proposal"
-    http_status = 403
-
-
-class NotAnApprover(DomainError, PermissionError):
-    """The user is not a designated approver of this proposal."""
-
-    code = "not_an_approver"
-    http_status = 403
-
-
-class AlreadyDecided(Conflict):
-    """This approver has decided on this proposal before."""
-
-    code = "already_decided"
-
-
-class ProposalClosed(Conflict):
-    """The proposal is no longer pending (approved, rejected, expired, ...)."""
-
-    code = "proposal_closed"
-
-
-class ProposalNotApproved(ProposalClosed):
-    """Only an approved proposal executes."""
-
-    code = "not_approved"
-
-
-# --- notifications ---------------------------------------------------------------------------
-
-
-def notify(users: list[Any], subject: str, body: str) -> None:
-    """E-mail after commit, so nobody is told about a decision that rolled back."""
-    messages = [(subject, body, settings.DEFAULT_FROM_EMAIL, [u.email]) for u in users if u.email]
-    if messages:
-        transaction.on_commit(lambda: send_mass_mail(messages, fail_silently=True))
-    logger.info("notify %s: %s", ", ".join(u.get_username() for u in users) or "nobody", subject)
-
-
-def _link(proposal: RebalanceProposal) -> str:
-    return f"{settings.PUBLIC_BASE_URL}/admin/approvals/rebalanceproposal/{proposal.pk}/change/"
 
 
 # --- creation --------------------------------------------------------------------------------
@@ -135,7 +95,13 @@ def proposal_create(
     expires_at: datetime | None = None,
 ) -> RebalanceProposal:
     """Creates a pending proposal and tells its approvers. Without approvers/quorum it takes
-    the vault's; without a policy, the vault's active one. Raises ProposalInvalid."""
+    the vault's; without a policy, the vault's active one. Raises ProposalInvalid.
+
+    On a Safe vault the approvers are the users whose wallets own the Safe and the quorum is
+    its threshold (given ones must match), and the proposal gets its Safe transaction, planned
+    from the Safe's positions now (approvals/safe_proposals.py)."""
+    if vault.safe_address:
+        approvers, quorum = _safe_approvers(vault, approvers, quorum)
     approvers = list(approvers if approvers is not None else vault.approvers.all())
     quorum = quorum if quorum is not None else vault.approval_quorum
     policy = policy or vault.policies.filter(status=PolicyStatus.ACTIVE).first()
@@ -166,11 +132,13 @@ def proposal_create(
                     expires_at=expires,
                 )
                 proposal.approvers.set(approvers)
+                if vault.safe_address:
+                    proposal_safe_attach(proposal)
                 notify(
                     approvers,
                     f"{proposal.proposal_id} needs your decision",
                     f"A rebalance of {vault.vault_id} waits for {quorum} of {len(approvers)} approvers: "
-                    f"{_link(proposal)}",
+                    f"{proposal_link(proposal)}",
                 )
         except IntegrityError:
             continue  # another proposal took that number first
@@ -183,6 +151,25 @@ def proposal_create(
         )
         return proposal
     raise ProposalInvalid("could not allocate a proposal id")
+
+
+def _safe_approvers(vault: Vault, approvers: list[Any] | None, quorum: int | None) -> tuple[list[Any], int]:
+    owners, threshold, unregistered = safe_owner_users(vault)
+    if unregistered:
+        raise ProposalInvalid(
+            f"owners {', '.join(unregistered)} of the Safe of {vault.vault_id} have no registered wallet: "
+            "each owner registers theirs (Your approver wallet, in the admin) before proposals"
+        )
+    named = sorted(u.get_username() for u in owners)
+    if approvers is not None and sorted(u.get_username() for u in approvers) != named:
+        raise ProposalInvalid(f"the approvers of {vault.vault_id} are its Safe's owners: {', '.join(named)}")
+    if quorum is not None and quorum != threshold:
+        raise ProposalInvalid(f"the quorum of {vault.vault_id} is its Safe's threshold, {threshold}")
+    # What the admin shows as the vault's approvers follows the Safe (owners change on chain).
+    vault.approvers.set(owners)
+    if vault.approval_quorum != threshold:
+        Vault.objects.filter(pk=vault.pk).update(approval_quorum=threshold)
+    return owners, threshold
 
 
 # --- decisions -------------------------------------------------------------------------------
@@ -210,8 +197,12 @@ def _decide(*, proposal: RebalanceProposal, approver: Any, decision: str, commen
             raise NotAnApprover(f"{approver.get_username()} is not an approver of {locked.proposal_id}")
         if locked.proposer_id is not None and locked.proposer_id == approver.pk:
             raise OwnProposal("a proposer cannot decide on their own proposal")
-        if locked.status == ProposalStatus.PENDING and locked.expires_at <= timezone.now():
-            _close(locked, ProposalStatus.EXPIRED, "expired before this decision")
+        if proposal_safe_txs(locked)[0] is not None:
+            raise SignatureRequired(
+                f"{locked.proposal_id} is a Safe transaction: sign it with your wallet "
+                f"(POST /v1/proposals/{locked.proposal_id}/signatures, or Approve in the admin)"
+            )
+        proposal_expire_if_due(locked)
         if locked.status != ProposalStatus.PENDING:
             raise ProposalClosed(f"{locked.proposal_id} is {locked.status}")
         if Approval.objects.filter(proposal=locked, approver=approver).exists():
@@ -221,24 +212,16 @@ def _decide(*, proposal: RebalanceProposal, approver: Any, decision: str, commen
         rejections = locked.approvals.filter(decision=Decision.REJECT).count()
         designated = locked.approvers.count()
         if approvals >= locked.quorum_required:
-            _close(locked, ProposalStatus.APPROVED, f"approved by {approvals} of {designated}")
+            proposal_close(locked, ProposalStatus.APPROVED, f"approved by {approvals} of {designated}")
             proposal_execution_start(proposal=locked, started_by=approver)
         elif designated - rejections < locked.quorum_required:
-            _close(
+            proposal_close(
                 locked,
                 ProposalStatus.REJECTED,
                 f"{rejections} rejection(s) make a quorum of {locked.quorum_required} unreachable",
             )
     logger.info("%s %ss %s (%s)", approver.get_username(), decision, locked.proposal_id, locked.status)
     return locked
-
-
-def _close(proposal: RebalanceProposal, status: str, why: str) -> None:
-    proposal.status = status
-    proposal.decided_at = timezone.now()
-    proposal.save(update_fields=["status", "decided_at"])
-    if proposal.proposer is not None:
-        notify([proposal.proposer], f"{proposal.proposal_id} is {status}", f"{why}: {_link(proposal)}")
 
 
 def proposals_expire(*, now: datetime | None = None) -> int:
@@ -252,7 +235,7 @@ def proposals_expire(*, now: datetime | None = None) -> int:
             .select_related("proposer")
             .filter(status=ProposalStatus.PENDING, expires_at__lte=now)[:500]
         ):
-            _close(proposal, ProposalStatus.EXPIRED, f"expired at {proposal.expires_at.isoformat()}")
+            proposal_close(proposal, ProposalStatus.EXPIRED, f"expired at {proposal.expires_at.isoformat()}")
             expired += 1
     return expired
 
@@ -268,6 +251,9 @@ def proposal_execution_start(*, proposal: RebalanceProposal, started_by: Any = N
     run (approvals/workflows.py)."""
     if proposal.status not in (ProposalStatus.APPROVED, ProposalStatus.EXECUTED):
         raise ProposalNotApproved(f"{proposal.proposal_id} is {proposal.status}; only approved proposals execute")
+    main, _ = proposal_safe_txs(proposal)
+    if main is not None:
+        return safe_execution_start(row=main, started_by=started_by)
     run, _ = workflow_start(
         kind=EXECUTE_WORKFLOW,
         input={"proposal": proposal.pk},
@@ -318,7 +304,7 @@ def proposal_current_allocation(*, proposal: RebalanceProposal) -> dict[str, str
     vault = proposal.vault
     protocols = {p.name: p.address for p in Protocol.objects.filter(chain=vault.chain)}
     held = positions(
-        w3=web3_for(vault.chain.rpc_url), account=vault.account.address, asset=vault.asset_address, protocols=protocols
+        w3=web3_for(vault.chain.rpc_url), account=vault.holder, asset=vault.asset_address, protocols=protocols
     )
     if not held.total:
         return {"idle": "0.00"}

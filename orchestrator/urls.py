@@ -10,6 +10,7 @@ from approvals.api import (
     ProposalExecuteView,
     ProposalListView,
     ProposalRejectView,
+    ProposalSignatureView,
 )
 from approvals.api_wallets import WalletChallengeView, WalletListView, WalletMeView
 from orchestrator.automations.api import (
@@ -56,6 +57,7 @@ urlpatterns = [
     path("v1/proposals/<str:proposal_id>", ProposalDetailView.as_view(), name="proposal-detail"),
     path("v1/proposals/<str:proposal_id>/approve", ProposalApproveView.as_view(), name="proposal-approve"),
     path("v1/proposals/<str:proposal_id>/reject", ProposalRejectView.as_view(), name="proposal-reject"),
+    path("v1/proposals/<str:proposal_id>/signatures", ProposalSignatureView.as_view(), name="proposal-signatures"),
     path("v1/proposals/<str:proposal_id>/execute", ProposalExecuteView.as_view(), name="proposal-execute"),
     path("v1/wallets/challenge", WalletChallengeView.as_view(), name="wallet-challenge"),
     path("v1/wallets/me", WalletMeView.as_view(), name="wallet-me"),

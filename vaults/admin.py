@@ -25,13 +25,19 @@ from vaults.models import (
 )
 from vaults.services.policies import PolicyFrozen, policy_activate, policy_diff
 
+# Flow A sends actions from a key; a Safe executes only what its owners sign (docs/flow-b.md).
+SAFE_FLOW_B_ONLY = (
+    "A Safe vault runs Flow B only (rebalances its owners sign) until the on-chain policy module lets "
+    "automated rebalances through the Safe."
+)
+
 
 def onchain_allocation(vault: Vault) -> list[tuple[str, str]]:
     from vaults.onchain import positions
 
     protocols = {p.name: p.address for p in Protocol.objects.filter(chain=vault.chain)}
     held = positions(
-        w3=web3_for(vault.chain.rpc_url), account=vault.account.address, asset=vault.asset_address, protocols=protocols
+        w3=web3_for(vault.chain.rpc_url), account=vault.holder, asset=vault.asset_address, protocols=protocols
     )
     if not held.total:
         return [("idle", "0")]
@@ -63,11 +69,12 @@ class VaultAdmin(admin.ModelAdmin):
         "intent_nonce",
         "last_rebalance_at",
         "auto_rebalance",
+        "custody",
     )
     list_filter = ("chain", "auto_rebalance")
     search_fields = ("vault_id", "name")
     filter_horizontal = ("approvers",)
-    readonly_fields = ("intent_nonce", "last_rebalance_at", "created_at", "allocation")
+    readonly_fields = ("intent_nonce", "last_rebalance_at", "created_at", "allocation", "custody", "safe_address")
     inlines = (VaultGrantInline,)
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
@@ -79,6 +86,20 @@ class VaultAdmin(admin.ModelAdmin):
         for gone in formset.deleted_objects:
             gone.delete()
         formset.save_m2m()
+
+    def get_form(self, request: HttpRequest, obj: Vault | None = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change, **kwargs)
+        if obj is not None and obj.safe_address and "auto_rebalance" in form.base_fields:
+            field = form.base_fields["auto_rebalance"]
+            field.disabled = True
+            field.help_text = SAFE_FLOW_B_ONLY
+        return form
+
+    @admin.display(description="custody")
+    def custody(self, obj: Vault) -> str:
+        if not obj.safe_address:
+            return f"account key {obj.account.address}"
+        return f"Safe {obj.safe_address}, approvers' wallets as owners. {SAFE_FLOW_B_ONLY}"
 
     @admin.display(description="active policy")
     def active_policy(self, obj: Vault) -> str:

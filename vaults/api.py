@@ -57,6 +57,7 @@ def vault_json(vault: Vault, *, with_policy: bool) -> dict[str, Any]:
         "name": vault.name,
         "chainId": vault.chain_id,
         "account": vault.account.address,
+        "safe": vault.safe_address or None,
         "operator": vault.operator.address,
         "asset": vault.asset_address,
         "strategy": vault.strategy,
@@ -136,7 +137,8 @@ class VaultOut(serializers.Serializer):
     vaultId = serializers.CharField()
     name = serializers.CharField()
     chainId = serializers.IntegerField()
-    account = serializers.CharField()
+    account = serializers.CharField(help_text="Holds the funds, or with a Safe only pays its transactions' gas.")
+    safe = serializers.CharField(allow_null=True, help_text="The Safe that holds the funds, if one does.")
     operator = serializers.CharField()
     asset = serializers.CharField()
     strategy = serializers.CharField()

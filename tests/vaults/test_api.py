@@ -48,6 +48,7 @@ def test_it_lists_the_vaults_by_id() -> None:
         "name": "Main",
         "chainId": 31337,
         "account": first.account.address,
+        "safe": None,
         "operator": first.operator.address,
         "asset": ASSET,
         "strategy": "risk-adjusted-yield",

@@ -11,6 +11,7 @@ funds and approvals that are missing. It never creates a VaultPolicy."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Sequence
 
@@ -22,7 +23,7 @@ from relayer.keys import key_manager
 from relayer.models import Chain, KeyPurpose
 from relayer.rpc import as_address, web3_for
 from relayer.services.funding import dev_funding_after_commit
-from vaults import onchain
+from vaults import onchain, safe
 from vaults.models import Protocol, Vault
 
 DEFAULT_PROTOCOLS = ("Aave USDC", "Compound USDC", "Morpho USDC")
@@ -57,6 +58,28 @@ def _reusable_asset(w3: Web3, protocols: dict[str, Protocol]) -> str | None:
     return asset if onchain.has_code(w3, asset) else None
 
 
+def _safe_for(
+    w3: Web3, vault: Vault, *, deployer: str, owners: Sequence[str], threshold: int, say: Callable[[str], None]
+) -> None:
+    """The vault's Safe: deployed with `owners` and `threshold` at an address fixed by the vault
+    id, so a rerun (or a restarted chain) finds or redeploys the same one. A vault whose Safe
+    is recorded keeps it: its owners change by Safe transactions, not here."""
+    if not 1 <= threshold <= len(owners):
+        raise BootstrapError(f"a Safe threshold must be between 1 and {len(owners)} (its owners), not {threshold}")
+    contracts = safe.safe_contracts(w3, deployer=deployer)
+    salt = int.from_bytes(hashlib.sha256(vault.vault_id.encode()).digest()[:8], "big")
+    predicted = safe.safe_address_predicted(
+        w3, contracts=contracts, owners=list(owners), threshold=threshold, salt_nonce=salt
+    )
+    if vault.safe_address and as_address(vault.safe_address) != predicted and onchain.has_code(w3, vault.safe_address):
+        say(f"reusing the Safe {vault.safe_address} of {vault.vault_id}")
+        return
+    address = safe.safe_deploy_dev(w3, deployer=deployer, owners=list(owners), threshold=threshold, salt_nonce=salt)
+    Vault.objects.filter(pk=vault.pk).update(safe_address=address, auto_rebalance=False)
+    vault.safe_address, vault.auto_rebalance = address, False
+    say(f"vault {vault.vault_id} is held by the Safe {address} ({threshold} of {len(owners)} owners)")
+
+
 def chain_bootstrap(
     *,
     chain: Chain,
@@ -64,9 +87,15 @@ def chain_bootstrap(
     protocols: Sequence[str] = DEFAULT_PROTOCOLS,
     assets: int = DEFAULT_ASSETS,
     say: Callable[[str], None] = print,
+    safe_owners: Sequence[str] = (),
+    safe_threshold: int = 0,
 ) -> Vault:
     """Makes `vault_id` exist on `chain`, holding at least `assets` (idle plus in protocols) of
-    the test asset, with every protocol in `protocols` deployed and approved. Returns the Vault."""
+    the test asset, with every protocol in `protocols` deployed and approved. Returns the Vault.
+
+    With `safe_owners`, the funds are held by a Safe (v1.4.1, deployed here if the chain lacks
+    it) with those owners and `safe_threshold`; the account key only pays its gas, and Flow A
+    is off for the vault (docs/flow-b.md#safe-vaults)."""
     if not protocols:
         raise BootstrapError("name at least one protocol")
     w3 = web3_for(chain.rpc_url)
@@ -120,16 +149,25 @@ def chain_bootstrap(
     else:
         say(f"reusing vault {vault_id}: account {vault.account.address}")
 
+    if safe_owners:
+        _safe_for(w3, vault, deployer=deployer, owners=safe_owners, threshold=safe_threshold, say=say)
+
     # Funds: topped up to `assets` in total, so a rerun does not mint again, and ETH for gas.
     account = as_address(vault.account.address)
-    held = onchain.positions(w3=w3, account=account, asset=asset, protocols=addresses).total
+    holder = as_address(vault.holder)
+    held = onchain.positions(w3=w3, account=holder, asset=asset, protocols=addresses).total
     mint = max(assets - held, 0)
+    if mint:
+        onchain.fund_vault_account(w3=w3, asset=asset, account_address=holder, assets=mint, eth=0)
+        say(f"funded {holder}: minted {mint} tUSD base units")
     balance = w3.eth.get_balance(account)
     # Refilled only once half is spent: a rerun should not send a dust top-up after every use.
     eth = GAS_ETH - balance if balance < GAS_ETH // 2 else 0
-    if mint or eth:
-        onchain.fund_vault_account(w3=w3, asset=asset, account_address=account, assets=mint, eth=eth)
-        say(f"funded {account}: minted {mint} tUSD base units, sent {eth} wei")
+    if eth:
+        onchain.fund_vault_account(w3=w3, asset=asset, account_address=account, assets=0, eth=eth)
+        say(f"sent {eth} wei to {account} for gas")
+    if vault.safe_address:
+        return vault  # a Safe approves each deposit in the transaction that makes it
 
     sent = onchain.approve_protocols(
         w3=w3, chain=chain, account_key=vault.account, asset=asset, spenders=list(addresses.values())

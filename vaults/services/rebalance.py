@@ -66,7 +66,7 @@ def rebalances_start_for_feed(*, feed: SignedFeed, client: Any = None) -> list[W
     nothing of a vault it was not granted (docs/api.md#access)."""
     # Only the vaults' ids: rebalance_start needs nothing else, and this runs on every feed.
     vaults = Vault.objects.filter(
-        auto_rebalance=True, policies__status=PolicyStatus.ACTIVE, policies__oracles=feed.oracle_id
+        auto_rebalance=True, safe_address="", policies__status=PolicyStatus.ACTIVE, policies__oracles=feed.oracle_id
     ).only("pk")
     if client is not None and not client.is_staff:
         # In the same statement: one grant per (client, vault), read as a flag.
@@ -83,9 +83,10 @@ def rebalances_dispatch(*, now: datetime | None = None) -> int:
     policy trusts and is young enough). Returns how many runs were new."""
     now = now or timezone.now()
     started = 0
-    policies = VaultPolicy.objects.filter(status=PolicyStatus.ACTIVE, vault__auto_rebalance=True).select_related(
-        "vault"
-    )
+    # A Safe vault runs Flow B only: its account key can move nothing (docs/flow-b.md#safe-vaults).
+    policies = VaultPolicy.objects.filter(
+        status=PolicyStatus.ACTIVE, vault__auto_rebalance=True, vault__safe_address=""
+    ).select_related("vault")
     for policy in policies:
         feed = (
             SignedFeed.objects.filter(

@@ -37,6 +37,7 @@ class DemoAccounts:
 class DemoApprovers:
     logins: list[str]  # "approver1 / <password>"
     proposal: str  # "PROP-..., waiting for 2 of 3 approvers"
+    safe_proposal: str  # "PROP-... of vault-eth-002 (Safe 0x...), waiting for 2 of 3 owners' signatures"
     note: str
 
 
@@ -88,10 +89,21 @@ def demo_approvers(vault: Any) -> DemoApprovers:
     quorum = f"{waiting.quorum_required} of {waiting.approvers.count()}"
     created = sum(1 for password in demo.passwords.values() if password)
     state = "proposed" if demo.proposal_created else "pending"
+    from orchestrator.devtools.demo.safe import demo_safe_setup
+    from orchestrator.devtools.demo.vaults import DEMO_ORACLE_NAME
+
+    safe = demo_safe_setup(
+        template=vault, approvers=list(waiting.approvers.all()), proposer=admin, oracle_name=DEMO_ORACLE_NAME
+    )
+    signed = safe.proposal
     return DemoApprovers(
         logins=logins,
         proposal=f"{waiting.proposal_id}, waiting for {quorum} approvers",
-        note=f"{created} approver(s) created, {waiting.proposal_id} {state}",
+        safe_proposal=(
+            f"{signed.proposal_id} of {safe.vault.vault_id} (Safe {safe.vault.safe_address}), waiting for "
+            f"{signed.quorum_required} of {signed.approvers.count()} owners' signatures"
+        ),
+        note=f"{created} approver(s) created, {waiting.proposal_id} {state}, Safe vault {safe.vault.vault_id}",
     )
 
 

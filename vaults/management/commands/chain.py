@@ -37,9 +37,25 @@ class Command(ChainCommand):
             help='A protocol vault to deploy (repeatable); default "Aave USDC", "Compound USDC", "Morpho USDC".',
         )
         boot.add_argument("--assets", type=int, help="Base units of the asset the vault holds.")
+        boot.add_argument(
+            "--safe-owner",
+            action="append",
+            dest="safe_owners",
+            metavar="ADDRESS",
+            help="Hold the funds in a Safe with this owner (repeatable): the approvers' wallet addresses.",
+        )
+        boot.add_argument("--threshold", type=int, default=0, help="The Safe's threshold: the quorum.")
 
     def action_bootstrap(
-        self, *, chain_id: int, vault_id: str, protocols: list[str] | None, assets: int | None, **_: object
+        self,
+        *,
+        chain_id: int,
+        vault_id: str,
+        protocols: list[str] | None,
+        assets: int | None,
+        safe_owners: list[str] | None,
+        threshold: int,
+        **_: object,
     ) -> None:
         chain = Chain.objects.filter(chain_id=chain_id).first()
         if chain is None and chain_id == settings.CHAIN_ID:
@@ -51,6 +67,9 @@ class Command(ChainCommand):
             extra["protocols"] = tuple(protocols)
         if assets is not None:
             extra["assets"] = assets
+        if safe_owners:
+            extra["safe_owners"] = tuple(safe_owners)
+            extra["safe_threshold"] = threshold or len(safe_owners)
         # Failures that mean "fix the setup and rerun", reported without a traceback.
         expected: tuple[type[BaseException], ...] = (BootstrapError, OnchainError, *TRANSPORT_ERRORS)
         try:

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 class Command(BaseCommand):
     help = (
-        "Run a benchmark (engine, relayer, flow-a, triggers: on PostgreSQL and Redis, `make bench` sets them; "
+        "Run a benchmark (engine, relayer, flow-a, flow-b, triggers: on PostgreSQL and Redis, `make bench` sets them; "
         "soak: starts `manage.py up` on the embedded default itself)."
     )
 
@@ -34,6 +34,12 @@ class Command(BaseCommand):
             default=0.0,
             help="Feeds per second (paced arrivals). Default 0: each feed as soon as the last one's intent is stored.",
         )
+
+        flow_b = sub.add_parser(
+            "flow-b", help="A Safe vault's proposal: last signature to execTransaction confirmed, and its gas."
+        )
+        flow_b.add_argument("--proposals", type=int, default=100)
+        flow_b.add_argument("--concurrency", type=int, default=2, help="Processes per worker.")
 
         triggers = sub.add_parser("triggers", help="INTERVAL firings at scale vs one PeriodicTask per subscription.")
         triggers.add_argument("--sizes", default="1000,10000", help="Comma-separated subscription counts.")
@@ -83,6 +89,10 @@ class Command(BaseCommand):
                 rate=options["rate"],
                 out=self.stdout.write,
             )
+        elif name == "flow-b":
+            from orchestrator.devtools.benchmarks import flow_b
+
+            flow_b.run(proposals=options["proposals"], concurrency=options["concurrency"], out=self.stdout.write)
         elif name == "triggers":
             from orchestrator.devtools.benchmarks import triggers
 

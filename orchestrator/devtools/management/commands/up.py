@@ -349,6 +349,7 @@ class Command(BaseCommand):
             ("API token", f"{accounts.token}  (client {demo.API_CLIENT!r}; header `Authorization: Token ...`)"),
             *(("Approvers" if i == 0 else "", login) for i, login in enumerate(approvers.logins)),
             ("Proposal", f"{approvers.proposal}: {web}/admin/approvals/rebalanceproposal/"),
+            ("Safe proposal", f"{approvers.safe_proposal} (sign with each approver's development wallet)"),
             ("Executor", f"example executor subscription {running.executor}"),
             ("Operations", f"{web}/admin/operations/"),
             ("Database", running.database),
