@@ -1,12 +1,17 @@
 """Flow B's execution: an approved proposal becomes one ExecutionIntent, relayed on chain.
 
 positions ─► check (against the policy active now) ─► emit (exactly once) ─► relay
+
+A timing rule that only says "not yet" (the minimum interval, the UTC window) is a durable
+wait: `check` returns a Wait until the time the rule names, the engine resumes the run then
+(its due_at survives a worker's death), and `check` runs again against the policy active at
+that moment. Only a wait that would end after the proposal expires is a refusal.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -102,14 +107,38 @@ def read_positions(ctx: StepContext) -> PositionsSnapshot | Wait:
     )
 
 
-def check(ctx: StepContext) -> ComplianceRecord:
-    """Execution re-runs the compliance check against the policy active at this moment."""
+TIMING_WAIT = "the policy's timing rule"
+
+
+def check(ctx: StepContext) -> ComplianceRecord | Wait:
+    """Execution re-runs the compliance check against the policy active at this moment.
+    Violations that are all timing rules clearing before the proposal expires make it wait
+    until then (and check afresh); anything else, or a wait past the expiry, is Blocked."""
     proposal = _proposal(ctx)
     current = ctx.output("positions", PositionsSnapshot).allocation_pct()
     result = proposal_compliance(proposal=proposal, current=current)
-    if not result.ok and proposal.intent_id is None:
+    if result.ok or proposal.intent_id is not None:
+        return ComplianceRecord.of(result)
+    until = result.clears_at()
+    if until is None:
         raise Blocked(f"compliance at execution: {result.summary()}")
-    return ComplianceRecord.of(result)
+    if until >= proposal.expires_at:
+        raise Blocked(
+            f"compliance at execution: {result.summary()}; the timing rule allows it at {utc_text(until)}, "
+            f"after the proposal expires ({utc_text(proposal.expires_at)})"
+        )
+    return Wait(
+        phase=Phase.CONFIRMING,
+        resume_at=until,
+        info={
+            "waiting": f"{TIMING_WAIT}: {'; '.join(v.message for v in result.violations)}",
+            "until": until.astimezone(UTC).isoformat(),
+        },
+    )
+
+
+def utc_text(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def emit(ctx: StepContext) -> Emitted | EmittedBefore:

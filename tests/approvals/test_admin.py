@@ -392,7 +392,8 @@ def test_a_run_waiting_for_the_timing_rule_says_until_when_and_nothing_else(worl
 def test_each_run_phase_has_one_statement(
     world: World, phase: str, state: str, text: str, absent: tuple[str, ...]
 ) -> None:
-    error = {Phase.BLOCKED: "compliance at execution: exposure", Phase.SUBMITTING: ""}.get(phase, "emit: boom")
+    errors: dict[str, str] = {Phase.BLOCKED: "compliance at execution: exposure", Phase.SUBMITTING: ""}
+    error = errors.get(phase, "emit: boom")
     executing(world, phase, step_name="check", error=error)
     # What on_transition left on the proposal: the page follows the run, not this.
     RebalanceProposal.objects.filter(pk=world.proposal.pk).update(execution_error=error)

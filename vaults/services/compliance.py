@@ -1,7 +1,10 @@
 """The compliance check: every rule a rebalance breaks, not just the first.
 
 Flow A runs it before emitting an intent, Flow B again when a proposal executes (against the
-policy active then), and the automation hook for its own transactions."""
+policy active then), and the automation hook for its own transactions.
+
+A timing violation (the minimum interval, the UTC window) only says "not yet": it carries
+`not_before`, the moment it clears, so Flow B can wait for it instead of giving up."""
 
 from __future__ import annotations
 
@@ -14,14 +17,29 @@ from typing import Any
 from vaults.models import POLICY_RULES
 from vaults.services.strategy import HUNDRED
 
+TIMING = "timing"
+
 
 @dataclass(frozen=True)
 class Violation:
+    """A rule broken. `not_before` (UTC) is set when the rule clears by itself at that time:
+    the timing rules. It is not part of `as_dict` nor of the journal (ComplianceRecord)."""
+
     rule: str
     message: str
+    not_before: datetime | None = None
 
     def as_dict(self) -> dict[str, str]:
         return {"rule": self.rule, "message": self.message}
+
+
+@dataclass(frozen=True)
+class RecordedViolation:
+    """A violation as a workflow step journals it: {"rule", "message"}, the format runs
+    journaled before `not_before` existed have too."""
+
+    rule: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -38,17 +56,25 @@ class ComplianceResult:
     def summary(self) -> str:
         return "; ".join(f"{v.rule}: {v.message}" for v in self.violations) or "compliant"
 
+    def clears_at(self) -> datetime | None:
+        """When every violation has cleared by itself, if every one is a timing rule that says
+        when (the latest of their `not_before`); None if any needs more than time."""
+        times = [v.not_before for v in self.violations if v.rule == TIMING]
+        if not self.violations or len(times) != len(self.violations) or None in times:
+            return None
+        return max(t for t in times if t is not None)
+
 
 @dataclass(frozen=True)
 class ComplianceRecord:
     """A check's result as a workflow step journals it: {"ok", "violations": [{"rule", "message"}]}."""
 
     ok: bool
-    violations: list[Violation]
+    violations: list[RecordedViolation]
 
     @classmethod
     def of(cls, result: ComplianceResult) -> ComplianceRecord:
-        return cls(ok=result.ok, violations=list(result.violations))
+        return cls(ok=result.ok, violations=[RecordedViolation(v.rule, v.message) for v in result.violations])
 
 
 @dataclass(frozen=True)
@@ -125,6 +151,15 @@ def _in_window(hour: int, start: int, end: int) -> bool:
     return hour >= start or hour < end
 
 
+def window_opens_after(utc: datetime, start: int, end: int) -> datetime | None:
+    """The next time after `utc` (UTC) that the window [start, end) opens: the next
+    start:00. None for a window that never opens (start == end)."""
+    if start == end or not 0 <= start <= 23:
+        return None
+    opening = utc.replace(hour=start, minute=0, second=0, microsecond=0)
+    return opening if opening > utc else opening + timedelta(days=1)
+
+
 def compliance_check(
     *,
     rules: PolicyRules,
@@ -156,16 +191,18 @@ def compliance_check(
     if not _in_window(utc.hour, rules.window_start_hour, rules.window_end_hour):
         found.append(
             Violation(
-                "timing",
+                TIMING,
                 f"{utc:%H:%M} UTC is outside the window {rules.window_start_hour}:00-{rules.window_end_hour}:00",
+                not_before=window_opens_after(utc, rules.window_start_hour, rules.window_end_hour),
             )
         )
     if last_rebalance_at is not None and now - last_rebalance_at < rules.min_interval:
         wait = rules.min_interval - (now - last_rebalance_at)
         found.append(
             Violation(
-                "timing",
+                TIMING,
                 f"the last rebalance was too recent; the next may run in {int(wait.total_seconds())} s",
+                not_before=(last_rebalance_at + rules.min_interval).astimezone(UTC),
             )
         )
     moved = turnover_pct(current, allocation)
