@@ -20,7 +20,7 @@ from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import URLPattern, reverse
 
-from approvals import admin_wallet  # noqa: F401  (registers "Your approver wallet")
+from approvals import admin_safe_txs, admin_wallet  # noqa: F401  (register "Safe transactions", "Your approver wallet")
 from approvals.admin_signing import SafeSigningAdminMixin
 from approvals.admin_views import ProposalPagesAdmin, is_approver, quorum_progress
 from approvals.forms import ProposalAddForm

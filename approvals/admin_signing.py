@@ -25,6 +25,7 @@ from approvals.services import proposal_compliance_preview, proposal_current_all
 from approvals.wallets import dev_wallet_key, wallet_of
 from orchestrator.infra.errors import DomainError
 from relayer.keys import key_manager
+from vaults.models import SafeTransaction
 
 SIGN_TEMPLATE = "admin/approvals/rebalanceproposal/safe_signing.html"
 
@@ -99,12 +100,7 @@ class SafeSigningAdminMixin:
         user: Any = request.user
         wants_json = request.content_type == "application/json"
         try:
-            if request.POST.get("dev_wallet"):
-                signature = self._dev_sign(user, proposal, row)
-            elif wants_json:
-                signature = str(json.loads(request.body or b"{}").get("signature", ""))
-            else:
-                signature = request.POST.get("signature", "")
+            signature = posted_signature(request, row)
             decided = proposal_sign(
                 proposal=proposal, signature=signature, decision=decision, submitted_by=user, from_wallet_of=user
             )
@@ -124,10 +120,18 @@ class SafeSigningAdminMixin:
             return JsonResponse({"redirect": back})
         return HttpResponseRedirect(back)
 
-    def _dev_sign(self, user: Any, proposal: RebalanceProposal, row: Any) -> str:
-        key = dev_wallet_key(user)
-        if key is None or not proposal.vault.chain.counts_as_development:
+
+def posted_signature(request: HttpRequest, row: SafeTransaction) -> str:
+    """The signature a signing page posted: from the browser's wallet (JSON `signature`, or a form
+    field), or made here with the user's development wallet on a development chain. Raises
+    DomainError, json.JSONDecodeError."""
+    if request.POST.get("dev_wallet"):
+        key = dev_wallet_key(request.user)
+        if key is None or not row.vault.chain.counts_as_development:
             raise DomainError("Development wallets sign only on a development chain.", code="not_development")
         typed = signing_payload(row)["typedData"]
         types = {k: v for k, v in typed["types"].items() if k != "EIP712Domain"}
         return key_manager().sign_typed_data(key=key, domain=typed["domain"], types=types, message=typed["message"])
+    if request.content_type == "application/json":
+        return str(json.loads(request.body or b"{}").get("signature", ""))
+    return request.POST.get("signature", "")

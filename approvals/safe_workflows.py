@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from approvals.lifecycle import notify
 from approvals.models import ProposalStatus, RebalanceProposal
+from approvals.safe_owners import vault_approvers_sync
 from approvals.safe_proposals import SAFE_EXECUTE_WORKFLOW
 from approvals.selectors import proposals_visible_to
 from approvals.services import proposal_compliance, proposal_current_allocation
@@ -147,9 +148,8 @@ def _policy_check(row: SafeTransaction, vault: Vault) -> str:
     result = proposal_compliance(proposal=proposal, current=current)
     if result.ok:
         return "compliant"
-    not_before = [getattr(v, "not_before", None) for v in result.violations]
-    if all(v.rule == "timing" for v in result.violations) and all(not_before):
-        until = max(t for t in not_before if t is not None)
+    until = result.clears_at()  # every violation a timing rule that says when it clears
+    if until is not None:
         if until < proposal.expires_at:
             raise _TimingWait(until, result.summary())
         raise Blocked(f"compliance at execution: {result.summary()}; that is after the proposal expires")
@@ -194,6 +194,8 @@ def confirm(ctx: StepContext) -> Settled | Wait:
     if status == SafeTxStatus.FAILED:
         raise TerminalError(f"execTransaction failed: {row.error}")
     mined = row.relay.mined_hash if row.relay is not None else ""
+    if row.purpose == SafeTxPurpose.OWNERS:
+        vault_approvers_sync(row.vault)  # the approvers follow the Safe's owners
     with transaction.atomic():
         proposal = (
             RebalanceProposal.objects.select_for_update(of=("self",))
