@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from approvals.forms import DecisionForm
 from approvals.models import Decision, ProposalStatus, RebalanceProposal
+from approvals.safe_proposals import SAFE_EXECUTE_WORKFLOW
 from approvals.selectors import APPROVERS_GROUP
 from approvals.services import (
     proposal_approve,
@@ -138,6 +139,8 @@ def execution_state(proposal: RebalanceProposal, run: WorkflowRun | None) -> dic
     if proposal.intent_id is not None:
         return {"state": "running", "text": ""}
     doing = f" (step {run.step_name})" if run.step_name else ""
+    if run.kind == SAFE_EXECUTE_WORKFLOW:
+        return {"state": "running", "text": f"The Safe transaction is being checked and sent{doing}."}
     return {"state": "running", "text": f"Approved; the intent is being prepared{doing}."}
 
 

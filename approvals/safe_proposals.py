@@ -201,9 +201,12 @@ def _void(proposal: RebalanceProposal, why: str) -> None:
 
 def safe_execution_start(*, row: SafeTransaction, started_by: Any = None) -> WorkflowRun:
     """Starts (once per Safe transaction) the workflow that checks it again and sends it."""
+    proposal = RebalanceProposal.objects.filter(proposal_id=row.proposal_id).values_list("pk", flat=True).first()
     run, _ = workflow_start(
         kind=SAFE_EXECUTE_WORKFLOW,
-        input={"safeTx": str(row.pk), "proposal": row.proposal_id},
+        # "proposal" is the proposal's pk, as Flow B's runs have it (the proposal page finds its
+        # run by it); None for an owner change.
+        input={"safeTx": str(row.pk), "proposal": proposal if row.proposal_id else None},
         idempotency_key=f"safe-exec:{row.pk}",
         owner=started_by,
     )

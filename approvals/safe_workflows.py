@@ -21,7 +21,7 @@ from approvals.lifecycle import notify
 from approvals.models import ProposalStatus, RebalanceProposal
 from approvals.safe_owners import vault_approvers_sync
 from approvals.safe_proposals import SAFE_EXECUTE_WORKFLOW
-from approvals.selectors import proposals_visible_to
+from approvals.selectors import is_operator, proposals_visible_to
 from approvals.services import proposal_compliance, proposal_current_allocation
 from orchestrator.engine import (
     Blocked,
@@ -216,15 +216,19 @@ def confirm(ctx: StepContext) -> Settled | Wait:
 
 def _record_stop(run: WorkflowRun, from_phase: str, to_phase: str) -> None:
     """A blocked, failed or dead-lettered execution leaves its reason on the proposal."""
-    proposal_id = run.input.get("proposal")
-    if to_phase in (Phase.BLOCKED, Phase.FAILED, Phase.DEAD_LETTER) and proposal_id:
-        RebalanceProposal.objects.filter(proposal_id=proposal_id).update(execution_error=run.error[:2000])
-    elif from_phase == Phase.DEAD_LETTER and proposal_id:
-        RebalanceProposal.objects.filter(proposal_id=proposal_id).update(execution_error="")
+    proposal = run.input.get("proposal")
+    if to_phase in (Phase.BLOCKED, Phase.FAILED, Phase.DEAD_LETTER) and proposal:
+        RebalanceProposal.objects.filter(pk=proposal).update(execution_error=run.error[:2000])
+    elif from_phase == Phase.DEAD_LETTER and proposal:
+        RebalanceProposal.objects.filter(pk=proposal).update(execution_error="")
 
 
 def _readable_by(run: WorkflowRun, user: Any) -> bool:
-    return proposals_visible_to(user=user).filter(proposal_id=run.input.get("proposal")).exists()
+    """Whoever may read the proposal; an owner change's run, whoever may read the vault's Safe
+    transactions (operators and approvers, as the admin shows them)."""
+    if run.input.get("proposal") is None:
+        return bool(is_operator(user) or user.approver_of_vaults.exists())
+    return proposals_visible_to(user=user).filter(pk=run.input.get("proposal")).exists()
 
 
 @on_safe_tx_relayed
