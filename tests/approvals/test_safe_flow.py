@@ -200,6 +200,17 @@ def test_refused_signatures_non_owner_other_nonce_replayed_or_malleated(setup: S
         sender=w3.eth.accounts[0],
     )
     assert revert_reason(w3, forced).startswith("GS026")
+    # Replayed from the other proposal (another nonce): recovers to nobody the Safe knows.
+    bob = setup.wallets["bob"]
+    replay = {
+        setup.wallets["alice"].address: sign_safe_tx(setup.wallets["alice"], other),
+        bob.address: sign_safe_tx(bob, main),
+    }
+    assert revert_reason(w3, exec_call(w3, main, replay, sender=w3.eth.accounts[0])).startswith("GS026")
+    # The EVM's ecrecover takes a high-s twin: on chain it is the same owner's signature again,
+    # a vote they gave, never one they did not. The server refuses it so each owner's signature
+    # is stored in one form.
+    assert safe_lib.signature_owner(safe_lib.SafeTx.from_json(main.tx), good) == setup.wallets["alice"].address
 
 
 def test_no_key_the_orchestrator_holds_can_execute_a_safe_transaction(setup: SafeSetup) -> None:
