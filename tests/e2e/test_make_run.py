@@ -15,17 +15,23 @@ listening. Output: test-artifacts/make-run.log, soak.txt and make-run-logs/."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from web3 import Web3
 
+from approvals.models import ApproverWallet, ProposalStatus, RebalanceProposal
 from orchestrator.devtools.benchmarks.soak import SoakResult, report, run_soak
 from orchestrator.devtools.benchmarks.soak_proposals import VAULT
-from orchestrator.devtools.benchmarks.soak_stack import SUPERVISED, Stack, Summary
+from orchestrator.devtools.benchmarks.soak_stack import ALIAS, SUPERVISED, Stack, Summary
+from relayer.models import KeyPurpose, SigningKey
 from tests.conftest import ARTIFACTS, wait_until
+from vaults import safe as safe_lib
+from vaults.models import SafeSignature, SafeTransaction, SafeTxPurpose, SafeTxStatus, Vault
 
 pytestmark = pytest.mark.smoke
 
@@ -67,6 +73,42 @@ def demo_outcomes(stack: Stack, summary: Summary) -> None:
         assert entry["outputTxHash"] != "0x" + "0" * 64
         state = entry["metadata"]["postExecutionState"]
         assert state and state["transaction"] == entry["outputTxHash"], entry
+    safe_demo_outcomes(stack, summary)
+
+
+def safe_demo_outcomes(stack: Stack, summary: Summary) -> None:
+    """The demo's second vault (issue 15): held by a Safe whose owners on chain are the three
+    approvers' development wallets (threshold 2), with a proposal waiting for their signatures,
+    read from the system's own database and its anvil."""
+    said = re.search(
+        r"Safe proposal +(PROP-[\w-]+) of vault-eth-002 \(Safe (0x[0-9a-fA-F]{40})\), waiting for 2 of 3 owners' "
+        r"signatures \(sign with each approver's development wallet\)",
+        stack.text,
+    )
+    assert said, "the summary names no Safe proposal:\n" + stack.text[-3000:]
+    proposal_id, safe_address = said.groups()
+    vault = Vault.objects.using(ALIAS).get(vault_id="vault-eth-002")
+    assert vault.safe_address == safe_address and not vault.auto_rebalance
+    wallets = dict(
+        ApproverWallet.objects.using(ALIAS)
+        .filter(user__username__in=summary.approvers, development=True)
+        .values_list("user__username", "address")
+    )
+    assert sorted(wallets) == sorted(summary.approvers) == ["approver1", "approver2", "approver3"], wallets
+    keys = SigningKey.objects.using(ALIAS).filter(address__in=wallets.values(), purpose=KeyPurpose.APPROVER)
+    assert keys.count() == 3, "a development wallet without its key"
+    chain = safe_lib.safe_state(Web3(Web3.HTTPProvider(f"http://127.0.0.1:{stack.ports.anvil}")), safe_address)
+    assert sorted(chain.owners) == sorted(wallets.values()) and chain.threshold == 2
+
+    proposal = RebalanceProposal.objects.using(ALIAS).get(proposal_id=proposal_id)
+    assert proposal.vault_id == vault.pk and proposal.status == ProposalStatus.PENDING
+    assert proposal.quorum_required == 2
+    designated = RebalanceProposal.approvers.through.objects.using(ALIAS).filter(rebalanceproposal=proposal)
+    assert sorted(designated.values_list("user__username", flat=True)) == sorted(summary.approvers)
+    main = SafeTransaction.objects.using(ALIAS).get(proposal_id=proposal_id, purpose=SafeTxPurpose.REBALANCE)
+    assert main.vault_id == vault.pk and main.status == SafeTxStatus.SIGNING and main.nonce == chain.nonce
+    assert not SafeSignature.objects.using(ALIAS).filter(safe_tx=main).exists()
+    assert any(action["kind"] == "deposit" for action in main.plan["actions"]), main.plan
 
 
 def test_make_run_stays_up_under_load_and_loses_nothing_when_children_are_killed(
