@@ -89,12 +89,15 @@ def demo_approvers(vault: Any) -> DemoApprovers:
     quorum = f"{waiting.quorum_required} of {waiting.approvers.count()}"
     created = sum(1 for password in demo.passwords.values() if password)
     state = "proposed" if demo.proposal_created else "pending"
+    from orchestrator.devtools.demo.approvals import DEMO_APPROVERS
     from orchestrator.devtools.demo.safe import demo_safe_setup
     from orchestrator.devtools.demo.vaults import DEMO_ORACLE_NAME
 
-    safe = demo_safe_setup(
-        template=vault, approvers=list(waiting.approvers.all()), proposer=admin, oracle_name=DEMO_ORACLE_NAME
-    )
+    # The three demo approvers, not whoever the waiting proposal names (one made in the admin
+    # may name others, who must not get a key of the server's); by name, so the owners' order
+    # (part of the Safe's address) is the same on every start.
+    owners = list(get_user_model().objects.filter(username__in=DEMO_APPROVERS).order_by("username"))
+    safe = demo_safe_setup(template=vault, approvers=owners, proposer=admin, oracle_name=DEMO_ORACLE_NAME)
     signed = safe.proposal
     return DemoApprovers(
         logins=logins,
