@@ -127,7 +127,8 @@ def execution_state(proposal: RebalanceProposal, run: WorkflowRun | None) -> dic
         info = waited.output if waited is not None and isinstance(waited.output, dict) else {}
         what = str(info.get("waiting") or f"step {run.step_name}")
         until = run.due_at  # the Wait's resume_at: when the engine runs the step again
-        again = "the check runs again" if run.step_name == "check" else "it looks again"
+        # A timing rule's wait (it names `until`) ends in a fresh check; other waits look again.
+        again = "the check runs again" if run.step_name == "check" or info.get("until") else "it looks again"
         when = f"; {again} at {_utc(until)}" if until is not None else ""
         return {"state": "waiting", "text": f"Waiting for {what[:1].lower()}{what[1:]}{when}"}
     if run.phase == Phase.BLOCKED:

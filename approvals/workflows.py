@@ -24,7 +24,7 @@ from approvals.services import EXECUTE_WORKFLOW, ProposalInvalid, notify, propos
 from orchestrator.engine import Blocked, RetryableError, RetryPolicy, Step, StepContext, Wait, Workflow, registry
 from orchestrator.engine.models import Phase, WorkflowRun
 from vaults.models import PolicyStatus, Protocol, SignedFeed, Vault, VaultPolicy
-from vaults.services.compliance import ComplianceRecord
+from vaults.services.compliance import ComplianceRecord, ComplianceResult, PolicyRules, timing_violations
 from vaults.services.intents import StalePositions, intent_emit, intent_in_flight, plan_actions
 from vaults.services.policies import PolicySnapshot
 from vaults.services.rebalance import (
@@ -98,6 +98,11 @@ def read_positions(ctx: StepContext) -> PositionsSnapshot | Wait:
     if proposal.intent_id is None and intent_in_flight(vault_id=vault.pk) is not None:
         # Another intent is moving the funds: an approved rebalance waits for it to settle.
         return settle_wait("the vault's previous intent")
+    if proposal.intent_id is None:
+        # "Not yet" is waited out before the positions are read, so check sees fresh ones.
+        timing = _timing_wait(proposal)
+        if timing is not None:
+            return timing
     return positions_snapshot(
         rpc_url=vault.chain.rpc_url,
         account=vault.account.address,
@@ -108,6 +113,30 @@ def read_positions(ctx: StepContext) -> PositionsSnapshot | Wait:
 
 
 TIMING_WAIT = "the policy's timing rule"
+
+
+def _timing_wait(proposal: RebalanceProposal) -> Wait | None:
+    """A wait until the policy's timing rules allow the rebalance, when they say when and that
+    is before the proposal expires; None otherwise (check then decides, with the rest)."""
+    policy = proposal.vault.policies.filter(status=PolicyStatus.ACTIVE).first()
+    if policy is None:
+        return None
+    result = ComplianceResult(
+        timing_violations(
+            rules=PolicyRules.of(policy), last_rebalance_at=proposal.vault.last_rebalance_at, now=timezone.now()
+        )
+    )
+    until = result.clears_at()
+    if until is None or until >= proposal.expires_at:
+        return None
+    return Wait(
+        phase=Phase.CONFIRMING,
+        resume_at=until,
+        info={
+            "waiting": f"{TIMING_WAIT}: {'; '.join(v.message for v in result.violations)}",
+            "until": until.astimezone(UTC).isoformat(),
+        },
+    )
 
 
 def check(ctx: StepContext) -> ComplianceRecord | Wait:

@@ -82,7 +82,7 @@ def test_an_approved_proposal_waits_out_the_minimum_interval_then_executes_by_it
     clears = last + timedelta(seconds=INTERVAL)
 
     run = wait_until(
-        lambda: the_run(proposal, phase=Phase.CONFIRMING, step_name="check"),
+        lambda: the_run(proposal, phase=Phase.CONFIRMING, step_name="positions"),
         timeout=INTERVAL,
         interval=0.1,
         message="execution to wait on the timing rule",
@@ -90,7 +90,8 @@ def test_an_approved_proposal_waits_out_the_minimum_interval_then_executes_by_it
     # Durable: the run is due again when the rule clears (the sweep would send it if the
     # broker's countdown were lost), and the journal says what it waits for.
     assert run.due_at is not None and abs(run.due_at - clears) < timedelta(milliseconds=50)
-    waiting = run.steps.get(name="check", status=StepStatus.WAITING).output
+    # Waited out before the positions are read, so the check sees positions read after the wait.
+    waiting = run.steps.get(name="positions", status=StepStatus.WAITING).output
     assert waiting["phase"] == Phase.CONFIRMING
     assert waiting["waiting"].startswith("the policy's timing rule: the last rebalance was too recent")
     assert waiting["until"] == clears.astimezone(UTC).isoformat()
@@ -115,6 +116,7 @@ def test_an_approved_proposal_waits_out_the_minimum_interval_then_executes_by_it
     assert run.phase == Phase.COMPLETED and run.outputs["check"] == {"ok": True, "violations": []}
     passed = run.steps.get(name="check", status=StepStatus.DONE)
     assert passed.started_at >= clears  # checked afresh, after the rule cleared
+    assert run.steps.get(name="positions", status=StepStatus.DONE).started_at >= clears  # fresh positions
     intent = ExecutionIntent.objects.get(pk=done.intent_id)
     assert intent.status == IntentStatus.EXECUTED and intent.created_at >= clears
     assert "Waiting" not in execution_section(proposal)

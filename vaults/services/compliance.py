@@ -160,6 +160,32 @@ def window_opens_after(utc: datetime, start: int, end: int) -> datetime | None:
     return opening if opening > utc else opening + timedelta(days=1)
 
 
+def timing_violations(*, rules: PolicyRules, last_rebalance_at: datetime | None, now: datetime) -> list[Violation]:
+    """The timing rules alone (the window, the interval since the last rebalance), each with
+    when it clears. They need no positions, so Flow B's execution waits on them before it
+    reads any: positions read before a wait could be stale after it."""
+    found: list[Violation] = []
+    utc = now.astimezone(UTC)  # the window is in UTC hours, whatever zone `now` is in
+    if not _in_window(utc.hour, rules.window_start_hour, rules.window_end_hour):
+        found.append(
+            Violation(
+                TIMING,
+                f"{utc:%H:%M} UTC is outside the window {rules.window_start_hour}:00-{rules.window_end_hour}:00",
+                not_before=window_opens_after(utc, rules.window_start_hour, rules.window_end_hour),
+            )
+        )
+    if last_rebalance_at is not None and now - last_rebalance_at < rules.min_interval:
+        wait = rules.min_interval - (now - last_rebalance_at)
+        found.append(
+            Violation(
+                TIMING,
+                f"the last rebalance was too recent; the next may run in {int(wait.total_seconds())} s",
+                not_before=(last_rebalance_at + rules.min_interval).astimezone(UTC),
+            )
+        )
+    return found
+
+
 def compliance_check(
     *,
     rules: PolicyRules,
@@ -187,24 +213,7 @@ def compliance_check(
             found.append(Violation("risk", f"{name} has no risk score in the feed"))
         elif risks[name] > rules.max_risk:
             found.append(Violation("risk", f"{name} has risk {risks[name]}, above the maximum {rules.max_risk}"))
-    utc = now.astimezone(UTC)  # the window is in UTC hours, whatever zone `now` is in
-    if not _in_window(utc.hour, rules.window_start_hour, rules.window_end_hour):
-        found.append(
-            Violation(
-                TIMING,
-                f"{utc:%H:%M} UTC is outside the window {rules.window_start_hour}:00-{rules.window_end_hour}:00",
-                not_before=window_opens_after(utc, rules.window_start_hour, rules.window_end_hour),
-            )
-        )
-    if last_rebalance_at is not None and now - last_rebalance_at < rules.min_interval:
-        wait = rules.min_interval - (now - last_rebalance_at)
-        found.append(
-            Violation(
-                TIMING,
-                f"the last rebalance was too recent; the next may run in {int(wait.total_seconds())} s",
-                not_before=(last_rebalance_at + rules.min_interval).astimezone(UTC),
-            )
-        )
+    found.extend(timing_violations(rules=rules, last_rebalance_at=last_rebalance_at, now=now))
     moved = turnover_pct(current, allocation)
     if moved > rules.max_turnover_pct:
         found.append(Violation("turnover", f"{moved:.4f}% of the vault would move; at most {rules.max_turnover_pct}%"))
