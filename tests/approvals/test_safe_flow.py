@@ -89,7 +89,7 @@ def test_a_proposal_of_a_safe_vault_is_one_safe_transaction_owned_by_the_safe_ow
     assert "deposit" in kinds
     on_chain_hash = (
         w3_of(setup)
-        .eth.contract(address=setup.vault.safe_address, abi=safe_lib.safe_abi())
+        .eth.contract(address=Web3.to_checksum_address(setup.vault.safe_address), abi=safe_lib.safe_abi())
         .functions.getTransactionHash(
             tx.to,
             tx.value,
