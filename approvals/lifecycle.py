@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals.models import ProposalStatus, RebalanceProposal
+from vaults.models import SafeTransaction, SafeTxStatus
 
 logger = logging.getLogger("approvals")
 
@@ -32,6 +33,12 @@ def proposal_close(proposal: RebalanceProposal, status: str, why: str) -> None:
     proposal.status = status
     proposal.decided_at = timezone.now()
     proposal.save(update_fields=["status", "decided_at"])
+    if status in (ProposalStatus.EXPIRED, ProposalStatus.CANCELLED):
+        # A Safe vault's proposal frees its nonce for the next proposal; signatures already given
+        # stay stored but no longer count here (docs/flow-b.md#safe-vaults).
+        SafeTransaction.objects.filter(proposal_id=proposal.proposal_id, status=SafeTxStatus.SIGNING).update(
+            status=SafeTxStatus.VOID, error=f"{proposal.proposal_id} is {status}: its nonce is free again"
+        )
     if proposal.proposer is not None:
         notify([proposal.proposer], f"{proposal.proposal_id} is {status}", f"{why}: {proposal_link(proposal)}")
 

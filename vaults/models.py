@@ -282,7 +282,9 @@ class SafeTransaction(models.Model):
     purpose = models.CharField(max_length=10, choices=SafeTxPurpose.choices)
     nonce = models.PositiveBigIntegerField(help_text="The Safe nonce it executes at.")
     tx = models.JSONField(help_text="The SafeTx fields (vaults.safe.SafeTx.as_json).")
-    safe_tx_hash = models.CharField(max_length=66, unique=True)
+    # Unique among the live ones only: a rejection at a nonce freed by an expired proposal has
+    # the same hash as the one voided with it (both do nothing at that nonce).
+    safe_tx_hash = models.CharField(max_length=66, db_index=True)
     rejects = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="rejection", help_text="What it rejects."
     )
@@ -299,6 +301,11 @@ class SafeTransaction(models.Model):
 
     class Meta:
         ordering = ["vault", "nonce", "created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["safe_tx_hash"], condition=~Q(status="void"), name="safe_tx_hash_once_while_live"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.vault.vault_id} Safe nonce {self.nonce}: {self.get_purpose_display()} ({self.status})"

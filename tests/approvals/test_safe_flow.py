@@ -326,3 +326,30 @@ def test_a_worker_killed_between_quorum_and_confirmation_sends_one_exec_transact
     w3 = w3_of(setup)
     assert w3.eth.get_transaction_count(setup.vault.account.address) == 1
     assert safe_lib.safe_state(w3, setup.vault.safe_address).nonce == main.nonce + 1
+
+
+def test_an_expired_proposal_frees_its_safe_nonce_for_the_next_one(setup: SafeSetup) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from approvals.errors import ProposalClosed
+    from approvals.services import proposals_expire
+
+    first = propose(setup)
+    queued = propose(setup, allocation={"Aave USDC": "50", "Compound USDC": "0", "Morpho USDC": "50"})
+    main, rejection = proposal_safe_txs(first)
+    behind, _ = proposal_safe_txs(queued)
+    assert main is not None and rejection is not None and behind is not None
+    assert behind.nonce == main.nonce + 1
+    RebalanceProposal.objects.filter(pk=first.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert proposals_expire() == 1
+    main.refresh_from_db()
+    rejection.refresh_from_db()
+    assert main.status == rejection.status == SafeTxStatus.VOID
+    with pytest.raises(ProposalClosed):
+        proposal_sign(proposal=first, signature=sign_safe_tx(setup.wallets["alice"], main), decision="approve")
+    # The next proposal takes the freed nonce, so the one queued behind it can still execute.
+    refill = propose(setup, allocation={"Aave USDC": "30", "Compound USDC": "10", "Morpho USDC": "60"})
+    again, _ = proposal_safe_txs(refill)
+    assert again is not None and again.nonce == main.nonce

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Max
 from django.utils import timezone
 from eth_typing import HexStr
 
@@ -70,14 +69,19 @@ def safe_tx_of(row: SafeTransaction) -> safe_lib.SafeTx:
 
 
 def _next_nonce(vault: Vault, state: safe_lib.SafeState) -> int:
-    """After the Safe's nonce and every open transaction of the vault: the Safe executes
-    nonces in order, so proposals queue behind each other."""
-    highest = (
-        SafeTransaction.objects.filter(vault=vault, status__in=OPEN, nonce__gte=state.nonce)
-        .aggregate(top=Max("nonce"))
-        .get("top")
+    """The lowest nonce from the Safe's that no open transaction of the vault holds: the Safe
+    executes nonces in order, so proposals queue behind each other, and a nonce freed by a
+    proposal that expired is taken again (else everything queued behind it would wait for
+    ever)."""
+    taken = set(
+        SafeTransaction.objects.filter(vault=vault, status__in=OPEN, nonce__gte=state.nonce).values_list(
+            "nonce", flat=True
+        )
     )
-    return state.nonce if highest is None else highest + 1
+    nonce = state.nonce
+    while nonce in taken:
+        nonce += 1
+    return nonce
 
 
 def safe_tx_create(

@@ -14,7 +14,7 @@ from typing import Any
 
 from approvals.models import ProposalStatus, RebalanceProposal
 from approvals.safe_proposals import NothingToSign
-from approvals.services import proposal_create
+from approvals.services import proposal_create, proposals_expire
 from approvals.wallets import dev_wallet_enable, wallet_of
 from vaults.models import OracleKey, PolicyStatus, Protocol, Vault
 from vaults.services.bootstrap import DEFAULT_PROTOCOLS, chain_bootstrap
@@ -66,6 +66,8 @@ def demo_safe_setup(*, template: Vault, approvers: list[Any], proposer: Any, ora
             oracles=list(OracleKey.objects.filter(name=oracle_name)),
         )
         policy_activate(policy=draft)
+    # One past its expiry is closed here rather than shown as waiting (beat would close it soon).
+    proposals_expire()
     pending = RebalanceProposal.objects.filter(vault=vault, status=ProposalStatus.PENDING).first()
     if pending is not None:
         return DemoSafe(vault, pending, proposal_created=False)
