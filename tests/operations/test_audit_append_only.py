@@ -19,6 +19,7 @@ from orchestrator.engine.models import Phase, WorkflowRun, WorkflowTransition
 from orchestrator.infra.audit_guard import audit_prune
 from tests.factories import ProtocolFactory, UserFactory, VaultFactory, VaultPolicyFactory
 from tests.support.runs import make_run
+from vaults.models import SafeSignature, SafeTransaction, SafeTxPurpose
 
 REFUSED = "the audit trail is append-only"
 
@@ -37,6 +38,11 @@ def trail() -> dict[str, Any]:
         vault=vault, allocation={"Aave USDC": "50", "Morpho USDC": "50"}, proposer=operator, approvers=approvers
     )
     proposal_approve(proposal=proposal, approver=approvers[0], comment="looks right")
+    # An owner's signature of a Safe transaction (made here without a chain: only the row matters).
+    safe_tx = SafeTransaction.objects.create(
+        vault=vault, purpose=SafeTxPurpose.REBALANCE, nonce=0, tx={}, safe_tx_hash="0x" + "ab" * 32, summary="-"
+    )
+    SafeSignature.objects.create(safe_tx=safe_tx, owner="0x" + "11" * 20, signature="0x" + "22" * 65)
     clerk = UserFactory.create(username="clerk", staff=True)  # proposes nothing: only the log holds on
     LogEntry.objects.log_actions(
         user_id=clerk.pk, queryset=[run], action_flag=CHANGE, change_message="noted", single_object=True
@@ -49,6 +55,7 @@ def _snapshot() -> dict[str, list[tuple[Any, ...]]]:
         "transitions": list(WorkflowTransition.objects.order_by("id").values_list("id", "reason", "created_at")),
         "approvals": list(Approval.objects.order_by("id").values_list("id", "comment", "decided_at")),
         "admin": list(LogEntry.objects.order_by("id").values_list("id", "change_message", "action_time")),
+        "safe signatures": list(SafeSignature.objects.order_by("id").values_list("id", "signature", "created_at")),
     }
 
 
@@ -70,6 +77,7 @@ SOURCES: list[tuple[type[Model], str, str]] = [
     (WorkflowTransition, "orchestrator_workflowtransition", "reason"),
     (Approval, "approvals_approval", "comment"),
     (LogEntry, "django_admin_log", "change_message"),
+    (SafeSignature, "vaults_safesignature", "signature"),
 ]
 
 
