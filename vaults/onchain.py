@@ -34,7 +34,11 @@ from relayer.rpc import as_address, as_hex
 
 CONTRACTS_DIR = Path(__file__).resolve().parent / "contracts"
 COMPILE_SCRIPT = CONTRACTS_DIR / "compile.js"
-SOURCES = {"TestAsset": "TestAsset.sol", "ProtocolVault": "ProtocolVault.sol"}
+SOURCES = {
+    "TestAsset": "TestAsset.sol",
+    "ProtocolVault": "ProtocolVault.sol",
+    "VaultPolicyModule": "VaultPolicyModule.sol",
+}
 
 # Cancun, not the compiler's default (newer): any recent anvil or testnet runs it.
 COMPILER_SETTINGS: dict[str, Any] = {
