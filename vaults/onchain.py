@@ -1,8 +1,9 @@
 """The vaults' contracts on a chain: compiling, deploying, funding, calldata and positions.
 
-Two contracts, in vaults/contracts/: TestAsset (a mintable USDC-like ERC-20) and ProtocolVault
-(a plain ERC-4626 that stands in for "Aave USDC" and the like). They are compiled offline by
-solc-js from node_modules (`make install`), against OpenZeppelin from node_modules too.
+Three contracts, in vaults/contracts/: TestAsset (a mintable USDC-like ERC-20), ProtocolVault
+(a plain ERC-4626 that stands in for "Aave USDC" and the like) and VaultPolicyModule (the Safe
+module of vaults/module/). They are compiled offline by solc-js from node_modules
+(`make install`), against OpenZeppelin from node_modules too.
 
 Deploying and funding use an unlocked anvil account: this is development and test tooling,
 not how production funds move. Calldata and positions are what the rest of the system uses."""
@@ -132,7 +133,7 @@ _loaded: dict[Path, dict[str, Contract]] = {}
 
 
 def compiled() -> dict[str, Contract]:
-    """TestAsset and ProtocolVault, by name. Compiled once per version of the sources and the
+    """TestAsset, ProtocolVault and VaultPolicyModule, by name. Compiled once per version of the sources and the
     compiler, then read from VAR_DIR/contracts/<hash>.json."""
     compiler_input = _standard_json_input()
     cached = Path(settings.VAR_DIR) / "contracts" / f"{_cache_key(compiler_input)}.json"
