@@ -78,6 +78,7 @@ def safe_tx_sign(
     """An owner's signature of a Safe transaction that is not a proposal's (an owner change or
     its rejection), under the row's lock; at the threshold the transaction is sent. Raises the
     Safe checks' errors, NotYourWallet, AlreadyDecided, SafeTxClosed."""
+    state = vault_safe_state(row.vault)  # before the row lock: no RPC waits inside the transaction
     with transaction.atomic():
         locked = SafeTransaction.objects.select_for_update().select_related("vault__chain").get(pk=row.pk)
         if locked.proposal_id:
@@ -91,7 +92,6 @@ def safe_tx_sign(
         other = _other_side(locked)
         if other is not None and other.signatures.filter(owner=owner).exists():
             raise AlreadyDecided(f"{owner} already signed the other side of Safe nonce {locked.nonce}")
-        state = vault_safe_state(locked.vault)
         try:
             safe_signature_add(row=locked, signature=signature, state=state, submitted_by=submitted_by, signer=signer)
         except SafeTxVoid:

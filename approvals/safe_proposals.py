@@ -11,6 +11,7 @@ can never execute later (docs/flow-b.md#safe-vaults)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -110,17 +111,36 @@ def _describe(actions: list[dict[str, str]]) -> str:
     )
 
 
-def proposal_safe_attach(proposal: RebalanceProposal) -> SafeTransaction:
+@dataclass(frozen=True)
+class SafePlan:
+    """What a Safe proposal's transaction is made of, read from the chain before the
+    transaction that records it (no RPC inside it): the calls, the plan, the Safe's state and
+    its MultiSendCallOnly."""
+
+    calls: list[safe_lib.Call]
+    plan: dict[str, Any]
+    state: safe_lib.SafeState
+    multi_send: str
+
+
+def proposal_safe_plan(*, vault: Vault, allocation: dict[str, Decimal]) -> SafePlan:
+    """Reads what proposal_safe_attach needs. Raises NothingToSign, SafeUnreachable."""
+    calls, plan = rebalance_calls(vault=vault, allocation=allocation)
+    contracts = safe_lib.safe_contracts(web3_for(vault.chain.rpc_url))
+    return SafePlan(calls, plan, vault_safe_state(vault), contracts.multi_send_call_only)
+
+
+def proposal_safe_attach(proposal: RebalanceProposal, planned: SafePlan) -> SafeTransaction:
     """The proposal's Safe transaction and its rejection (in the caller's transaction)."""
-    allocation = {k: Decimal(v) for k, v in proposal.proposed_allocations.items()}
-    calls, plan = rebalance_calls(vault=proposal.vault, allocation=allocation)
     return safe_tx_create(
         vault=proposal.vault,
         purpose=SafeTxPurpose.REBALANCE,
-        calls=calls,
-        summary=f"{proposal.proposal_id}: {_describe(plan['actions'])}",
+        calls=planned.calls,
+        summary=f"{proposal.proposal_id}: {_describe(planned.plan['actions'])}",
         proposal_id=proposal.proposal_id,
-        plan=plan,
+        plan=planned.plan,
+        state=planned.state,
+        multi_send=planned.multi_send,
     )
 
 
@@ -150,6 +170,9 @@ def proposal_sign(
     registered wallet the signature must be from. Raises the Safe checks' errors
     (InvalidSafeSignature, NotASafeOwner, SafeTxVoid), NotYourWallet, OwnProposal,
     AlreadyDecided, ProposalClosed."""
+    # The Safe's owners, threshold and nonce, read before the row lock: no RPC waits inside the
+    # transaction. The Safe checks them again when it executes.
+    state = vault_safe_state(proposal.vault)
     with transaction.atomic():
         locked = (
             RebalanceProposal.objects.select_for_update(of=("self",))
@@ -172,7 +195,6 @@ def proposal_sign(
         other = rejection if row is main else main
         if other.signatures.filter(owner=owner).exists():
             raise AlreadyDecided(f"{owner} already signed the other side of {locked.proposal_id}")
-        state = vault_safe_state(locked.vault)
         if state.nonce > row.nonce:
             _void(locked, f"the Safe is at nonce {state.nonce}: nonce {row.nonce} was used by another transaction")
             raise ProposalClosed(f"{locked.proposal_id} can no longer execute: its Safe nonce was used")

@@ -28,6 +28,7 @@ from approvals.models import Approval, Decision, ProposalSource, ProposalStatus,
 from approvals.safe_proposals import (
     SignatureRequired,
     proposal_safe_attach,
+    proposal_safe_plan,
     proposal_safe_txs,
     safe_execution_start,
     safe_owner_users,
@@ -117,6 +118,8 @@ def proposal_create(
     expires = expires_at or timezone.now() + timedelta(seconds=settings.PROPOSAL_TTL_SECONDS)
     if expires <= timezone.now():
         raise ProposalInvalid("the expiry is in the past")
+    # A Safe vault's transaction is planned from the chain before the transaction that records it.
+    planned = proposal_safe_plan(vault=vault, allocation=clean) if vault.safe_address else None
     for _ in range(5):
         try:
             with transaction.atomic():
@@ -132,8 +135,8 @@ def proposal_create(
                     expires_at=expires,
                 )
                 proposal.approvers.set(approvers)
-                if vault.safe_address:
-                    proposal_safe_attach(proposal)
+                if planned is not None:
+                    proposal_safe_attach(proposal, planned)
                 notify(
                     approvers,
                     f"{proposal.proposal_id} needs your decision",

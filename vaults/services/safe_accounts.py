@@ -92,13 +92,18 @@ def safe_tx_create(
     summary: str,
     proposal_id: str = "",
     plan: dict[str, Any] | None = None,
+    state: safe_lib.SafeState | None = None,
+    multi_send: str | None = None,
 ) -> SafeTransaction:
     """A Safe transaction of `calls` (one MultiSend, so all of them happen or none) at the
     vault's next Safe nonce, and its rejection at the same nonce. Runs in the caller's
-    transaction, under the vault's row lock, so two proposals never take the same nonce."""
-    state = vault_safe_state(vault)
-    w3 = web3_for(vault.chain.rpc_url)
-    contracts = safe_lib.safe_contracts(w3)
+    transaction, under the vault's row lock, so two proposals never take the same nonce.
+    `state` and `multi_send` (MultiSendCallOnly, checked to have code): read by a caller that
+    reads them before its transaction, so no RPC waits inside it; else read here."""
+    if state is None:
+        state = vault_safe_state(vault)
+    if multi_send is None:
+        multi_send = safe_lib.safe_contracts(web3_for(vault.chain.rpc_url)).multi_send_call_only
     with transaction.atomic():
         Vault.objects.select_for_update().filter(pk=vault.pk).first()
         nonce = _next_nonce(vault, state)
@@ -106,7 +111,7 @@ def safe_tx_create(
         main = safe_lib.multisend_tx(
             safe=vault.safe_address,
             chain_id=chain_id,
-            multi_send=contracts.multi_send_call_only,
+            multi_send=multi_send,
             calls=calls,
             nonce=nonce,
         )
