@@ -59,6 +59,12 @@ class Vault(models.Model):
         help_text="The Safe account that holds the funds; its owners are the approvers' wallets and its "
         "threshold the quorum. Empty: the account key holds them.",
     )
+    module_address = models.CharField(
+        max_length=42,
+        blank=True,
+        help_text="The VaultPolicyModule enabled on the Safe: Flow A's intents run through it, within the "
+        "policy the owners committed on chain. Empty: a Safe vault rebalances by proposals only.",
+    )
     operator = models.ForeignKey(
         "relayer.SigningKey",
         on_delete=models.PROTECT,
@@ -147,6 +153,19 @@ class VaultPolicy(models.Model):
     max_turnover_pct = percent_field(default=Decimal(100), help_text="Largest share of the vault moved at once.")
     approval_threshold = amount_field(help_text="Value moved (asset base units) above which Flow B decides.")
     intent_ttl_seconds = models.PositiveIntegerField(default=3600, help_text="Intent deadline: feed time + this.")
+    spending_limit = amount_field(
+        null=True,
+        blank=True,
+        help_text="On a vault with a policy module: at most this much of the asset (base units) approved or "
+        "transferred through the module per period, enforced on chain. Empty: no limit.",
+    )
+    spending_period_seconds = models.PositiveIntegerField(default=86400, help_text="The spending limit's period.")
+    committed_hash = models.CharField(
+        max_length=66,
+        blank=True,
+        help_text="The policy hash committed to the vault's module (keccak256 of its canonical JSON); empty "
+        "for a vault without a module.",
+    )
     oracles = models.ManyToManyField(OracleKey, related_name="policies", blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -178,6 +197,8 @@ POLICY_RULES = [
     "max_turnover_pct",
     "approval_threshold",
     "intent_ttl_seconds",
+    "spending_limit",
+    "spending_period_seconds",
 ]
 
 
@@ -224,6 +245,14 @@ class ExecutionIntent(models.Model):
     proposal_id = models.CharField(max_length=64, blank=True, help_text="Set when Flow B approved it.")
     digest = models.CharField(max_length=66)
     signature = models.CharField(max_length=140)
+    # Through a policy module, what is signed and sent is the module's ExecutionIntent (digest
+    # and signature above are then its EIP-712 digest and the operator's signature of it).
+    module_intent = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Sent through the vault's policy module as one transaction: {module, nonce, deadline, "
+        "policyHash, calls}. Empty: the actions are sent one by one from the vault's account.",
+    )
     status = models.CharField(max_length=10, choices=IntentStatus.choices, default=IntentStatus.SIGNED)
     error = models.TextField(blank=True)
     workflow_run = models.ForeignKey(
@@ -261,6 +290,7 @@ class SafeTxPurpose(models.TextChoices):
     REBALANCE = "rebalance", "Rebalance"
     REJECTION = "rejection", "Rejection (does nothing, uses up the nonce)"
     OWNERS = "owners", "Owners and threshold"
+    POLICY = "policy", "Policy committed to the module"
 
 
 class SafeTxStatus(models.TextChoices):

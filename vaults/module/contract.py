@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from eth_abi import decode as abi_decode
 from eth_typing import ChecksumAddress, HexStr
 from hexbytes import HexBytes
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 from relayer.rpc import as_address
 from vaults import onchain
@@ -28,17 +30,74 @@ class ModuleError(RuntimeError):
     """Deploying or reading the module failed."""
 
 
+MAX_WORDS = 16  # argument words an argument rule can constrain
+
+
 @dataclass(frozen=True)
 class AllowedCall:
-    """One (target, selector) pair of a committed policy."""
+    """One (target, selector) pair of a committed policy, with its argument rule: the argument
+    words (0-based, 32 bytes each after the selector) that must be the Safe's address, and those
+    that must be one of the policy's targets. deposit(assets, receiver) with safe_words=(1,)
+    allows depositing only for the Safe; approve(spender, amount) with target_words=(0,) only
+    to a protocol the policy allows."""
 
     to: str
     selector: bytes  # 4 bytes
+    safe_words: tuple[int, ...] = ()
+    target_words: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "to", as_address(self.to))
         if len(self.selector) != 4:
             raise ValueError(f"A selector is 4 bytes, not {len(self.selector)}.")
+        for word in (*self.safe_words, *self.target_words):
+            if not 0 <= word < MAX_WORDS:
+                raise ValueError(f"An argument rule covers words 0-{MAX_WORDS - 1}, not {word}.")
+
+    @property
+    def arg_rule(self) -> int:
+        """The bitmask the contract stores: bit j for a Safe word, bit 16 + j for a target word."""
+        return sum(1 << j for j in set(self.safe_words)) | sum(1 << (MAX_WORDS + j) for j in set(self.target_words))
+
+    @classmethod
+    def of_rule(cls, to: str, selector: bytes, rule: int) -> AllowedCall:
+        return cls(
+            to=to,
+            selector=selector,
+            safe_words=tuple(j for j in range(MAX_WORDS) if rule & (1 << j)),
+            target_words=tuple(j for j in range(MAX_WORDS) if rule & (1 << (MAX_WORDS + j))),
+        )
+
+    def arguments_allowed(self, data: bytes, *, safe: str, targets: set[str]) -> int | None:
+        """The first argument word of `data` (selector included) that breaks the rule, as the
+        contract checks it, or None when all hold."""
+        for j in range(MAX_WORDS):
+            must_be_safe, must_be_target = j in self.safe_words, j in self.target_words
+            if not (must_be_safe or must_be_target):
+                continue
+            raw = data[4 + 32 * j : 36 + 32 * j]
+            if len(raw) < 32 or int.from_bytes(raw, "big") >> 160:
+                return j
+            value = as_address("0x" + raw[12:].hex())
+            if (must_be_safe and value != as_address(safe)) or (must_be_target and value not in targets):
+                return j
+        return None
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A spending limit as the module holds it: `spent` counts from `window_start`."""
+
+    amount: int
+    spent: int
+    period: int
+    window_start: int
+
+    def remaining(self, now: int) -> int:
+        """What the limit still allows at block time `now` (a passed window starts afresh)."""
+        if now >= self.window_start + self.period:
+            return self.amount
+        return max(self.amount - self.spent, 0)
 
 
 @dataclass(frozen=True)
@@ -48,6 +107,17 @@ class ModuleState:
     nonce: int  # the nonce the next intent must carry
     policy_hash: bytes
     allowed: list[AllowedCall]
+    validator: ChecksumAddress | None = None
+
+    def rule_for(self, to: str, selector: bytes) -> AllowedCall | None:
+        """The committed pair for this call, or None (never the Safe or the module itself)."""
+        if as_address(to) == self.safe:
+            return None
+        return next((a for a in self.allowed if a.to == as_address(to) and a.selector == selector), None)
+
+    @property
+    def targets(self) -> set[str]:
+        return {a.to for a in self.allowed}
 
 
 def module_abi() -> list[dict[str, Any]]:
@@ -77,13 +147,11 @@ def enable_module_call(*, safe: str, module: str) -> Call:
 
 
 def commit_policy_call(*, module: str, policy_hash: bytes, allowed: list[AllowedCall]) -> Call:
-    """commitPolicy(policyHash, targets, selectors): replaces the module's policy."""
+    """commitPolicy(policyHash, targets, selectors, argRules): replaces the module's policy."""
     if len(policy_hash) != 32:
         raise ValueError(f"A policy hash is 32 bytes, not {len(policy_hash)}.")
-    data = _module_encoder().encode_abi(
-        "commitPolicy", args=[policy_hash, [a.to for a in allowed], [a.selector for a in allowed]]
-    )
-    return Call(to=as_address(module), value=0, data=str(data))
+    args = [policy_hash, [a.to for a in allowed], [a.selector for a in allowed], [a.arg_rule for a in allowed]]
+    return Call(to=as_address(module), value=0, data=str(_module_encoder().encode_abi("commitPolicy", args=args)))
 
 
 def set_spending_limit_call(*, module: str, token: str, amount: int, period_seconds: int) -> Call:
@@ -97,19 +165,51 @@ def set_operator_call(*, module: str, operator: str) -> Call:
     return Call(to=as_address(module), value=0, data=str(data))
 
 
+def set_validator_call(*, module: str, validator: str) -> Call:
+    data = _module_encoder().encode_abi("setValidator", args=[as_address(validator)])
+    return Call(to=as_address(module), value=0, data=str(data))
+
+
+def set_executor_call(*, module: str, executor: str, allowed: bool = True) -> Call:
+    """setExecutor(executor, allowed): the automation executors whose requests the Safe accepts."""
+    data = _module_encoder().encode_abi("setExecutor", args=[as_address(executor), allowed])
+    return Call(to=as_address(module), value=0, data=str(data))
+
+
 def module_state(w3: Web3, module: str) -> ModuleState:
-    """The module's Safe, operator, next nonce, policy hash and allowed pairs (five eth_calls)."""
-    contract: Any = w3.eth.contract(address=as_address(module), abi=module_abi())
-    if not w3.eth.get_code(as_address(module)):
-        raise ModuleError(f"There is no contract at {module}.")
-    targets, selectors = contract.functions.allowedCalls().call()
-    return ModuleState(
-        safe=as_address(contract.functions.safe().call()),
-        operator=as_address(contract.functions.operator().call()),
-        nonce=int(contract.functions.nonce().call()),
-        policy_hash=bytes(contract.functions.policyHash().call()),
-        allowed=[AllowedCall(to=t, selector=bytes(s)) for t, s in zip(targets, selectors, strict=True)],
+    """The module's Safe, operator, validator, next nonce, policy hash and allowed pairs, in one
+    JSON-RPC batch (so, in practice, of one block). Raises ModuleError when no module answers."""
+    address = as_address(module)
+    contract = _module_encoder()
+    reads = ("safe", "operator", "validator", "nonce", "policyHash", "allowedCalls")
+    provider: Any = w3.provider  # every HTTP provider batches; the base type does not say so
+    answers = provider.make_batch_request(
+        [(RPCEndpoint("eth_call"), [{"to": address, "data": contract.encode_abi(n)}, "latest"]) for n in reads]
     )
+    if not isinstance(answers, list) or any("error" in a for a in answers):
+        raise ModuleError(f"Reading the module {address} failed: {answers}")
+    raw = [bytes.fromhex(str(a["result"]).removeprefix("0x")) for a in sorted(answers, key=lambda a: int(a["id"]))]
+    if any(len(r) < 32 for r in raw):
+        raise ModuleError(f"There is no VaultPolicyModule at {address}.")
+    safe, operator, validator = (as_address("0x" + r[12:32].hex()) for r in raw[:3])
+    targets, selectors, rules = abi_decode(["address[]", "bytes4[]", "uint256[]"], raw[5])
+    return ModuleState(
+        safe=safe,
+        operator=operator,
+        nonce=int.from_bytes(raw[3][:32], "big"),
+        policy_hash=raw[4][:32],
+        allowed=[
+            AllowedCall.of_rule(t, bytes(sel), int(r)) for t, sel, r in zip(targets, selectors, rules, strict=True)
+        ],
+        validator=validator if int(validator, 16) else None,
+    )
+
+
+def module_limit(w3: Web3, *, module: str, token: str) -> Limit | None:
+    """The module's spending limit on `token` (address(0): ETH), None when it has none."""
+    contract: Any = w3.eth.contract(address=as_address(module), abi=module_abi())
+    amount, spent, period, window_start = contract.functions.spendingLimits(as_address(token)).call()
+    return Limit(int(amount), int(spent), int(period), int(window_start)) if period else None
 
 
 def module_enabled(w3: Web3, *, safe: str, module: str) -> bool:

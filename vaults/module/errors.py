@@ -27,6 +27,13 @@ MODULE_ERRORS: dict[str, str] = {
     "CallFailed": "a call of the intent failed, so none of it happened",
     "LengthMismatch": "the policy's targets and selectors differ in number",
     "ZeroAddress": "the module needs a Safe address",
+    "ArgumentNotAllowed": "an argument the committed policy binds (the receiver, owner or spender) is not allowed",
+    "DelegateCallNotAllowed": "the module makes plain calls only, never a DELEGATECALL",
+    "WrongSubaccount": "the request is signed for another subaccount than this Safe",
+    "UnknownExecutor": "the request is not signed by an executor this Safe registered",
+    "RequestReplayed": "this requestID was executed before",
+    "ValidationExpired": "the validator's signature has expired",
+    "BadValidatorSignature": "the request is not countersigned by the module's validator under the committed policy",
 }
 
 
