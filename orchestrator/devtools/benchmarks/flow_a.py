@@ -3,7 +3,9 @@
 50 vaults (one oracle each) on an anvil started here, share three ERC-4626 protocols; 500 feeds
 go round-robin over them, one at a time, alternating the protocol they favour so that every
 feed leads to a new intent. The intents are really relayed in the background, as in
-production. Beside it, in the same run: a bare Celery round trip (send a task, see it done)."""
+production. Beside it, in the same run: a bare Celery round trip (send a task, see it done).
+First, on the same anvil and before the workers start: the gas of rebalances through a Safe's
+policy module against the same calls sent plainly and by the Safe (module_gas)."""
 
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ from django.utils import timezone
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
+from web3 import Web3
 
 from orchestrator.devtools import processes
-from orchestrator.devtools.benchmarks import common
+from orchestrator.devtools.benchmarks import common, module_gas
 from orchestrator.devtools.benchmarks.tasks import DONE_KEY, bench_done
 from orchestrator.engine.models import StepRun, WorkflowRun
 from relayer.models import Chain
@@ -176,6 +179,8 @@ def run(*, feeds: int, vault_count: int, concurrency: int, rate: float, out: Cal
     latencies: list[float] = []
     accepted: list[tuple[Any, float, float]] = []  # (feed id, arrival, feed_accept returned)
     try:
+        # Untimed, and before any worker sends: its snapshot reverts would undo what they send.
+        gas_rows, gas_figures = module_gas.run(Web3(Web3.HTTPProvider(url)), out)
         vaults = _vaults(chain, vault_count, out)
         # Two pools, as README's deployment has them: rebalances never queue behind relays.
         with (
@@ -238,6 +243,8 @@ def run(*, feeds: int, vault_count: int, concurrency: int, rate: float, out: Cal
     common.table(_breakdown(accepted), out)
     out("")
     out("target: p50 <= 50 ms, p99 <= 150 ms")
+    out("")
+    module_gas.report(gas_rows, out)
     out(
         common.result_line(
             "flow-a",
@@ -249,6 +256,7 @@ def run(*, feeds: int, vault_count: int, concurrency: int, rate: float, out: Cal
                 "feeds": len(latencies),
                 "vaults": vault_count,
                 "rate_per_s": rate if rate > 0 else "back-to-back",
+                **gas_figures,
             },
         )
     )

@@ -41,7 +41,7 @@ from approvals.safe_proposals import proposal_safe_txs, proposal_sign
 from approvals.services import proposal_create
 from approvals.wallets import wallet_challenge_issue, wallet_register
 from orchestrator.devtools import processes
-from orchestrator.devtools.benchmarks import common
+from orchestrator.devtools.benchmarks import anvil_gas, common
 from orchestrator.engine.models import Phase, WorkflowRun
 from relayer.models import Chain, RelayTransaction
 from vaults import onchain
@@ -95,25 +95,6 @@ def _run_done(row_pk: Any, proposal_pk: int) -> bool:
     return done and RebalanceProposal.objects.filter(pk=proposal_pk, status=ProposalStatus.EXECUTED).exists()
 
 
-def _rpc(w3: Web3, method: str, params: list[Any]) -> Any:
-    response = w3.provider.make_request(method, params)  # type: ignore[arg-type]
-    if "error" in response:
-        raise CommandError(f"{method}: {response['error']}")
-    return response["result"]
-
-
-def _send_as(w3: Web3, sender: str, calls: list[safe_lib.Call]) -> int:
-    """Sends `calls` one by one from `sender` and returns their gas used, summed."""
-    total = 0
-    for call in calls:
-        sent = w3.eth.send_transaction({"from": sender, "to": call.to, "data": call.data, "value": call.value})  # type: ignore[typeddict-item]
-        receipt = w3.eth.wait_for_transaction_receipt(sent)
-        if receipt["status"] != 1:
-            raise CommandError(f"plain call to {call.to} reverted: the baseline is not the same rebalance")
-        total += int(receipt["gasUsed"])
-    return total
-
-
 def _plain_gas(w3: Web3, row: SafeTransaction) -> tuple[int, int, int, int]:
     """Gas of the row's calls sent one by one from the Safe's address (impersonated), each run
     on a snapshot that is reverted: (with the approvals as the Safe transaction has them, with
@@ -124,23 +105,14 @@ def _plain_gas(w3: Web3, row: SafeTransaction) -> tuple[int, int, int, int]:
     approves = [c for c in calls if c.data.startswith(APPROVE_SELECTOR)]
     others = [c for c in calls if not c.data.startswith(APPROVE_SELECTOR)]
     standing = [safe_lib.Call(to=c.to, value=0, data=onchain.approve_calldata("0x" + c.data[34:74])) for c in approves]
-    _rpc(w3, "anvil_impersonateAccount", [safe])
-    try:
-        snapshot = _rpc(w3, "evm_snapshot", [])
-        try:
-            _rpc(w3, "anvil_setBalance", [safe, hex(10**18)])
-            with_approvals = _send_as(w3, safe, calls)
-        finally:
-            _rpc(w3, "evm_revert", [snapshot])
-        snapshot = _rpc(w3, "evm_snapshot", [])
-        try:
-            _rpc(w3, "anvil_setBalance", [safe, hex(10**18)])
-            _send_as(w3, safe, standing)  # set beforehand, not counted
-            with_allowances = _send_as(w3, safe, others)
-        finally:
-            _rpc(w3, "evm_revert", [snapshot])
-    finally:
-        _rpc(w3, "anvil_stopImpersonatingAccount", [safe])
+    with anvil_gas.impersonating(w3, safe):
+        with anvil_gas.reverted(w3):
+            anvil_gas.rpc(w3, "anvil_setBalance", [safe, hex(10**18)])
+            with_approvals = anvil_gas.send_as(w3, safe, calls)
+        with anvil_gas.reverted(w3):
+            anvil_gas.rpc(w3, "anvil_setBalance", [safe, hex(10**18)])
+            anvil_gas.send_as(w3, safe, standing)  # set beforehand, not counted
+            with_allowances = anvil_gas.send_as(w3, safe, others)
     return with_approvals, with_allowances, len(calls), len(others)
 
 
