@@ -3,8 +3,10 @@ the Safe's owners committed on chain (vaults/contracts/VaultPolicyModule.sol). N
 
 One module per Safe, deployed with (safe, operator). The owners, by Safe transactions (a
 MultiSend of the calls built here), enable it (enableModule, a call from the Safe to itself),
-commit a policy (its hash and the (target, selector) pairs intents may call) and optionally a
-spending limit per ERC-20 and period, counted over approve/transfer amounts. The operator signs
+commit a policy (its hash, the (target, selector) pairs intents may call and each pair's
+argument rule: which argument words must be the Safe, which one of the policy's targets) and
+optionally a spending limit per ERC-20 and period, counted over approve, increaseAllowance,
+transfer and transferFrom amounts (address(0): the ETH sent as calls' value). The operator signs
 an ExecutionIntent (EIP-712: the module as verifying contract, the chain id in the domain) over
 the calls' hash, the module's next nonce, a deadline and the committed policy hash; any key may
 submit it (the relayer only pays gas). The module checks nonce, deadline, signature, that no
@@ -18,10 +20,26 @@ target or selector outside the policy, an exceeded limit, a non-Safe caller of a
 batch whose last call fails each revert with their named error and leave balances, allowances
 and the nonce as they were.
 
+Automation tasks: an executor the Safe registered (setExecutor) signs the automation API's
+ExecutionRequest for the Safe; the validator (setValidator) countersigns Validation(request
+digest, committed policy hash, expiry) under the module's domain; anyone submits executeRequest,
+which runs each requestID once, as a CALL, under the same policy checks as intents.
+tests/vaults/test_policy_module_requests.py establishes on anvil: argument rules (a receiver
+other than the Safe, a spender outside the policy), limits counting increaseAllowance,
+transferFrom and ETH, a validated request that runs once, each request refusal (unknown
+executor, replay, expiry, another validator or policy, DELEGATECALL, another subaccount, a
+target outside the policy), signatures by the relayer key refused; and that for every refusal
+of an intent or a request the off-chain check names the same error with the same arguments.
+
 - contract: deploying (development), the Safe's calls that enable and configure it, its state.
 - intents: ModuleIntent, its typed data, signing (eth_account or key manager), calldata.
+- requests: ModuleRequest, the executor's digest as the module computes it, the validator's
+  countersignature, calldata, requestUsed and executors read back.
+- checks: the contract's checks off chain (intent_refusal, request_refusal), in its order and
+  with its error names, and signers recovered as the module recovers them.
 - errors: the custom errors in words (module_error), for refusals made off chain too."""
 
+from vaults.module.checks import intent_refusal, intent_signer, recover, request_refusal, request_signers
 from vaults.module.contract import (
     AllowedCall,
     ModuleError,
@@ -44,6 +62,18 @@ from vaults.module.intents import (
     intent_sign,
     intent_sign_with_key,
 )
+from vaults.module.requests import (
+    ModuleRequest,
+    execute_request_calldata,
+    executor_registered,
+    request_digest,
+    request_sign,
+    request_used,
+    validation_digest,
+    validation_sign,
+    validation_sign_with_key,
+    validation_typed_data,
+)
 
 __all__ = [
     "INTENT_TYPES",
@@ -51,20 +81,35 @@ __all__ = [
     "AllowedCall",
     "ModuleError",
     "ModuleIntent",
+    "ModuleRequest",
     "ModuleRevert",
     "ModuleState",
     "calls_hash",
     "commit_policy_call",
     "enable_module_call",
     "execute_intent_calldata",
+    "execute_request_calldata",
+    "executor_registered",
+    "intent_refusal",
     "intent_sign",
     "intent_sign_with_key",
+    "intent_signer",
     "module_abi",
     "module_deploy_dev",
     "module_enabled",
     "module_error",
     "module_revert",
     "module_state",
+    "recover",
+    "request_digest",
+    "request_refusal",
+    "request_sign",
+    "request_signers",
+    "request_used",
     "set_operator_call",
     "set_spending_limit_call",
+    "validation_digest",
+    "validation_sign",
+    "validation_sign_with_key",
+    "validation_typed_data",
 ]

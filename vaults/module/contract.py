@@ -108,10 +108,12 @@ class ModuleState:
     policy_hash: bytes
     allowed: list[AllowedCall]
     validator: ChecksumAddress | None = None
+    module: ChecksumAddress | None = None  # the module read (isAllowed refuses it as a target)
+    chain_id: int | None = None  # the chain it was read on (signatures are for one chain)
 
     def rule_for(self, to: str, selector: bytes) -> AllowedCall | None:
         """The committed pair for this call, or None (never the Safe or the module itself)."""
-        if as_address(to) == self.safe:
+        if as_address(to) in (self.safe, self.module):
             return None
         return next((a for a in self.allowed if a.to == as_address(to) and a.selector == selector), None)
 
@@ -177,18 +179,21 @@ def set_executor_call(*, module: str, executor: str, allowed: bool = True) -> Ca
 
 
 def module_state(w3: Web3, module: str) -> ModuleState:
-    """The module's Safe, operator, validator, next nonce, policy hash and allowed pairs, in one
-    JSON-RPC batch (so, in practice, of one block). Raises ModuleError when no module answers."""
+    """The module's Safe, operator, validator, next nonce, policy hash and allowed pairs, and the
+    chain's id, in one JSON-RPC batch (so, in practice, of one block). Raises ModuleError when no
+    module answers."""
     address = as_address(module)
     contract = _module_encoder()
     reads = ("safe", "operator", "validator", "nonce", "policyHash", "allowedCalls")
     provider: Any = w3.provider  # every HTTP provider batches; the base type does not say so
     answers = provider.make_batch_request(
         [(RPCEndpoint("eth_call"), [{"to": address, "data": contract.encode_abi(n)}, "latest"]) for n in reads]
+        + [(RPCEndpoint("eth_chainId"), [])]
     )
     if not isinstance(answers, list) or any("error" in a for a in answers):
         raise ModuleError(f"Reading the module {address} failed: {answers}")
-    raw = [bytes.fromhex(str(a["result"]).removeprefix("0x")) for a in sorted(answers, key=lambda a: int(a["id"]))]
+    *calls, chain = (str(a["result"]) for a in sorted(answers, key=lambda a: int(a["id"])))
+    raw = [bytes.fromhex(result.removeprefix("0x")) for result in calls]
     if any(len(r) < 32 for r in raw):
         raise ModuleError(f"There is no VaultPolicyModule at {address}.")
     safe, operator, validator = (as_address("0x" + r[12:32].hex()) for r in raw[:3])
@@ -202,6 +207,8 @@ def module_state(w3: Web3, module: str) -> ModuleState:
             AllowedCall.of_rule(t, bytes(sel), int(r)) for t, sel, r in zip(targets, selectors, rules, strict=True)
         ],
         validator=validator if int(validator, 16) else None,
+        module=address,
+        chain_id=int(chain, 16),
     )
 
 
