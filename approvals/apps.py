@@ -6,6 +6,7 @@ class ApprovalsConfig(AppConfig):
     name = "approvals"
 
     def ready(self) -> None:
+        import approvals.policy_commits  # commits module vaults' policies (on_policy_commit)
         import approvals.safe_workflows  # noqa: F401  (registers the safe.execute workflow)
         from approvals.groups import on_post_migrate
 

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from approvals.lifecycle import notify
 from approvals.models import ProposalStatus, RebalanceProposal
+from approvals.policy_commits import policy_commit_closed, policy_commit_settle
 from approvals.safe_owners import vault_approvers_sync
 from approvals.safe_proposals import SAFE_EXECUTE_WORKFLOW
 from approvals.selectors import is_operator, proposals_visible_to
@@ -190,12 +191,15 @@ def confirm(ctx: StepContext) -> Settled | Wait:
             resume_at=timezone.now() + timedelta(seconds=POLL_SECONDS),
             info={"waiting": "execTransaction to confirm"},
         )
+    policy_commit_closed(row)  # a policy commit that failed or was rejected says its draft stays one
     row.refresh_from_db()
     if status == SafeTxStatus.FAILED:
         raise TerminalError(f"execTransaction failed: {row.error}")
     mined = row.relay.mined_hash if row.relay is not None else ""
     if row.purpose == SafeTxPurpose.OWNERS:
         vault_approvers_sync(row.vault)  # the approvers follow the Safe's owners
+    if row.purpose == SafeTxPurpose.POLICY:
+        policy_commit_settle(row)  # the draft becomes active, the vault names an installed module
     with transaction.atomic():
         proposal = (
             RebalanceProposal.objects.select_for_update(of=("self",))

@@ -8,22 +8,26 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from orchestrator.infra.admin_base import ReadOnlyAdmin
+from orchestrator.infra.errors import DomainError
 from relayer.rpc import web3_for
 from vaults.models import (
     ExecutionIntent,
     OracleKey,
     PolicyStatus,
     Protocol,
+    SafeTransaction,
+    SafeTxPurpose,
     SignedFeed,
     Vault,
     VaultGrant,
     VaultPolicy,
 )
-from vaults.services.policies import PolicyFrozen, policy_activate, policy_diff
+from vaults.services.policies import policy_activation_request, policy_commit_open, policy_diff
 
 # Flow A sends actions from a key; a Safe executes only what its owners sign (docs/flow-b.md).
 SAFE_FLOW_B_ONLY = (
@@ -74,7 +78,17 @@ class VaultAdmin(admin.ModelAdmin):
     list_filter = ("chain", "auto_rebalance")
     search_fields = ("vault_id", "name")
     filter_horizontal = ("approvers",)
-    readonly_fields = ("intent_nonce", "last_rebalance_at", "created_at", "allocation", "custody", "safe_address")
+    # The module is named by its installation's Safe transaction once it executes, never typed in:
+    # Flow A must not run through a module the Safe has not enabled (docs/flow-b.md).
+    readonly_fields = (
+        "intent_nonce",
+        "last_rebalance_at",
+        "created_at",
+        "allocation",
+        "custody",
+        "safe_address",
+        "module_address",
+    )
     inlines = (VaultGrantInline,)
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
@@ -151,13 +165,14 @@ class VaultPolicyAdmin(admin.ModelAdmin):
     list_filter = ("status", "vault")
     filter_horizontal = ("whitelist", "oracles")
     actions = ["activate"]
-    readonly_fields = ("changes",)
+    readonly_fields = ("changes", "on_chain")
 
     def get_readonly_fields(self, request: HttpRequest, obj: VaultPolicy | None = None) -> Any:
-        if obj is not None and obj.status != PolicyStatus.DRAFT:
-            # Immutable once active: every field is shown, none can change.
-            return [f.name for f in VaultPolicy._meta.fields] + ["whitelist", "oracles", "changes"]
-        return ["status", "activated_at", "created_by", "changes"]
+        if obj is not None and (obj.status != PolicyStatus.DRAFT or policy_commit_open(obj) is not None):
+            # Immutable once active, and while the owners sign its commit (they sign what it is
+            # now): every field is shown, none can change.
+            return [f.name for f in VaultPolicy._meta.fields] + ["whitelist", "oracles", "changes", "on_chain"]
+        return ["status", "activated_at", "created_by", "committed_hash", "changes", "on_chain"]
 
     def save_model(self, request: HttpRequest, obj: VaultPolicy, form: Any, change: bool) -> None:
         if obj.pk is None:
@@ -179,14 +194,50 @@ class VaultPolicyAdmin(admin.ModelAdmin):
             format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
         )
 
-    @admin.action(description="Activate the selected draft (retires the active version)")
+    @admin.display(description="on chain")
+    def on_chain(self, obj: VaultPolicy) -> str:
+        """Where the policy stands with the vault's module: committed, or its commit's Safe
+        transaction (awaiting signatures, failed, rejected)."""
+        if obj.committed_hash:
+            return f"committed to the module: {obj.committed_hash}"
+        row = (
+            SafeTransaction.objects.filter(vault_id=obj.vault_id, purpose=SafeTxPurpose.POLICY, plan__policy=obj.pk)
+            .order_by("-created_at")
+            .first()
+        )
+        if row is None:
+            return "-" if obj.pk is None or not obj.vault.module_address else "not committed"
+        link = reverse("admin:vaults_safetransaction_change", args=[row.pk])
+        why = f" ({row.error})" if row.error else ""
+        return format_html('<a href="{}">Safe nonce {}</a>: {}{}', link, row.nonce, row.get_status_display(), why)
+
+    @admin.action(
+        description="Activate the selected draft (retires the active version; on a vault with a "
+        "policy module, asks the Safe's owners to commit it)"
+    )
     def activate(self, request: HttpRequest, queryset: QuerySet[VaultPolicy]) -> None:
         for policy in queryset:
             try:
-                policy_activate(policy=policy)
+                outcome = policy_activation_request(policy=policy, requested_by=request.user)
+            except DomainError as exc:
+                self.message_user(request, f"{policy.vault} v{policy.version}: {exc.message}", messages.WARNING)
+                continue
+            if isinstance(outcome, SafeTransaction):
+                sign = reverse("admin:vaults_safetransaction_sign", args=[outcome.pk])
+                self.message_user(
+                    request,
+                    format_html(
+                        '{} v{} awaits the owners\' signatures: <a href="{}">Safe nonce {}</a>. It becomes active '
+                        "when the Safe executes it.",
+                        policy.vault,
+                        policy.version,
+                        sign,
+                        outcome.nonce,
+                    ),
+                    messages.INFO,
+                )
+            else:
                 self.message_user(request, f"{policy.vault} v{policy.version} is now active.", messages.SUCCESS)
-            except PolicyFrozen as exc:
-                self.message_user(request, str(exc), messages.WARNING)
 
 
 @admin.register(Protocol)

@@ -62,19 +62,19 @@ def policy_allowed_calls(policy: VaultPolicy) -> list[AllowedCall]:
     return allowed
 
 
-def policy_commit_calls(policy: VaultPolicy) -> list[Call]:
+def policy_commit_calls(policy: VaultPolicy, *, module: str | None = None) -> list[Call]:
     """The Safe's calls that commit `policy` to the vault's module: commitPolicy, and the
-    spending limit on the vault's asset (set, or removed when the policy has none)."""
+    spending limit on the vault's asset (set, or removed when the policy has none). `module`:
+    a module being installed, which the vault does not name until its installation executes."""
     vault = policy.vault
-    if not vault.module_address:
+    module = module or vault.module_address
+    if not module:
         raise ValueError(f"{vault.vault_id} has no policy module")
     limit = policy.spending_limit
     return [
-        commit_policy_call(
-            module=vault.module_address, policy_hash=policy_hash(policy), allowed=policy_allowed_calls(policy)
-        ),
+        commit_policy_call(module=module, policy_hash=policy_hash(policy), allowed=policy_allowed_calls(policy)),
         set_spending_limit_call(
-            module=vault.module_address,
+            module=module,
             token=vault.asset_address,
             amount=0 if limit is None else int(limit),
             period_seconds=0 if limit is None else policy.spending_period_seconds,

@@ -1,7 +1,13 @@
-"""Vault policies: drafts are edited, activation freezes them, one is active per vault."""
+"""Vault policies: drafts are edited, activation freezes them, one is active per vault.
+
+On a vault with a policy module the policy is also on chain, and only the Safe's owners change
+it there: `policy_activation_request` then hands the draft to the registered committer (a Safe
+transaction the owners sign, approvals/policy_commits.py), and the draft becomes active when
+that transaction executes (docs/flow-b.md#committing-a-policy-to-the-module)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -10,8 +16,9 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from orchestrator.infra.errors import DomainError
-from vaults.models import POLICY_RULES, PolicyStatus, Vault, VaultPolicy
+from orchestrator.infra.errors import Conflict, DomainError
+from vaults.models import POLICY_RULES, PolicyStatus, SafeTransaction, SafeTxPurpose, Vault, VaultPolicy
+from vaults.services.safe_accounts import OPEN
 
 COMPARED = POLICY_RULES
 
@@ -21,6 +28,12 @@ class PolicyFrozen(DomainError):
 
     code = "policy_frozen"
     http_status = 409
+
+
+class PolicyCommitUnavailable(Conflict):
+    """The vault has a policy module, and no app commits policies to modules."""
+
+    code = "policy_commit_unavailable"
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,45 @@ def policy_activate(*, policy: VaultPolicy) -> VaultPolicy:
         locked.activated_at = timezone.now()
         locked.save(update_fields=["status", "activated_at"])
     return locked
+
+
+# Who commits a draft to a vault's module (with who asked): registered by the app that runs the
+# Safe's transactions (approvals), so vaults names nothing of approvals.
+PolicyCommitter = Callable[[VaultPolicy, Any], SafeTransaction]
+_committer: PolicyCommitter | None = None
+
+
+def on_policy_commit(committer: PolicyCommitter) -> PolicyCommitter:
+    """Registers who turns the activation of a module vault's draft into a Safe transaction
+    (a decorator; the last one wins)."""
+    global _committer
+    _committer = committer
+    return committer
+
+
+def policy_activation_request(*, policy: VaultPolicy, requested_by: Any = None) -> VaultPolicy | SafeTransaction:
+    """Activating a draft, wherever it is asked for. Without a policy module: active now (the
+    policy returned). With one: the Safe transaction that commits it to the module, which the
+    Safe's owners sign; the draft stays a draft until it executes. Raises PolicyFrozen, and
+    the committer's refusals."""
+    vault = Vault.objects.get(pk=policy.vault_id)
+    if not vault.module_address:
+        return policy_activate(policy=policy)
+    if _committer is None:
+        raise PolicyCommitUnavailable(f"{vault.vault_id} has a policy module, and nothing here commits policies to it")
+    return _committer(policy, requested_by)
+
+
+def policy_commit_open(policy: VaultPolicy) -> SafeTransaction | None:
+    """The Safe transaction still collecting signatures (or being sent) that commits `policy` to
+    the vault's module: while there is one, the draft is what the owners sign and cannot change."""
+    return (
+        SafeTransaction.objects.filter(
+            vault_id=policy.vault_id, purpose=SafeTxPurpose.POLICY, status__in=OPEN, plan__policy=policy.pk
+        )
+        .order_by("nonce")
+        .first()
+    )
 
 
 def policy_draft(*, vault: Vault, based_on: VaultPolicy | None = None, **values: Any) -> VaultPolicy:
