@@ -28,7 +28,13 @@ from vaults.models import PolicyStatus, SafeTransaction, SafeTxPurpose, SafeTxSt
 from vaults.module.contract import ModuleError, enable_module_call, module_enabled, module_state, set_validator_call
 from vaults.services.module_policy import policy_commit_calls, policy_hash
 from vaults.services.policies import PolicyFrozen, on_policy_commit, policy_activate, policy_commit_open
-from vaults.services.safe_accounts import OPEN, SafeUnreachable, safe_tx_create, vault_safe_state
+from vaults.services.safe_accounts import (
+    OPEN,
+    SafeUnreachable,
+    safe_tx_create,
+    safe_txs_void_below,
+    vault_safe_state,
+)
 
 logger = logging.getLogger("approvals")
 
@@ -85,6 +91,9 @@ def policy_commit_propose(*, policy: VaultPolicy, proposed_by: Any = None) -> Sa
     state, multi_send = _chain_reads(vault)
     with transaction.atomic():
         Vault.objects.select_for_update().get(pk=vault.pk)  # one commit per draft, even from two clicks
+        # A commit whose nonce the Safe has used (owners executed another transaction at it
+        # elsewhere) can never execute: void, it no longer stands for the draft.
+        safe_txs_void_below(vault=vault, nonce=state.nonce)
         existing = policy_commit_open(policy)
         if existing is not None:
             return existing

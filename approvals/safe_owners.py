@@ -15,6 +15,7 @@ from typing import Any
 from django.db import transaction
 
 from approvals.errors import AlreadyDecided, ProposalInvalid
+from approvals.policy_commits import policy_commit_closed
 from approvals.safe_proposals import NotYourWallet, safe_execution_start
 from approvals.wallets import users_by_wallet, wallet_of
 from orchestrator.infra.errors import Conflict
@@ -79,26 +80,31 @@ def safe_tx_sign(
     its rejection), under the row's lock; at the threshold the transaction is sent. Raises the
     Safe checks' errors, NotYourWallet, AlreadyDecided, SafeTxClosed."""
     state = vault_safe_state(row.vault)  # before the row lock: no RPC waits inside the transaction
-    with transaction.atomic():
-        locked = SafeTransaction.objects.select_for_update().select_related("vault__chain").get(pk=row.pk)
-        if locked.proposal_id:
-            raise SafeTxClosed(f"sign {locked.proposal_id} from its proposal")
-        if locked.status != SafeTxStatus.SIGNING:
-            raise SafeTxClosed(f"Safe nonce {locked.nonce} is {locked.get_status_display().lower()}")
-        owner = signature_owner(locked, signature)
-        signer = users_by_wallet([owner]).get(owner)
-        if from_wallet_of is not None and (signer is None or signer.pk != from_wallet_of.pk):
-            raise NotYourWallet(f"this signature is from {owner}, not from your registered wallet")
-        other = _other_side(locked)
-        if other is not None and other.signatures.filter(owner=owner).exists():
-            raise AlreadyDecided(f"{owner} already signed the other side of Safe nonce {locked.nonce}")
-        try:
+    try:
+        with transaction.atomic():
+            locked = SafeTransaction.objects.select_for_update().select_related("vault__chain").get(pk=row.pk)
+            if locked.proposal_id:
+                raise SafeTxClosed(f"sign {locked.proposal_id} from its proposal")
+            if locked.status != SafeTxStatus.SIGNING:
+                raise SafeTxClosed(f"Safe nonce {locked.nonce} is {locked.get_status_display().lower()}")
+            owner = signature_owner(locked, signature)
+            signer = users_by_wallet([owner]).get(owner)
+            if from_wallet_of is not None and (signer is None or signer.pk != from_wallet_of.pk):
+                raise NotYourWallet(f"this signature is from {owner}, not from your registered wallet")
+            other = _other_side(locked)
+            if other is not None and other.signatures.filter(owner=owner).exists():
+                raise AlreadyDecided(f"{owner} already signed the other side of Safe nonce {locked.nonce}")
             safe_signature_add(row=locked, signature=signature, state=state, submitted_by=submitted_by, signer=signer)
-        except SafeTxVoid:
-            SafeTransaction.objects.filter(pk=locked.pk).update(status=SafeTxStatus.VOID)
-            raise
-        if len(signatures_counting(locked, state)) >= state.threshold:
-            safe_execution_start(row=locked, started_by=submitted_by)
+            if len(signatures_counting(locked, state)) >= state.threshold:
+                safe_execution_start(row=locked, started_by=submitted_by)
+    except SafeTxVoid as exc:
+        # Marked void after the refusal rolled the transaction back (inside it, the mark would
+        # be rolled back with it), and only if it still collects signatures.
+        SafeTransaction.objects.filter(pk=row.pk, status=SafeTxStatus.SIGNING).update(
+            status=SafeTxStatus.VOID, error=exc.message[:2000]
+        )
+        policy_commit_closed(row)
+        raise
     logger.info("%s signs Safe nonce %s of %s (%s)", owner, locked.nonce, locked.vault.vault_id, locked.purpose)
     return locked
 

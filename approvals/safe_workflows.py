@@ -115,6 +115,7 @@ def check(ctx: StepContext) -> Checked | Wait:
         return Checked(nonce=row.nonce, signatures=signatures_counting(row, state), compliance="checked before")
     if state.nonce > row.nonce:
         safe_txs_void_below(vault=vault, nonce=state.nonce)
+        policy_commit_closed(row)
         raise Blocked(f"the Safe is at nonce {state.nonce}: nonce {row.nonce} was used by another transaction")
     if state.nonce < row.nonce:
         return Wait(

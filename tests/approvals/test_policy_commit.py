@@ -16,19 +16,20 @@ from django.test import Client
 from eth_account import Account
 from web3 import Web3
 
-from approvals.policy_commits import policy_commit_settle
+from approvals.policy_commits import policy_commit_propose, policy_commit_settle
 from approvals.safe_owners import safe_tx_sign
 from orchestrator.engine.models import WorkflowRun
 from relayer.models import Chain
 from tests.conftest import AnvilFactory, Workers, wait_until
-from tests.support.modules import module_vault
+from tests.support.modules import module_vault, owners_execute
 from tests.support.relays import RELAY_ENV, make_chain
 from tests.support.safes import SafeSetup, safe_vault, sign_safe_tx
 from vaults import safe as safe_lib
 from vaults.models import PolicyStatus, Protocol, SafeTransaction, SafeTxPurpose, SafeTxStatus, Vault, VaultPolicy
 from vaults.module.contract import module_enabled, module_limit, module_state
-from vaults.services.module_policy import policy_allowed_calls, policy_hash
+from vaults.services.module_policy import policy_allowed_calls, policy_commit_calls, policy_hash
 from vaults.services.policies import policy_activation_request, policy_draft
+from vaults.services.safe_accounts import SafeTxVoid
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.flow]
 
@@ -152,6 +153,24 @@ def test_a_rejected_commit_leaves_the_draft_a_draft_and_says_why(chain: Chain, w
     # The draft can be proposed again, at the next nonce.
     again = policy_activation_request(policy=v2)
     assert isinstance(again, SafeTransaction) and again.pk != row.pk and again.nonce == row.nonce + 1
+
+
+def test_a_commit_whose_nonce_the_owners_used_elsewhere_is_void_and_the_draft_can_be_proposed_again(
+    chain: Chain,
+) -> None:
+    setup = module_vault(chain)
+    vault, v1, v2 = setup.vault, setup.policy, draft_v2(setup)
+    row = policy_commit_propose(policy=v2)
+    # The owners execute another transaction at that nonce, outside the orchestrator.
+    owners_execute(w3_of(vault), vault, [setup.wallets["alice"], setup.wallets["bob"]], policy_commit_calls(v1))
+    with pytest.raises(SafeTxVoid):
+        safe_tx_sign(row=row, signature=sign_safe_tx(setup.wallets["alice"], row))
+    row.refresh_from_db()
+    assert row.status == SafeTxStatus.VOID
+    assert f"nonce {row.nonce} was used by another transaction" in row.error and "v2 stays a draft" in row.error
+    assert VaultPolicy.objects.get(pk=v2.pk).status == PolicyStatus.DRAFT
+    again = policy_commit_propose(policy=v2)
+    assert again.pk != row.pk and again.nonce == row.nonce + 1 and again.status == SafeTxStatus.SIGNING
 
 
 def test_the_module_is_installed_by_the_owners_and_the_vault_names_it_only_once_it_executes(
