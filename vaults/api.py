@@ -58,6 +58,7 @@ def vault_json(vault: Vault, *, with_policy: bool) -> dict[str, Any]:
         "chainId": vault.chain_id,
         "account": vault.account.address,
         "safe": vault.safe_address or None,
+        "module": vault.module_address or None,
         "operator": vault.operator.address,
         "asset": vault.asset_address,
         "strategy": vault.strategy,
@@ -84,6 +85,7 @@ def intent_json(intent: ExecutionIntent) -> dict[str, Any]:
         "proposalId": intent.proposal_id or None,
         "digest": intent.digest,
         "signature": intent.signature,
+        "module": intent.module_intent,
         "status": intent.status,
         "error": intent.error or None,
         "createdAt": intent.created_at.isoformat(),
@@ -139,6 +141,9 @@ class VaultOut(serializers.Serializer):
     chainId = serializers.IntegerField()
     account = serializers.CharField(help_text="Holds the funds, or with a Safe only pays its transactions' gas.")
     safe = serializers.CharField(allow_null=True, help_text="The Safe that holds the funds, if one does.")
+    module = serializers.CharField(
+        allow_null=True, help_text="The policy module on the Safe that runs Flow A's intents, if it has one."
+    )
     operator = serializers.CharField()
     asset = serializers.CharField()
     strategy = serializers.CharField()
@@ -160,6 +165,20 @@ class _ActionOut(serializers.JSONField):
     pass
 
 
+class _ModuleCallOut(serializers.Serializer):
+    to = serializers.CharField()
+    value = serializers.CharField(help_text="Wei, as a decimal string.")
+    data = serializers.CharField()  # type: ignore[assignment]  # a declared field, not Serializer.data
+
+
+class _ModuleIntentOut(serializers.Serializer):
+    module = serializers.CharField(help_text="The VaultPolicyModule (the EIP-712 verifying contract).")
+    nonce = serializers.IntegerField(help_text="The module's nonce, not the vault's.")
+    deadline = serializers.IntegerField(help_text="Unix seconds.")
+    policyHash = serializers.CharField(help_text="The policy committed on chain that the signature is bound to.")
+    calls = _ModuleCallOut(many=True)
+
+
 class IntentOut(serializers.Serializer):
     id = serializers.UUIDField()
     vaultId = serializers.CharField()
@@ -173,6 +192,11 @@ class IntentOut(serializers.Serializer):
     proposalId = serializers.CharField(allow_null=True)
     digest = serializers.CharField()
     signature = serializers.CharField()
+    module = _ModuleIntentOut(
+        allow_null=True,
+        help_text="Sent through the vault's policy module as one executeIntent: what the operator signed "
+        "(digest and signature above are the module's). Null: the actions were sent one by one.",
+    )
     status = serializers.ChoiceField(choices=IntentStatus.values)
     error = serializers.CharField(allow_null=True)
     createdAt = serializers.DateTimeField()

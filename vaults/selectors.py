@@ -76,7 +76,9 @@ class PolicyRow:
     asset: str
     chain_id: int
     rpc_url: str
-    account: str
+    account: str  # who holds the funds: the Safe, else the account key
+    module: str  # the vault's policy module, "" for none
+    committed_hash: str  # the hash this policy committed to the module, "" for none
     intent_nonce: int  # the vault's, now
     in_flight: int | None  # the nonce of the vault's intent still executing, if any
     protocols: list[tuple[str, str, int, bool]]  # (name, address, chain id, whitelisted)
@@ -111,7 +113,9 @@ def _rebalance_inputs_sql() -> str:
                EXISTS (SELECT 1 FROM "{trusted}" t
                         WHERE t."vaultpolicy_id" = p."id" AND t."oraclekey_id" = f."oracle_id") AS "trusts_oracle",
                v."strategy" AS "strategy", v."asset_address" AS "asset", v."chain_id" AS "chain_id",
-               c."rpc_url" AS "rpc_url", k."address" AS "account", v."intent_nonce" AS "intent_nonce",
+               c."rpc_url" AS "rpc_url", coalesce(nullif(v."safe_address", ''), k."address") AS "account",
+               v."module_address" AS "module", p."committed_hash" AS "committed_hash",
+               v."intent_nonce" AS "intent_nonce",
                (SELECT i."nonce" FROM "{intent}" i
                  WHERE i."vault_id" = p."vault_id" AND i."status" = ANY(%s)
                  ORDER BY i."nonce" DESC LIMIT 1) AS "in_flight",
@@ -164,6 +168,8 @@ def rebalance_inputs(*, vault_id: int, feed_id: str) -> RebalanceInputs | None:
             chain_id=row["chain_id"],
             rpc_url=row["rpc_url"],
             account=row["account"],
+            module=row["module"],
+            committed_hash=row["committed_hash"],
             intent_nonce=row["intent_nonce"],
             in_flight=row["in_flight"],
             protocols=[tuple(p) for p in json.loads(row["protocols"])],

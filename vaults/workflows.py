@@ -1,6 +1,8 @@
 """Flow A: the automated, policy-driven rebalance (docs/flow-a.md), as an engine workflow.
 
-feed ─► verify ─► positions ─► allocate ─► check ─► decide ─┬─► intent ─► relay (its actions in sequence)
+feed ─► verify ─► positions ─► allocate ─► check ─► decide ─┬─► intent ─► relay (its actions in sequence,
+                                                            │              or one executeIntent through
+                                                            │              the vault's policy module)
                                                             └─► proposal (Flow B), nothing relayed
 Each step's output is journaled: the feed and policy version used, the on-chain positions, the
 allocation, every compliance result, the intent or proposal, the transactions. What Flow B
@@ -8,6 +10,7 @@ shares with it is in vaults.services.rebalance."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -16,15 +19,17 @@ from typing import Any
 from django.utils import timezone
 
 from orchestrator.engine import Blocked, RetryPolicy, Step, StepContext, TerminalError, Wait, Workflow, registry
-from orchestrator.engine.models import WorkflowRun
+from orchestrator.engine.models import Phase, WorkflowRun
 from orchestrator.engine.services import workflow_resume
 from relayer.models import RelayTransaction
 from relayer.services.requests import on_relay_finished
 from vaults.models import ExecutionIntent, Vault
+from vaults.module import ModuleIntent
 from vaults.selectors import rebalance_inputs, vault_visible_to
 from vaults.services.compliance import ComplianceRecord, PolicyRules, compliance_check
 from vaults.services.feeds import ParsedFeed, feed_entries, feed_signer
-from vaults.services.intents import StalePositions, intent_emit, plan_actions
+from vaults.services.intents import StalePositions, intent_emit, intents_close_for_run, plan_actions
+from vaults.services.module_intents import ModuleSeen, module_calls, module_intent, module_refusal, module_seen
 from vaults.services.policies import PolicySnapshot
 from vaults.services.rebalance import (
     REBALANCE_WORKFLOW,
@@ -61,6 +66,8 @@ class Verified:
     asset: str
     protocols: dict[str, str]  # this chain's, name -> address
     intentNonce: int | None = None  # None: journaled by a verify from before it read the nonce
+    module: str = ""  # the vault's policy module: the rebalance is one executeIntent through it
+    committedHash: str = ""  # what this policy version committed to the module
 
     def policy_snapshot(self, *, vault_id: int) -> PolicySnapshot:
         return PolicySnapshot(
@@ -173,6 +180,8 @@ def verify(ctx: StepContext) -> Verified:
         asset=policy.asset,
         protocols=protocols,
         intentNonce=policy.intent_nonce,
+        module=policy.module,
+        committedHash=policy.committed_hash,
     )
 
 
@@ -184,9 +193,13 @@ def read_positions(ctx: StepContext) -> PositionsSnapshot:
     nonce = seen.intentNonce
     if nonce is None:  # journaled by a verify from before it read the nonce
         nonce = Vault.objects.values_list("intent_nonce", flat=True).get(pk=ctx.input["vault"])
-    return positions_snapshot(
+    held = positions_snapshot(
         rpc_url=seen.rpcUrl, account=seen.account, asset=seen.asset, protocols=seen.protocols, nonce=nonce
     )
+    if not seen.module:
+        return held
+    found = module_seen(rpc_url=seen.rpcUrl, module=seen.module, asset=seen.asset)
+    return dataclasses.replace(held, module=dataclasses.asdict(found))
 
 
 def allocate_target(ctx: StepContext) -> Allocated:
@@ -246,7 +259,10 @@ def decide(ctx: StepContext) -> NoRebalance | Proposed | Intended:
         )
     # The intent points at the feed and the policy by id (both rows are immutable, and verify
     # journaled what is signed of the policy); intent_emit reads the vault itself, under its lock.
-    feed_time = datetime.fromisoformat(seen.feedTime)
+    deadline = datetime.fromisoformat(seen.feedTime) + timedelta(seconds=policy.intent_ttl_seconds)
+    through = None
+    if seen.module:
+        through = _through_module(ctx, seen, held, plan.actions, deadline)
     try:
         intent = intent_emit(
             vault_id=ctx.input["vault"],
@@ -254,15 +270,45 @@ def decide(ctx: StepContext) -> NoRebalance | Proposed | Intended:
             allocation=allocation,
             actions=plan.actions,
             feed_id=ctx.input["feed"],
-            deadline=feed_time + timedelta(seconds=policy.intent_ttl_seconds),
+            deadline=deadline,
             workflow_run_id=ctx.run_id,
             planned_at_nonce=held.atIntentNonce,
+            module_intent=through,
         )
     except StalePositions as exc:
         raise Blocked(str(exc)) from exc
     return Intended(
         intent=str(intent.id), nonce=intent.nonce, valueMoved=str(plan.value_moved), signature=intent.signature
     )
+
+
+def _through_module(
+    ctx: StepContext, seen: Verified, held: PositionsSnapshot, actions: list[dict[str, Any]], deadline: datetime
+) -> ModuleIntent:
+    """The module's intent for the plan, checked off chain by the module's own rules first:
+    what the module would refuse is never signed (docs/flow-a.md#through-the-policy-module)."""
+    if held.module is None:  # positions journaled before the vault had its module
+        raise Blocked("the positions were read without the vault's module; the next feed plans again")
+    found = ModuleSeen(**held.module)
+    vault = _vault(ctx)
+    operator = vault.operator.address
+    intent = module_intent(
+        seen=found,
+        chain_id=vault.chain.chain_id,
+        calls=module_calls(actions=actions, asset=seen.asset),
+        deadline=int(deadline.timestamp()),
+    )
+    refused = module_refusal(
+        seen=found,
+        intent=intent,
+        operator=operator,
+        asset=seen.asset,
+        committed_hash=seen.committedHash,
+        version=seen.policyVersion,
+    )
+    if refused:
+        raise Blocked(f"the policy module would refuse this rebalance: {refused}")
+    return intent
 
 
 def relay(ctx: StepContext) -> NothingRelayed | IntentSettled | Wait:
@@ -286,12 +332,20 @@ def _readable_by(run: WorkflowRun, user: Any) -> bool:
     return vault_visible_to(user=user, vault_id=run.input.get("vault"))
 
 
+def _mirror(run: WorkflowRun, from_phase: str, to_phase: str) -> None:
+    """A run that stops short closes the intents it issued that can no longer move funds, so the
+    vault is not held back by an intent nobody will execute."""
+    if to_phase in (Phase.FAILED, Phase.BLOCKED, Phase.DEAD_LETTER):
+        intents_close_for_run(run_id=run.pk, error=run.error)
+
+
 RETRY = RetryPolicy(max_attempts=6, base_delay=1.0, max_delay=30.0)
 
 FLOW_A = registry.register(
     Workflow(
         kind=REBALANCE_WORKFLOW,
         readable_by=_readable_by,
+        on_transition=_mirror,
         steps=(
             Step("verify", verify, retry=RETRY),
             Step("positions", read_positions, atomic=False, retry=RETRY, timeout=30),

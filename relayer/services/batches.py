@@ -195,8 +195,9 @@ def relays_finish(txs: Iterable[RelayTransaction], *, phase: str, fields: Iterab
     for tx in txs:
         tx.phase = phase
         tx.updated_at = now
-        if phase == TxPhase.COMPLETED:
-            tx.error = ""
+        # A node's message may quote revert data as text, NUL bytes and all: PostgreSQL text
+        # cannot hold NUL, and the request must fail with its reason, not with the database's.
+        tx.error = "" if phase == TxPhase.COMPLETED else tx.error.replace("\x00", "")
     with transaction.atomic():
         rows_update(RelayTransaction, txs, ["phase", "error", "updated_at", *fields])
         told = set()

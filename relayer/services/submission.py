@@ -58,6 +58,10 @@ def _simulation_failure(result: RpcResult) -> str | None:
     if "insufficient funds" in message.lower():
         return None
     if "revert" in message.lower():
+        # The revert data too, so whoever asked can name a custom error (a module's rule).
+        data = (result.error or {}).get("data")
+        if isinstance(data, str) and data.startswith("0x") and data not in message:
+            message = f"{message} (revert data {data})"
         return f"simulation reverted: {message}"
     return f"simulation failed: {message}"
 

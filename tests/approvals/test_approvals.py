@@ -174,7 +174,7 @@ def test_an_approved_proposal_is_checked_again_executed_once_and_moves_the_funds
     for tx_hash in run.outputs["relay"]["transactions"]:
         assert w3.eth.get_transaction_receipt(tx_hash)["status"] == 1
     # The journal's keys, as runs started before any change to the steps have them.
-    assert set(run.outputs["positions"]) == {"idle", "protocols", "total", "atIntentNonce", "addresses"}
+    assert set(run.outputs["positions"]) == {"idle", "protocols", "total", "atIntentNonce", "addresses", "module"}
     assert set(run.outputs["check"]) == {"ok", "violations"}
     assert set(run.outputs["emit"]) == {"intent", "nonce", "valueMoved", "policyVersion"}
     assert set(run.outputs["relay"]) == {"status", "transactions"}

@@ -48,10 +48,12 @@ def policy_commit_direct(setup: SafeSetup, policy: VaultPolicy) -> None:
     VaultPolicy.objects.filter(pk=policy.pk).update(committed_hash="0x" + policy_hash(policy).hex())
 
 
-def module_vault(chain: Chain, **options: Any) -> SafeSetup:
+def module_vault(chain: Chain, *, approval_threshold: int = 10**30, **options: Any) -> SafeSetup:
     """safe_vault(chain, **options) with a module deployed, enabled and holding the active
-    policy; Flow A on (auto_rebalance). The module's operator is the vault's operator key."""
+    policy; Flow A on (auto_rebalance), and approval needed only above `approval_threshold`
+    (set on the policy before it is committed). The module's operator is the vault's operator key."""
     setup = safe_vault(chain, **options)
+    VaultPolicy.objects.filter(pk=setup.policy.pk).update(approval_threshold=approval_threshold)
     vault = setup.vault
     w3 = web3_for(chain.rpc_url)
     module = vpm.module_deploy_dev(

@@ -49,6 +49,7 @@ def test_it_lists_the_vaults_by_id() -> None:
         "chainId": 31337,
         "account": first.account.address,
         "safe": None,
+        "module": None,
         "operator": first.operator.address,
         "asset": ASSET,
         "strategy": "risk-adjusted-yield",

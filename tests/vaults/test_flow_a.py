@@ -57,8 +57,8 @@ def test_a_feed_leads_to_an_intent_and_balances_that_match_the_allocation(
     assert trail["verify"]["policyVersion"] == 1 and trail["check"] == {"ok": True, "violations": []}
     assert trail["decide"]["decision"] == "intent" and trail["relay"]["status"] == "executed"
     assert len(trail["relay"]["transactions"]) == 2  # two deposits from an all-idle vault
-    # The journal's keys, as runs started before any change to the steps have them.
-    assert set(trail["positions"]) == {"idle", "protocols", "total", "atIntentNonce", "addresses"}
+    # The journal's keys (`module` is new and optional: runs journaled before it still resume).
+    assert set(trail["positions"]) == {"idle", "protocols", "total", "atIntentNonce", "addresses", "module"}
     assert set(trail["allocate"]) == {"strategy", "allocation"}
     assert set(trail["decide"]) == {"decision", "intent", "nonce", "valueMoved", "signature"}
     assert set(trail["relay"]) == {"status", "transactions"}

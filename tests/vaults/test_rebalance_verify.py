@@ -74,6 +74,8 @@ def test_verify_journals_the_feed_the_policy_and_the_protocols_it_may_use() -> N
         "asset",
         "protocols",
         "intentNonce",
+        "module",  # new and optional, as intentNonce was: runs journaled before them still resume
+        "committedHash",
     ]
     assert seen["feed"] == str(feed.id) and seen["feedDigest"] == feed.digest
     assert seen["feedTime"] == feed.timestamp.isoformat() and seen["entries"] == feed.entries

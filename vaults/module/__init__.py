@@ -42,6 +42,7 @@ of an intent or a request the off-chain check names the same error with the same
 from vaults.module.checks import intent_refusal, intent_signer, recover, request_refusal, request_signers
 from vaults.module.contract import (
     AllowedCall,
+    Limit,
     ModuleError,
     ModuleState,
     commit_policy_call,
@@ -49,11 +50,14 @@ from vaults.module.contract import (
     module_abi,
     module_deploy_dev,
     module_enabled,
+    module_limit,
     module_state,
+    set_executor_call,
     set_operator_call,
     set_spending_limit_call,
+    set_validator_call,
 )
-from vaults.module.errors import MODULE_ERRORS, ModuleRevert, module_error, module_revert
+from vaults.module.errors import MODULE_ERRORS, ModuleRevert, module_error, module_error_of, module_revert
 from vaults.module.intents import (
     INTENT_TYPES,
     ModuleIntent,
@@ -79,6 +83,7 @@ __all__ = [
     "INTENT_TYPES",
     "MODULE_ERRORS",
     "AllowedCall",
+    "Limit",
     "ModuleError",
     "ModuleIntent",
     "ModuleRequest",
@@ -98,6 +103,8 @@ __all__ = [
     "module_deploy_dev",
     "module_enabled",
     "module_error",
+    "module_error_of",
+    "module_limit",
     "module_revert",
     "module_state",
     "recover",
@@ -106,8 +113,10 @@ __all__ = [
     "request_sign",
     "request_signers",
     "request_used",
+    "set_executor_call",
     "set_operator_call",
     "set_spending_limit_call",
+    "set_validator_call",
     "validation_digest",
     "validation_sign",
     "validation_sign_with_key",

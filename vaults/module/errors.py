@@ -58,18 +58,22 @@ def _errors() -> dict[bytes, tuple[str, list[str], list[str]]]:
     return found
 
 
-def _payload(revert_data_or_message: str | bytes) -> bytes | None:
+def _payloads(revert_data_or_message: str | bytes) -> list[bytes]:
+    """The candidate revert data in a message, longest first: a node's message may name an
+    address or a selector before the data itself."""
     if isinstance(revert_data_or_message, bytes):
-        return revert_data_or_message
-    found = re.search(r"0x([0-9a-fA-F]{8,})", revert_data_or_message or "")
-    return bytes.fromhex(found.group(1)) if found and len(found.group(1)) % 2 == 0 else None
+        return [revert_data_or_message]
+    found = re.findall(r"0x([0-9a-fA-F]{8,})", revert_data_or_message or "")
+    return [bytes.fromhex(h) for h in sorted(found, key=len, reverse=True) if len(h) % 2 == 0]
 
 
-def module_revert(revert_data_or_message: str | bytes) -> ModuleRevert | None:
-    """The custom error in revert data (0x-hex, bytes, or a message that carries it), decoded;
-    None when it is not one the module or the demo contracts declare."""
-    raw = _payload(revert_data_or_message)
-    if raw is None or len(raw) < 4 or raw[:4] not in _errors():
+def _payload(revert_data_or_message: str | bytes) -> bytes | None:
+    found = _payloads(revert_data_or_message)
+    return found[0] if found else None
+
+
+def _decoded(raw: bytes) -> ModuleRevert | None:
+    if len(raw) < 4 or raw[:4] not in _errors():
         return None
     name, names, types = _errors()[raw[:4]]
     try:
@@ -77,6 +81,16 @@ def module_revert(revert_data_or_message: str | bytes) -> ModuleRevert | None:
     except Exception:  # a selector collision or truncated data: not this error after all
         return None
     return ModuleRevert(name=name, args=dict(zip(names, values, strict=True)))
+
+
+def module_revert(revert_data_or_message: str | bytes) -> ModuleRevert | None:
+    """The custom error in revert data (0x-hex, bytes, or a message that carries it), decoded;
+    None when it is not one the module or the demo contracts declare."""
+    for raw in _payloads(revert_data_or_message):
+        decoded = _decoded(raw)
+        if decoded is not None:
+            return decoded
+    return None
 
 
 def _word(value: Any) -> str:
@@ -97,6 +111,11 @@ def module_error(revert_data_or_message: str | bytes) -> str:
                 (text,) = abi_decode(["string"], raw[4:])
                 return str(text)
         return revert_data_or_message.hex() if isinstance(revert_data_or_message, bytes) else revert_data_or_message
+    return module_error_of(decoded)
+
+
+def module_error_of(decoded: ModuleRevert) -> str:
+    """A decoded error in words: its name, why the rule exists, its arguments."""
     words = MODULE_ERRORS.get(decoded.name, "a call reverted")
     if decoded.name == "CallFailed":
         inner = bytes(decoded.args["reason"])

@@ -23,9 +23,12 @@ from eth_account.messages import encode_typed_data
 from orchestrator.infra.errors import DomainError
 from relayer.keys import key_manager
 from relayer.models import RelayTransaction, TxPhase
+from relayer.services.batches import OPEN_PHASES
 from relayer.services.requests import relay_request
 from vaults.models import IN_FLIGHT, ExecutionIntent, IntentRelay, IntentStatus, Vault
+from vaults.module import ModuleIntent, execute_intent_calldata, intent_sign_with_key, module_error
 from vaults.selectors import intent_relays
+from vaults.services.module_intents import module_intent_json, module_intent_of
 from vaults.services.policies import PolicySnapshot
 from vaults.services.typed_data import typed_data_hash
 
@@ -148,13 +151,16 @@ def intent_emit(
     proposal_id: str = "",
     workflow_run_id: Any = None,
     planned_at_nonce: int | None = None,
+    module_intent: ModuleIntent | None = None,
 ) -> ExecutionIntent:
     """Takes the vault's next nonce, signs the intent with the operator key and stores it.
     Must run in a transaction: the vault row stays locked until it commits. With
     `planned_at_nonce` (the vault's intent nonce when the positions were read), raises
     StalePositions if another intent was issued since: the plan was made from old positions.
     The intent points at the policy and the feed by id: both rows are immutable, and what is
-    signed of the policy (its version) is in the snapshot, so neither is read here."""
+    signed of the policy (its version) is in the snapshot, so neither is read here.
+    With `module_intent` (the vault's policy module's, built and checked by the caller), that
+    is what the operator signs and what is sent: the actions are kept for the record."""
     # Only the vault's row: the chain's and the operator key's are shared by many vaults, and
     # locking them would queue every intent of the chain (and FK inserts) behind this one.
     # NO KEY: rows that merely reference the vault (its intents) need not wait.
@@ -180,24 +186,36 @@ def intent_emit(
         proposal_id=proposal_id,
         workflow_run_id=workflow_run_id,
     )
-    domain, message = intent_domain(locked), intent_message(intent, policy_version=policy.version)
-    signable = encode_typed_data(domain_data=domain, message_types=INTENT_TYPES, message_data=message)
-    intent.digest = typed_data_hash(signable)
-    intent.signature = key_manager().sign_typed_data(
-        key=locked.operator, domain=domain, types=INTENT_TYPES, message=message
-    )
+    if module_intent is not None:
+        intent.module_intent = module_intent_json(module_intent)
+        intent.digest = "0x" + module_intent.digest().hex()
+        intent.signature = intent_sign_with_key(module_intent, key=locked.operator)
+    else:
+        domain, message = intent_domain(locked), intent_message(intent, policy_version=policy.version)
+        signable = encode_typed_data(domain_data=domain, message_types=INTENT_TYPES, message_data=message)
+        intent.digest = typed_data_hash(signable)
+        intent.signature = key_manager().sign_typed_data(
+            key=locked.operator, domain=domain, types=INTENT_TYPES, message=message
+        )
     intent.save()
     logger.info("vault %s intent #%s signed: %s action(s)", locked.vault_id, intent.nonce, len(actions))
     return intent
 
 
 def _request_action(intent: ExecutionIntent, index: int, after: RelayTransaction | None) -> RelayTransaction:
-    vault, action = intent.vault, intent.actions[index]
+    vault = intent.vault
+    if intent.module_intent:
+        # The whole intent as one executeIntent, from the account key that only pays its gas.
+        stored = intent.module_intent
+        to = stored["module"]
+        data = execute_intent_calldata(module_intent_of(stored, chain_id=vault.chain.chain_id), intent.signature)
+    else:
+        to, data = intent.actions[index]["address"], intent.actions[index]["calldata"]
     return relay_request(
         signer=vault.account,
         chain=vault.chain,
-        to=action["address"],
-        data=action["calldata"],
+        to=to,
+        data=data,
         idempotency_key=f"intent:{intent.id}:{index}",
         requested_by=("intent", str(intent.id)),
         correlation_id=intent.workflow_run.correlation_id if intent.workflow_run else None,
@@ -218,19 +236,24 @@ def intent_advance(*, intent: ExecutionIntent, now: datetime | None = None) -> s
     }
     failed = [relays[i] for i in sorted(relays) if relays[i].phase in (TxPhase.FAILED, TxPhase.DEAD_LETTER)]
     if failed:
-        ExecutionIntent.objects.filter(pk=intent.pk).update(status=IntentStatus.FAILED, error=failed[0].error[:2000])
+        error = failed[0].error
+        if intent.module_intent:  # the module's rule, in words, with the node's message
+            error = f"{module_error(error)} [{error}]"
+        ExecutionIntent.objects.filter(pk=intent.pk).update(status=IntentStatus.FAILED, error=error[:2000])
         return IntentStatus.FAILED
     done = [i for i, r in relays.items() if r.phase == TxPhase.COMPLETED]
-    if len(done) == len(intent.actions):
+    # Through a module the whole intent is one transaction; else one per action.
+    transactions = 1 if intent.module_intent else len(intent.actions)
+    if len(done) == transactions:
         ExecutionIntent.objects.filter(pk=intent.pk).update(status=IntentStatus.EXECUTED, executed_at=timezone.now())
         return IntentStatus.EXECUTED
-    if len(relays) < len(intent.actions):  # not all asked for yet (an intent from before, or the first look)
+    if len(relays) < transactions:  # not all asked for yet (an intent from before, or the first look)
         if (now or timezone.now()) > intent.deadline:
             ExecutionIntent.objects.filter(pk=intent.pk).update(status=IntentStatus.EXPIRED, error="deadline passed")
             raise IntentExpired(f"intent #{intent.nonce} expired at {intent.deadline.isoformat()}")
         previous: RelayTransaction | None = relays.get(len(relays) - 1)
         links = []
-        for index in range(len(relays), len(intent.actions)):
+        for index in range(len(relays), transactions):
             previous = _request_action(intent, index, previous)
             links.append(IntentRelay(intent_id=intent.pk, relay=previous, position=index))
         # One statement for the links. A relay requested before it had its link (the key
@@ -238,3 +261,22 @@ def intent_advance(*, intent: ExecutionIntent, now: datetime | None = None) -> s
         IntentRelay.objects.bulk_create(links, ignore_conflicts=True)
         ExecutionIntent.objects.filter(pk=intent.pk, status=IntentStatus.SIGNED).update(status=IntentStatus.RELAYING)
     return None
+
+
+def intents_close_for_run(*, run_id: Any, error: str) -> int:
+    """When a run stops short (failed, blocked, dead-lettered), the intents it issued that can no
+    longer move funds (none of their relays still open) stop counting as in flight: failed, or
+    expired once past their deadline. The status the relay step wrote before raising is rolled
+    back with its step, so it is written here, in the transaction that stops the run. An intent
+    with a relay still open stays in flight: its transaction may yet confirm. Returns how many."""
+    closed = 0
+    for intent in ExecutionIntent.objects.filter(workflow_run_id=run_id, status__in=IN_FLIGHT):
+        relays = list(intent_relays(intent_id=intent.pk).only("phase"))
+        if any(r.phase in OPEN_PHASES for r in relays):
+            continue
+        expired = timezone.now() > intent.deadline and not relays
+        status = IntentStatus.EXPIRED if expired else IntentStatus.FAILED
+        closed += ExecutionIntent.objects.filter(pk=intent.pk, status__in=IN_FLIGHT).update(
+            status=status, error=error[:2000]
+        )
+    return closed

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from orchestrator.engine import Blocked, RetryableError, TerminalError, Wait
@@ -33,6 +33,12 @@ REBALANCE_WORKFLOW = "vault.rebalance"
 # Relays wake the waiting run when they finish (vaults.workflows); this poll is only the
 # fallback for a lost wake-up (a worker dying between a relay's commit and the wake-up).
 SETTLE_POLL_SECONDS = settings.FLOW_SETTLE_POLL_SECONDS
+
+
+# Flow A runs for a vault its account key holds, or for a Safe vault through its policy module.
+# A Safe vault without one rebalances by proposals only: its account key can move nothing
+# (docs/flow-b.md#safe-vaults).
+FLOW_A_RUNS = Q(safe_address="") | ~Q(module_address="")
 
 
 def rebalance_start(
@@ -66,7 +72,7 @@ def rebalances_start_for_feed(*, feed: SignedFeed, client: Any = None) -> list[W
     nothing of a vault it was not granted (docs/api.md#access)."""
     # Only the vaults' ids: rebalance_start needs nothing else, and this runs on every feed.
     vaults = Vault.objects.filter(
-        auto_rebalance=True, safe_address="", policies__status=PolicyStatus.ACTIVE, policies__oracles=feed.oracle_id
+        FLOW_A_RUNS, auto_rebalance=True, policies__status=PolicyStatus.ACTIVE, policies__oracles=feed.oracle_id
     ).only("pk")
     if client is not None and not client.is_staff:
         # In the same statement: one grant per (client, vault), read as a flag.
@@ -83,9 +89,8 @@ def rebalances_dispatch(*, now: datetime | None = None) -> int:
     policy trusts and is young enough). Returns how many runs were new."""
     now = now or timezone.now()
     started = 0
-    # A Safe vault runs Flow B only: its account key can move nothing (docs/flow-b.md#safe-vaults).
     policies = VaultPolicy.objects.filter(
-        status=PolicyStatus.ACTIVE, vault__auto_rebalance=True, vault__safe_address=""
+        Q(vault__safe_address="") | ~Q(vault__module_address=""), status=PolicyStatus.ACTIVE, vault__auto_rebalance=True
     ).select_related("vault")
     for policy in policies:
         feed = (
@@ -126,6 +131,7 @@ class PositionsSnapshot:
     total: str
     atIntentNonce: int
     addresses: dict[str, str]
+    module: dict[str, Any] | None = None  # through a policy module: module_intents.ModuleSeen, as JSON
 
     def amounts(self) -> dict[str, int]:
         """What each protocol holds, in base units."""
@@ -172,6 +178,8 @@ INTENT_PROGRESS_FIELDS = (
     "nonce",
     "actions",
     "deadline",
+    "signature",
+    "module_intent",
     "vault__chain",
     "vault__account",
     "workflow_run__correlation_id",
