@@ -190,7 +190,8 @@ def policy_commit_settle(row: SafeTransaction) -> str:
             return f"nothing: Safe nonce {locked.nonce} is {locked.status}"
         plan = locked.plan
         if plan.get("install") and vault.module_address != plan["module"]:
-            Vault.objects.filter(pk=vault.pk).update(module_address=plan["module"])
+            # Automated rebalances may now run, through the module and within the committed policy.
+            Vault.objects.filter(pk=vault.pk).update(module_address=plan["module"], auto_rebalance=True)
         policy = VaultPolicy.objects.select_for_update().filter(pk=plan.get("policy")).first()
         if policy is None:
             return _note(locked, "its policy no longer exists")

@@ -103,7 +103,7 @@ class VaultAdmin(admin.ModelAdmin):
 
     def get_form(self, request: HttpRequest, obj: Vault | None = None, change: bool = False, **kwargs: Any) -> Any:
         form = super().get_form(request, obj, change, **kwargs)
-        if obj is not None and obj.safe_address and "auto_rebalance" in form.base_fields:
+        if obj is not None and obj.safe_address and not obj.module_address and "auto_rebalance" in form.base_fields:
             field = form.base_fields["auto_rebalance"]
             field.disabled = True
             field.help_text = SAFE_FLOW_B_ONLY
@@ -113,6 +113,11 @@ class VaultAdmin(admin.ModelAdmin):
     def custody(self, obj: Vault) -> str:
         if not obj.safe_address:
             return f"account key {obj.account.address}"
+        if obj.module_address:
+            return (
+                f"Safe {obj.safe_address}, approvers' wallets as owners; automated rebalances run through its "
+                f"policy module {obj.module_address}, within the policy the owners committed on chain."
+            )
         return f"Safe {obj.safe_address}, approvers' wallets as owners. {SAFE_FLOW_B_ONLY}"
 
     @admin.display(description="active policy")

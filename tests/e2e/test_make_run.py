@@ -31,7 +31,16 @@ from orchestrator.devtools.benchmarks.soak_stack import ALIAS, SUPERVISED, Stack
 from relayer.models import KeyPurpose, SigningKey
 from tests.conftest import ARTIFACTS, wait_until
 from vaults import safe as safe_lib
-from vaults.models import SafeSignature, SafeTransaction, SafeTxPurpose, SafeTxStatus, Vault
+from vaults.models import (
+    ExecutionIntent,
+    IntentRelay,
+    IntentStatus,
+    SafeSignature,
+    SafeTransaction,
+    SafeTxPurpose,
+    SafeTxStatus,
+    Vault,
+)
 
 pytestmark = pytest.mark.smoke
 
@@ -74,6 +83,31 @@ def demo_outcomes(stack: Stack, summary: Summary) -> None:
         state = entry["metadata"]["postExecutionState"]
         assert state and state["transaction"] == entry["outputTxHash"], entry
     safe_demo_outcomes(stack, summary)
+    module_demo_outcomes(stack)
+
+
+def module_demo_outcomes(stack: Stack) -> None:
+    """The demo's third vault: a Safe with the policy module, whose installation two approvers'
+    development wallets signed at start-up, and whose automated rebalances are each one
+    executeIntent through the module, the first soon after the installation."""
+    said = re.search(
+        r"Policy module +vault-eth-003 \(Safe (0x[0-9a-fA-F]{40})\): automated rebalances as one executeIntent "
+        r"through its policy module (0x[0-9a-fA-F]{40})",
+        stack.text,
+    )
+    assert said, "the summary names no policy module:\n" + stack.text[-3000:]
+    safe_address, module = said.groups()
+    vault = Vault.objects.using(ALIAS).get(vault_id="vault-eth-003")
+    assert (vault.safe_address, vault.module_address) == (safe_address, module) and vault.auto_rebalance
+    install = SafeTransaction.objects.using(ALIAS).get(vault=vault, purpose=SafeTxPurpose.POLICY, plan__install=True)
+    assert install.status == SafeTxStatus.EXECUTED
+    intents = ExecutionIntent.objects.using(ALIAS).filter(vault=vault, status=IntentStatus.EXECUTED).order_by("nonce")
+    first = intents.first()
+    assert first is not None and first.module_intent is not None, "no rebalance through the module"
+    assert first.executed_at is not None and (first.executed_at - install.created_at).total_seconds() < 90
+    for intent in intents:
+        (relay,) = IntentRelay.objects.using(ALIAS).filter(intent=intent).select_related("relay")
+        assert relay.relay.to == module and relay.relay.signer_id == vault.account_id
 
 
 def safe_demo_outcomes(stack: Stack, summary: Summary) -> None:

@@ -38,6 +38,7 @@ class DemoApprovers:
     logins: list[str]  # "approver1 / <password>"
     proposal: str  # "PROP-..., waiting for 2 of 3 approvers"
     safe_proposal: str  # "PROP-... of vault-eth-002 (Safe 0x...), waiting for 2 of 3 owners' signatures"
+    module_vault: str  # "vault-eth-003 (Safe 0x...): Flow A through its policy module 0x..."
     note: str
 
 
@@ -99,12 +100,19 @@ def demo_approvers(vault: Any) -> DemoApprovers:
     owners = list(get_user_model().objects.filter(username__in=DEMO_APPROVERS).order_by("username"))
     safe = demo_safe_setup(template=vault, approvers=owners, proposer=admin, oracle_name=DEMO_ORACLE_NAME)
     signed = safe.proposal
+    from orchestrator.devtools.demo.module import demo_module_setup
+
+    module = demo_module_setup(template=vault, approvers=owners, proposer=admin, oracle_name=DEMO_ORACLE_NAME)
     return DemoApprovers(
         logins=logins,
         proposal=f"{waiting.proposal_id}, waiting for {quorum} approvers",
         safe_proposal=(
             f"{signed.proposal_id} of {safe.vault.vault_id} (Safe {safe.vault.safe_address}), waiting for "
             f"{signed.quorum_required} of {signed.approvers.count()} owners' signatures"
+        ),
+        module_vault=(
+            f"{module.vault.vault_id} (Safe {module.vault.safe_address}): automated rebalances as one "
+            f"executeIntent through its policy module {module.module} ({module.state})"
         ),
         note=f"{created} approver(s) created, {waiting.proposal_id} {state}, Safe vault {safe.vault.vault_id}",
     )

@@ -350,6 +350,7 @@ class Command(BaseCommand):
             *(("Approvers" if i == 0 else "", login) for i, login in enumerate(approvers.logins)),
             ("Proposal", f"{approvers.proposal}: {web}/admin/approvals/rebalanceproposal/"),
             ("Safe proposal", f"{approvers.safe_proposal} (sign with each approver's development wallet)"),
+            ("Policy module", f"{approvers.module_vault}: {web}/admin/vaults/executionintent/"),
             ("Executor", f"example executor subscription {running.executor}"),
             ("Operations", f"{web}/admin/operations/"),
             ("Database", running.database),
