@@ -46,6 +46,9 @@ def policy_json(policy: VaultPolicy | None) -> dict[str, Any] | None:
         "maxTurnoverPct": str(policy.max_turnover_pct),
         "approvalThreshold": str(policy.approval_threshold),
         "intentTtlSeconds": policy.intent_ttl_seconds,
+        "spendingLimit": None if policy.spending_limit is None else str(int(policy.spending_limit)),
+        "spendingPeriodSeconds": policy.spending_period_seconds,
+        "committedHash": policy.committed_hash or None,
         "oracles": sorted(policy.oracles.values_list("address", flat=True)),
         "activatedAt": policy.activated_at.isoformat() if policy.activated_at else None,
     }
@@ -131,6 +134,15 @@ class PolicyOut(serializers.Serializer):
     maxTurnoverPct = serializers.CharField()
     approvalThreshold = serializers.CharField()
     intentTtlSeconds = serializers.IntegerField()
+    spendingLimit = serializers.CharField(
+        allow_null=True,
+        help_text="With a policy module: at most this much of the asset (base units) approved or transferred "
+        "through it per period, enforced on chain. Null: no limit.",
+    )
+    spendingPeriodSeconds = serializers.IntegerField()
+    committedHash = serializers.CharField(
+        allow_null=True, help_text="The hash committed to the vault's policy module (0x-hex); null without one."
+    )
     oracles = serializers.ListField(child=serializers.CharField())
     activatedAt = serializers.DateTimeField(allow_null=True)
 

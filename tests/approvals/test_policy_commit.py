@@ -24,6 +24,7 @@ from tests.conftest import AnvilFactory, Workers, wait_until
 from tests.support.modules import module_vault, owners_execute
 from tests.support.relays import RELAY_ENV, make_chain
 from tests.support.safes import SafeSetup, safe_vault, sign_safe_tx
+from vaults import onchain
 from vaults import safe as safe_lib
 from vaults.models import PolicyStatus, Protocol, SafeTransaction, SafeTxPurpose, SafeTxStatus, Vault, VaultPolicy
 from vaults.module.contract import module_enabled, module_limit, module_state
@@ -113,9 +114,12 @@ def test_activating_a_draft_of_a_module_vault_asks_the_owners_and_their_signatur
     seen = module_state(w3, vault.module_address)
     assert seen.policy_hash == policy_hash(v2)
     assert seen.allowed == policy_allowed_calls(v2)
-    assert {a.to for a in seen.allowed} == {
-        Web3.to_checksum_address(a) for a in [vault.asset_address, *(p.address for p in v2.whitelist.all())]
-    }
+    # Deposits only into v2's whitelist; withdrawals (back to the Safe) from every protocol of the chain.
+    deposits = {a.to for a in seen.allowed if a.selector == onchain.DEPOSIT}
+    withdrawals = {a.to for a in seen.allowed if a.selector == onchain.WITHDRAW}
+    assert deposits == {Web3.to_checksum_address(p.address) for p in v2.whitelist.all()}
+    assert withdrawals == {Web3.to_checksum_address(p.address) for p in Protocol.objects.filter(chain=vault.chain)}
+    assert {a.to for a in seen.allowed if a.selector == onchain.APPROVE} == {vault.asset_address}
     limit = module_limit(w3, module=vault.module_address, token=vault.asset_address)
     assert limit is not None and (limit.amount, limit.period) == (LIMIT, 3600)
     v2.refresh_from_db()

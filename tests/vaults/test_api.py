@@ -99,6 +99,9 @@ def test_it_shows_a_vault_with_its_active_policy() -> None:
         "maxTurnoverPct": "30.0000",
         "approvalThreshold": "5000",
         "intentTtlSeconds": 3600,
+        "spendingLimit": None,
+        "spendingPeriodSeconds": 86400,
+        "committedHash": None,
         "oracles": [oracle.address],
         "activatedAt": policy.activated_at.isoformat() if policy.activated_at else None,
     }

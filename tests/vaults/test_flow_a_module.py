@@ -226,3 +226,27 @@ def test_a_worker_killed_during_the_relay_sends_one_transaction(
     assert w3.eth.get_transaction_count(setup.vault.account.address) == 1
     assert vpm.module_state(w3, setup.vault.module_address).nonce == 1
     assert ExecutionIntent.objects.get(vault=setup.vault).status == IntentStatus.EXECUTED
+
+
+def test_funds_leave_a_protocol_the_new_policy_no_longer_whitelists(setup: SafeSetup, workers: Workers) -> None:
+    """Withdrawing back to the Safe is committed for every protocol of the chain, so a version
+    that drops one still lets the rebalance leave it, through the module."""
+    from decimal import Decimal
+
+    from tests.support.modules import policy_commit_direct
+    from vaults.models import VaultPolicy
+    from vaults.services.policies import policy_activate, policy_draft
+
+    workers.start(extra_env=FLOW_ENV)
+    finished(rebalance(setup).id)
+    first = ExecutionIntent.objects.get(vault=setup.vault)
+    dropped = max(first.allocation, key=lambda name: Decimal(first.allocation[name]))
+    assert held(setup)[dropped] > 0
+    kept = Protocol.objects.filter(chain=setup.vault.chain).exclude(name=dropped)
+    draft = policy_draft(vault=setup.vault, based_on=setup.policy, whitelist=kept)
+    policy_commit_direct(setup, draft)
+    policy_activate(policy=VaultPolicy.objects.get(pk=draft.pk))
+    finished(rebalance(setup).id)
+    second = ExecutionIntent.objects.get(vault=setup.vault, nonce=2)
+    assert second.status == IntentStatus.EXECUTED and second.module_intent is not None
+    assert held(setup)[dropped] == 0

@@ -3,9 +3,11 @@
 that commit them (owners sign them as a Safe transaction, like any other of the Safe's).
 
 The pairs follow from the whitelist: for each whitelisted protocol on the vault's chain,
-deposit(assets, receiver) with the receiver bound to the Safe, withdraw(assets, receiver,
-owner) with both bound to the Safe, and approve(spender, amount) on the vault's asset with
-the spender bound to one of the policy's targets. Without the argument rules, allowing
+deposit(assets, receiver) with the receiver bound to the Safe; for every protocol of the chain
+(whitelisted or not, so funds can leave one a new version drops), withdraw(assets, receiver,
+owner) with both bound to the Safe; and approve(spender, amount) on the vault's asset with the
+spender bound to one of the policy's targets (a protocol vault pulls an allowance only when the
+Safe itself deposits). Without the argument rules, allowing
 "deposit on protocol X" would allow depositing for anybody, and "approve on the asset"
 approving anybody: the operator key could then move the funds out.
 
@@ -21,7 +23,7 @@ from eth_utils import keccak
 
 from relayer.rpc import as_address
 from vaults import onchain
-from vaults.models import VaultPolicy
+from vaults.models import Protocol, VaultPolicy
 from vaults.module import AllowedCall, commit_policy_call, set_spending_limit_call
 from vaults.safe import Call
 from vaults.services.compliance import PolicyRules
@@ -32,6 +34,7 @@ def policy_document(policy: VaultPolicy) -> dict[str, Any]:
     whitelisted protocols' addresses on this chain and the spending limit."""
     vault = policy.vault
     protocols = sorted(as_address(p.address) for p in policy.whitelist.all() if p.chain_id == vault.chain_id)
+    exits = sorted(as_address(p.address) for p in Protocol.objects.filter(chain_id=vault.chain_id))
     return {
         "vault": vault.vault_id,
         "chainId": vault.chain.chain_id,
@@ -41,6 +44,7 @@ def policy_document(policy: VaultPolicy) -> dict[str, Any]:
         "approvalThreshold": str(policy.approval_threshold),
         "intentTtlSeconds": policy.intent_ttl_seconds,
         "protocols": protocols,
+        "exits": exits,
         "spendingLimit": None if policy.spending_limit is None else str(int(policy.spending_limit)),
         "spendingPeriodSeconds": policy.spending_period_seconds,
     }
@@ -56,8 +60,12 @@ def policy_allowed_calls(policy: VaultPolicy) -> list[AllowedCall]:
     """The pairs (and argument rules) the policy allows through the module, in a fixed order."""
     vault = policy.vault
     allowed = [AllowedCall(to=vault.asset_address, selector=onchain.APPROVE, target_words=(0,))]
-    for address in policy_document(policy)["protocols"]:
+    document = policy_document(policy)
+    for address in document["protocols"]:
         allowed.append(AllowedCall(to=address, selector=onchain.DEPOSIT, safe_words=(1,)))
+    # Withdrawing back to the Safe is allowed from every protocol of the chain, whitelisted or
+    # not: a version that drops a protocol must still let the rebalance leave it.
+    for address in document["exits"]:
         allowed.append(AllowedCall(to=address, selector=onchain.WITHDRAW, safe_words=(1, 2)))
     return allowed
 
