@@ -182,23 +182,38 @@ def module_state(w3: Web3, module: str) -> ModuleState:
     """The module's Safe, operator, validator, next nonce, policy hash and allowed pairs, and the
     chain's id, in one JSON-RPC batch (so, in practice, of one block). Raises ModuleError when no
     module answers."""
+    return module_snapshot(w3, module).state
+
+
+@dataclass(frozen=True)
+class ModuleSnapshot:
+    state: ModuleState
+    limits: dict[str, Limit]  # by token asked for, only those with a limit
+    block_time: int  # the latest block's timestamp, what the module compares deadlines with
+
+
+def module_snapshot(w3: Web3, module: str, *, tokens: tuple[str, ...] = ()) -> ModuleSnapshot:
+    """module_state, the spending limits of `tokens` and the latest block's time, all in one
+    JSON-RPC batch: what an off-chain check of an intent needs, read in one round trip. Raises
+    ModuleError when no module answers."""
     address = as_address(module)
     contract = _module_encoder()
-    reads = ("safe", "operator", "validator", "nonce", "policyHash", "allowedCalls")
+    reads = [contract.encode_abi(n) for n in ("safe", "operator", "validator", "nonce", "policyHash", "allowedCalls")]
+    reads += [contract.encode_abi("spendingLimits", args=[as_address(t)]) for t in tokens]
     provider: Any = w3.provider  # every HTTP provider batches; the base type does not say so
     answers = provider.make_batch_request(
-        [(RPCEndpoint("eth_call"), [{"to": address, "data": contract.encode_abi(n)}, "latest"]) for n in reads]
-        + [(RPCEndpoint("eth_chainId"), [])]
+        [(RPCEndpoint("eth_call"), [{"to": address, "data": data}, "latest"]) for data in reads]
+        + [(RPCEndpoint("eth_chainId"), []), (RPCEndpoint("eth_getBlockByNumber"), ["latest", False])]
     )
     if not isinstance(answers, list) or any("error" in a for a in answers):
         raise ModuleError(f"Reading the module {address} failed: {answers}")
-    *calls, chain = (str(a["result"]) for a in sorted(answers, key=lambda a: int(a["id"])))
-    raw = [bytes.fromhex(result.removeprefix("0x")) for result in calls]
+    *calls, chain, block = (a["result"] for a in sorted(answers, key=lambda a: int(a["id"])))
+    raw = [bytes.fromhex(str(result).removeprefix("0x")) for result in calls]
     if any(len(r) < 32 for r in raw):
         raise ModuleError(f"There is no VaultPolicyModule at {address}.")
     safe, operator, validator = (as_address("0x" + r[12:32].hex()) for r in raw[:3])
     targets, selectors, rules = abi_decode(["address[]", "bytes4[]", "uint256[]"], raw[5])
-    return ModuleState(
+    state = ModuleState(
         safe=safe,
         operator=operator,
         nonce=int.from_bytes(raw[3][:32], "big"),
@@ -208,8 +223,14 @@ def module_state(w3: Web3, module: str) -> ModuleState:
         ],
         validator=validator if int(validator, 16) else None,
         module=address,
-        chain_id=int(chain, 16),
+        chain_id=int(str(chain), 16),
     )
+    limits: dict[str, Limit] = {}
+    for token, data in zip(tokens, raw[6:], strict=True):
+        amount, spent, period, window_start = abi_decode(["uint256", "uint256", "uint64", "uint64"], data)
+        if period:
+            limits[as_address(token)] = Limit(int(amount), int(spent), int(period), int(window_start))
+    return ModuleSnapshot(state=state, limits=limits, block_time=int(str(block["timestamp"]), 16))
 
 
 def module_limit(w3: Web3, *, module: str, token: str) -> Limit | None:

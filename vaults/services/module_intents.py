@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.engine import RetryableError
+from orchestrator.engine import Blocked, RetryableError
 from orchestrator.infra.errors import DomainError
 from relayer.rpc import TRANSPORT_ERRORS, as_address, web3_for
 from vaults import module as vpm
@@ -65,12 +65,13 @@ def module_seen(*, rpc_url: str, module: str, asset: str) -> ModuleSeen:
     """Reads the module's state, the asset's limit and the block time. Raises RetryableError
     when the chain cannot be reached."""
     try:
-        w3 = web3_for(rpc_url)
-        state = vpm.module_state(w3, module)
-        limit = vpm.module_limit(w3, module=module, token=asset)
-        block_time = int(w3.eth.get_block("latest")["timestamp"])
+        found = vpm.module_snapshot(web3_for(rpc_url), module, tokens=(asset,))
     except TRANSPORT_ERRORS as exc:
         raise RetryableError(f"chain at {rpc_url} unreachable reading the module {module}") from exc
+    except vpm.ModuleError as exc:
+        raise Blocked(f"the vault's policy module cannot be read: {exc}") from exc
+    state, limit = found.state, found.limits.get(as_address(asset))
+    block_time = found.block_time
     return ModuleSeen(
         module=as_address(module),
         safe=state.safe,
