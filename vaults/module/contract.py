@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
 from eth_typing import ChecksumAddress, HexStr
+from eth_utils import keccak
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.types import RPCEndpoint
@@ -185,6 +187,13 @@ def module_state(w3: Web3, module: str) -> ModuleState:
     return module_snapshot(w3, module).state
 
 
+_STATE_READS = [
+    "0x" + keccak(text=f"{name}()")[:4].hex()
+    for name in ("safe", "operator", "validator", "nonce", "policyHash", "allowedCalls")
+]
+_SPENDING_LIMITS = keccak(text="spendingLimits(address)")[:4]
+
+
 @dataclass(frozen=True)
 class ModuleSnapshot:
     state: ModuleState
@@ -197,9 +206,10 @@ def module_snapshot(w3: Web3, module: str, *, tokens: tuple[str, ...] = ()) -> M
     JSON-RPC batch: what an off-chain check of an intent needs, read in one round trip. Raises
     ModuleError when no module answers."""
     address = as_address(module)
-    contract = _module_encoder()
-    reads = [contract.encode_abi(n) for n in ("safe", "operator", "validator", "nonce", "policyHash", "allowedCalls")]
-    reads += [contract.encode_abi("spendingLimits", args=[as_address(t)]) for t in tokens]
+    # Hand-encoded: a web3 contract object costs milliseconds per call, and Flow A reads this
+    # on every rebalance of a module vault. Selectors are fixed by the ABI.
+    limits = ["0x" + (_SPENDING_LIMITS + abi_encode(["address"], [as_address(t)])).hex() for t in tokens]
+    reads = [*_STATE_READS, *limits]
     provider: Any = w3.provider  # every HTTP provider batches; the base type does not say so
     answers = provider.make_batch_request(
         [(RPCEndpoint("eth_call"), [{"to": address, "data": data}, "latest"]) for data in reads]
@@ -225,12 +235,12 @@ def module_snapshot(w3: Web3, module: str, *, tokens: tuple[str, ...] = ()) -> M
         module=address,
         chain_id=int(str(chain), 16),
     )
-    limits: dict[str, Limit] = {}
+    found: dict[str, Limit] = {}
     for token, data in zip(tokens, raw[6:], strict=True):
         amount, spent, period, window_start = abi_decode(["uint256", "uint256", "uint64", "uint64"], data)
         if period:
-            limits[as_address(token)] = Limit(int(amount), int(spent), int(period), int(window_start))
-    return ModuleSnapshot(state=state, limits=limits, block_time=int(str(block["timestamp"]), 16))
+            found[as_address(token)] = Limit(int(amount), int(spent), int(period), int(window_start))
+    return ModuleSnapshot(state=state, limits=found, block_time=int(str(block["timestamp"]), 16))
 
 
 def module_limit(w3: Web3, *, module: str, token: str) -> Limit | None:

@@ -30,6 +30,7 @@ from web3 import Web3
 
 from orchestrator.devtools import processes
 from orchestrator.devtools.benchmarks import common, module_gas
+from orchestrator.devtools.benchmarks.module_vaults import module_vaults
 from orchestrator.devtools.benchmarks.tasks import DONE_KEY, bench_done
 from orchestrator.engine.models import StepRun, WorkflowRun
 from relayer.models import Chain
@@ -159,7 +160,25 @@ def _breakdown(accepted: list[tuple[Any, float, float]]) -> list[dict[str, Any]]
     ]
 
 
-def run(*, feeds: int, vault_count: int, concurrency: int, rate: float, out: Callable[[str], Any]) -> None:
+def _latency_row(path: str, values: list[float]) -> dict[str, Any]:
+    return {
+        "path": path,
+        "n": len(values),
+        "p50 ms": common.percentile(values, 50) if values else 0.0,
+        "p99 ms": common.percentile(values, 99) if values else 0.0,
+        "max ms": max(values, default=0.0),
+    }
+
+
+def run(
+    *,
+    feeds: int,
+    vault_count: int,
+    concurrency: int,
+    rate: float,
+    out: Callable[[str], Any],
+    module_vault_count: int = 0,
+) -> None:
     """Back to back by default (rate 0): the next feed arrives as soon as the last one's intent
     is stored, so the machine is saturated (relays of earlier intents run meanwhile) and the
     latency includes waiting for the CPU. With a rate, feeds arrive on a fixed schedule (one
@@ -173,15 +192,24 @@ def run(*, feeds: int, vault_count: int, concurrency: int, rate: float, out: Cal
     chain, _ = Chain.objects.update_or_create(
         chain_id=31337, defaults={"name": "bench-anvil", "rpc_url": url, "confirmations": 1, "poll_interval": 0.2}
     )
-    out(f"bench flow-a: {feeds} feeds over {vault_count} vaults on anvil at {url}")
+    out(
+        f"bench flow-a: {feeds} feeds over {vault_count} account vaults and {module_vault_count} Safe vaults "
+        f"with the policy module, in turn, on anvil at {url}"
+    )
     out(f"workers: one on 'workflows' and one on 'relay,triggers', prefork concurrency={concurrency} each")
     out(f"arrivals: {f'{rate:g} feeds/s' if rate > 0 else 'back to back (each feed once the last intent is stored)'}")
     latencies: list[float] = []
+    through_module: list[float] = []
     accepted: list[tuple[Any, float, float]] = []  # (feed id, arrival, feed_accept returned)
     try:
         # Untimed, and before any worker sends: its snapshot reverts would undo what they send.
         gas_rows, gas_figures = module_gas.run(Web3(Web3.HTTPProvider(url)), out)
         vaults = _vaults(chain, vault_count, out)
+        with_module = module_vaults(
+            chain, count=module_vault_count, run=uuid.uuid4().hex[:6], protocols=list(PROTOCOLS), out=out
+        )
+        fed = vaults + with_module
+        module_pks = {vault.pk for vault, _ in with_module}
         # Two pools, as README's deployment has them: rebalances never queue behind relays.
         with (
             common.worker(name="flow-a", concurrency=concurrency, queues="workflows"),
@@ -193,14 +221,14 @@ def run(*, feeds: int, vault_count: int, concurrency: int, rate: float, out: Cal
             for i in range(feeds):
                 if rate > 0:
                     time.sleep(max(0.0, paced_from + i / rate - time.monotonic()))
-                vault, oracle = vaults[i % vault_count]
+                vault, oracle = fed[i % len(fed)]
                 # As in production, a vault's next feed meets a settled vault (untimed wait).
                 common.wait_until(
                     partial(_settled, vault.pk),
                     timeout=60,
                     what=f"{vault.vault_id}'s previous intent to settle",
                 )
-                payload = _feed(oracle, (i // vault_count) % 2)
+                payload = _feed(oracle, (i // len(fed)) % 2)
                 started = time.time()
                 feed = feed_accept(payload=payload)
                 accepted.append((feed.id, started, time.time()))
@@ -215,27 +243,18 @@ def run(*, feeds: int, vault_count: int, concurrency: int, rate: float, out: Cal
                     return bool(created)
 
                 common.wait_until(stored, timeout=30, what=f"the intent for feed {i}")
-                latencies.append((created[0].timestamp() - started) * 1000)
+                took = (created[0].timestamp() - started) * 1000
+                (through_module if vault.pk in module_pks else latencies).append(took)
                 if (i + 1) % 100 == 0:
                     out(f"  {i + 1}/{feeds} feeds: p50 so far {common.percentile(latencies, 50):.1f} ms")
     finally:
         node.stop()
-    rows = [
-        {
-            "path": "feed -> signed intent stored",
-            "n": len(latencies),
-            "p50 ms": common.percentile(latencies, 50),
-            "p99 ms": common.percentile(latencies, 99),
-            "max ms": max(latencies),
-        },
-        {
-            "path": "bare Celery round trip",
-            "n": len(bare),
-            "p50 ms": common.percentile(bare, 50),
-            "p99 ms": common.percentile(bare, 99),
-            "max ms": max(bare),
-        },
-    ]
+    signed, module_signed, round_trip = (
+        _latency_row("feed -> signed intent stored (account vaults)", latencies),
+        _latency_row("feed -> signed intent stored (through the module)", through_module),
+        _latency_row("bare Celery round trip", bare),
+    )
+    rows = [signed, module_signed, round_trip]
     out("")
     common.table(rows, out)
     out("")
@@ -249,12 +268,15 @@ def run(*, feeds: int, vault_count: int, concurrency: int, rate: float, out: Cal
         common.result_line(
             "flow-a",
             {
-                "p50_ms": rows[0]["p50 ms"],
-                "p99_ms": rows[0]["p99 ms"],
-                "bare_roundtrip_p50_ms": rows[1]["p50 ms"],
-                "bare_roundtrip_p99_ms": rows[1]["p99 ms"],
-                "feeds": len(latencies),
+                "p50_ms": signed["p50 ms"],
+                "p99_ms": signed["p99 ms"],
+                "bare_roundtrip_p50_ms": round_trip["p50 ms"],
+                "bare_roundtrip_p99_ms": round_trip["p99 ms"],
+                "module_p50_ms": module_signed["p50 ms"],
+                "module_p99_ms": module_signed["p99 ms"],
+                "feeds": len(latencies) + len(through_module),
                 "vaults": vault_count,
+                "module_vaults": module_vault_count,
                 "rate_per_s": rate if rate > 0 else "back-to-back",
                 **gas_figures,
             },

@@ -27,6 +27,12 @@ class Command(BaseCommand):
         flow_a = sub.add_parser("flow-a", help="Feed arrival to signed ExecutionIntent, vs a bare Celery round trip.")
         flow_a.add_argument("--feeds", type=int, default=500)
         flow_a.add_argument("--vaults", type=int, default=50)
+        flow_a.add_argument(
+            "--module-vaults",
+            type=int,
+            default=10,
+            help="Safe vaults with the policy module, fed in turn with the others.",
+        )
         flow_a.add_argument("--concurrency", type=int, default=2, help="Processes per worker.")
         flow_a.add_argument(
             "--rate",
@@ -85,6 +91,7 @@ class Command(BaseCommand):
             flow_a.run(
                 feeds=options["feeds"],
                 vault_count=options["vaults"],
+                module_vault_count=options["module_vaults"],
                 concurrency=options["concurrency"],
                 rate=options["rate"],
                 out=self.stdout.write,
