@@ -286,6 +286,9 @@ AUTOMATION_HOOK_RETRY_MAX_SECONDS = env_float("AUTOMATION_HOOK_RETRY_MAX_SECONDS
 AUTOMATION_DELIVERY_BATCH = env_int("AUTOMATION_DELIVERY_BATCH", 100, minimum=1)
 AUTOMATION_HOOK_CONCURRENCY = env_int("AUTOMATION_HOOK_CONCURRENCY", 32, minimum=1)
 AUTOMATION_DISPATCH_BATCH = env_int("AUTOMATION_DISPATCH_BATCH", 500, minimum=1)
+# How long the validator's countersignature of a task through a Safe's policy module holds: the
+# module refuses it (ValidationExpired) once the chain's time passes the check's time plus this.
+AUTOMATION_VALIDATION_TTL_SECONDS = env_int("AUTOMATION_VALIDATION_TTL_SECONDS", 300, minimum=30)
 # How long a delivery holds its firings before the sweep may hand them to another worker (a
 # killed worker's firings are sent again after this). Must exceed the hook timeout.
 AUTOMATION_DELIVERY_LEASE_SECONDS = env_float("AUTOMATION_DELIVERY_LEASE_SECONDS", 60.0, minimum=1)

@@ -38,6 +38,7 @@ class KeyPurpose(models.TextChoices):
     OPERATOR = "operator", "Operator"
     ORACLE = "oracle", "Oracle"
     APPROVER = "approver", "Approver (development wallet)"
+    VALIDATOR = "validator", "Validator (countersigns automation requests for Safe modules)"
 
 
 class SigningKey(models.Model):

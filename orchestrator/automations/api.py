@@ -182,10 +182,15 @@ class SubscriptionListView(APIView):
         parameters=[IDEMPOTENCY_KEY],
         responses=api_responses(
             {201: SubscriptionOut},
-            errors=[404, 422],
+            errors=[404, 422, 503],
             body=True,
             idempotent=True,
-            codes={404: "registryID is not the client's executor", 422: "`no_active_config`"},
+            codes={
+                400: "`invalid` with `fields.moduleAddress`: not an enabled VaultPolicyModule of the sub-account",
+                404: "registryID is not the client's executor",
+                422: "`no_active_config`",
+                503: "`chain_unavailable`: the module could not be read",
+            },
         ),
         summary="Subscribe an account to a registry's config",
     )
@@ -210,6 +215,7 @@ class SubscriptionListView(APIView):
             metadata=data["metadata"],
             fee_token=data["feeToken"],
             fee_amount=data["feeAmount"],
+            module_address=data["moduleAddress"] or "",
         )
         return Response(subscription_json(sub), status=status.HTTP_201_CREATED)
 

@@ -181,6 +181,8 @@ class SubscriptionSerializer(serializers.Serializer):
         r"^(0x[0-9a-fA-F]{40})?\Z", required=False, allow_blank=True, default="", trim_whitespace=False
     )
     feeAmount = AmountField(required=False, default="0")
+    # A Safe sub-account's VaultPolicyModule: tasks then run through it (docs/api.md, "Subscriptions").
+    moduleAddress = AddressField(required=False, allow_null=True, default=None)
 
     def validate_chainId(self, chain_id: int) -> int:
         if (unserved := chain_unserved_message(chain_id)) is not None:

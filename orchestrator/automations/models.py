@@ -117,6 +117,9 @@ class Subscription(models.Model):
     config = models.ForeignKey(AutomationConfig, on_delete=models.PROTECT, related_name="subscriptions")
     chain_id = models.PositiveBigIntegerField()
     sub_account_address = models.CharField(max_length=42)
+    # A Safe sub-account's VaultPolicyModule: its tasks run through the module's executeRequest
+    # (services/module_route.py). Empty: tasks are plain transactions from the relayer key.
+    module_address = models.CharField(max_length=42, blank=True, default="")
     token_inputs = models.JSONField(default=dict, blank=True)
     token_limits = models.JSONField(default=dict, blank=True)
     metadata = models.JSONField(default=dict, blank=True)

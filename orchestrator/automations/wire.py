@@ -19,6 +19,7 @@ from orchestrator.automations.models import (
     Subscription,
     SubscriptionStatus,
 )
+from orchestrator.automations.selectors import validator_address
 
 
 def rfc3339(when: datetime) -> str:
@@ -72,6 +73,9 @@ def subscription_json(sub: Subscription) -> dict[str, Any]:
         "feeAmount": sub.fee_amount,
         "commitHash": sub.commit_hash,
         "createdAt": rfc3339(sub.created_at),
+        "executionPath": "module" if sub.module_address else "direct",
+        "moduleAddress": sub.module_address or None,
+        "validatorAddress": validator_address() if sub.module_address else None,
     }
 
 
@@ -166,6 +170,16 @@ class SubscriptionOut(serializers.Serializer):
     feeAmount = serializers.CharField()
     commitHash = serializers.CharField(allow_blank=True)
     createdAt = serializers.DateTimeField()
+    executionPath = serializers.ChoiceField(
+        choices=["direct", "module"],
+        help_text="direct: tasks are transactions from the config's relayer key; module: they run "
+        "through the Safe's policy module (executeRequest), the relayer key only paying gas.",
+    )
+    moduleAddress = serializers.CharField(allow_null=True, help_text="The Safe's VaultPolicyModule; null for direct.")
+    validatorAddress = serializers.CharField(
+        allow_null=True,
+        help_text="The orchestrator's validator, to register with the module's setValidator; null for direct.",
+    )
 
 
 class OutcomeOut(serializers.Serializer):

@@ -34,6 +34,9 @@ SUBSCRIPTION_KEYS = {
     "feeAmount",
     "commitHash",
     "createdAt",
+    "executionPath",
+    "moduleAddress",
+    "validatorAddress",
 }
 
 # The executor server listens on 127.0.0.1 over plain http: allowed in tests only.

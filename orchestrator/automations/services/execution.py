@@ -20,6 +20,13 @@ from orchestrator.automations.services.answers import Verdict
 from orchestrator.automations.services.configs import config_hmac_key
 from orchestrator.automations.services.destinations import DestinationRefused, destination_pin
 from orchestrator.automations.services.hooks import HookCall, hook_url, hooks_post
+from orchestrator.automations.services.module_route import (
+    Countersigned,
+    ModuleRefusal,
+    module_calldata,
+    module_check,
+    relay_error,
+)
 from orchestrator.automations.services.policy import task_policy_check
 from orchestrator.automations.typed_data import hmac_hex
 from orchestrator.automations.wire import rfc3339
@@ -47,9 +54,11 @@ class Refusal:
 
 @dataclass(frozen=True)
 class Checked:
-    """The check step's output: `refused` is None when the task may be relayed."""
+    """The check step's output: `refused` is None when the task may be relayed. `module`: for a
+    sub-account with a policy module, the countersignature the relay sends (made once, here)."""
 
     refused: Refusal | None
+    module: Countersigned | None = None
 
 
 @dataclass(frozen=True)
@@ -95,24 +104,33 @@ def _refusal(code: str, message: str) -> Checked:
 
 
 def execution_check(ctx: StepContext) -> Checked:
-    """The automation policy, on a task whose answer passed review. Refusals are outcomes, not
-    errors; an RPC that does not answer is retried."""
+    """The automation policy, on a task whose answer passed review; for a sub-account with a
+    policy module, the module's own checks first (services/module_route.py), refused in its
+    words. Refusals are outcomes, not errors; an RPC that does not answer is retried."""
     verdict = _verdict(ctx)
     if verdict.outcome != "task":
         return _refusal(verdict.code, verdict.reason)
-    sub = _firing(ctx).subscription
+    firing = _firing(ctx)
+    sub = firing.subscription
     chain = Chain.objects.filter(chain_id=sub.chain_id, enabled=True).first()
     if chain is None:
         return _refusal("unknown_chain", f"chain {sub.chain_id} is not configured here")
+    w3 = web3_for(chain.rpc_url)
+    countersigned = None
     try:
-        violations = task_policy_check(subscription=sub, task=verdict.task, w3=web3_for(chain.rpc_url))
+        if sub.module_address:
+            routed = module_check(w3=w3, subscription=sub, task=verdict.task, request_id=firing.request_id)
+            if isinstance(routed, ModuleRefusal):
+                return _refusal(routed.code, routed.message)
+            countersigned = routed
+        violations = task_policy_check(subscription=sub, task=verdict.task, w3=w3)
     except TRANSPORT_ERRORS as exc:
         raise RpcUnavailable(f"chain {chain.chain_id} RPC: {exc}") from exc
     except Exception as exc:  # a token whose decimals() reverts or answers garbage
         return _refusal("token_unreadable", f"could not read the token's decimals: {exc}"[:300])
     if violations:
         return _refusal(violations[0].code, "; ".join(v.message for v in violations))
-    return Checked(refused=None)
+    return Checked(refused=None, module=countersigned)
 
 
 def _relayer_for(sub: Subscription) -> SigningKey:
@@ -124,16 +142,27 @@ def _relayer_for(sub: Subscription) -> SigningKey:
 def execution_relay(ctx: StepContext) -> Relayed | Wait:
     """Asks the relayer once (the firing is the idempotency key) and waits for it to finish."""
     firing = _firing(ctx)
-    refused = ctx.output("check", Checked).refused
+    checked = ctx.output("check", Checked)
+    refused, countersigned = checked.refused, checked.module
+    sub, task = firing.subscription, _verdict(ctx).task
+    if refused is None and sub.module_address and countersigned is None:
+        # Never a plain transaction for a Safe sub-account: without the check's countersignature
+        # there is nothing the module would run.
+        refused = Refusal(type="module_unchecked", message="the module's checks did not run for this task")
     if refused is None:
-        sub, task = firing.subscription, _verdict(ctx).task
+        to, value, data = task["to"], int(task["value"]), task["data"]
+        if countersigned is not None:  # the module's executeRequest; the Safe pays the task's value
+            to, value = countersigned.module, 0
+            data = module_calldata(
+                subscription=sub, task=task, request_id=firing.request_id, countersigned=countersigned
+            )
         try:
             tx = relay_request(
                 signer=_relayer_for(sub),
                 chain=Chain.objects.get(chain_id=sub.chain_id),
-                to=task["to"],
-                value=int(task["value"]),
-                data=task["data"],
+                to=to,
+                value=value,
+                data=data,
                 idempotency_key=f"firing:{firing.pk}",
                 requested_by=("firing", str(firing.pk)),
                 correlation_id=firing.correlation_id,
@@ -151,8 +180,9 @@ def execution_relay(ctx: StepContext) -> Relayed | Wait:
         )
         return Relayed(successful=True, error=None, tx=str(tx.id))
     if tx.phase in (TxPhase.FAILED, TxPhase.DEAD_LETTER):
-        Firing.objects.filter(pk=firing.pk).update(status=FiringStatus.FAILED, reason=f"relay failed: {tx.error}")
-        return Relayed(successful=False, error=Refusal(type="relay_failed", message=tx.error), tx=str(tx.id))
+        error = relay_error(tx.error) if countersigned is not None else tx.error  # the module's rule, in words
+        Firing.objects.filter(pk=firing.pk).update(status=FiringStatus.FAILED, reason=f"relay failed: {error}")
+        return Relayed(successful=False, error=Refusal(type="relay_failed", message=error), tx=str(tx.id))
     return Wait(
         phase=Phase.CONFIRMING,
         resume_at=timezone.now() + timedelta(seconds=RELAY_POLL_SECONDS),
