@@ -173,6 +173,7 @@ def proposal_sign(
     # The Safe's owners, threshold and nonce, read before the row lock: no RPC waits inside the
     # transaction. The Safe checks them again when it executes.
     state = vault_safe_state(proposal.vault)
+    _close_if_stale(proposal, state)
     with transaction.atomic():
         locked = (
             RebalanceProposal.objects.select_for_update(of=("self",))
@@ -182,7 +183,6 @@ def proposal_sign(
         main, rejection = proposal_safe_txs(locked)
         if main is None or rejection is None:
             raise SignatureRequired(f"{locked.proposal_id} is not a Safe transaction: approve or reject it")
-        proposal_expire_if_due(locked)
         if locked.status != ProposalStatus.PENDING:
             raise ProposalClosed(f"{locked.proposal_id} is {locked.status}")
         row = main if decision == Decision.APPROVE else rejection
@@ -195,8 +195,7 @@ def proposal_sign(
         other = rejection if row is main else main
         if other.signatures.filter(owner=owner).exists():
             raise AlreadyDecided(f"{owner} already signed the other side of {locked.proposal_id}")
-        if state.nonce > row.nonce:
-            _void(locked, f"the Safe is at nonce {state.nonce}: nonce {row.nonce} was used by another transaction")
+        if state.nonce > row.nonce:  # closed by _close_if_stale unless the Safe moved just now
             raise ProposalClosed(f"{locked.proposal_id} can no longer execute: its Safe nonce was used")
         safe_signature_add(row=row, signature=signature, state=state, submitted_by=submitted_by, signer=signer)
         if signer is not None:
@@ -210,6 +209,18 @@ def proposal_sign(
             safe_execution_start(row=row, started_by=submitted_by)
     logger.info("%s signs %s of %s (%s)", owner, decision, locked.proposal_id, locked.status)
     return locked
+
+
+def _close_if_stale(proposal: RebalanceProposal, state: safe_lib.SafeState) -> None:
+    """Closes, in a transaction of its own, a proposal a signature can no longer move: one past
+    its expiry, or one whose Safe nonce another transaction used. In the signing transaction
+    the refusal that follows would roll the closing back with it."""
+    with transaction.atomic():
+        locked = RebalanceProposal.objects.select_for_update(of=("self",)).get(pk=proposal.pk)
+        proposal_expire_if_due(locked)
+        main, _ = proposal_safe_txs(locked)
+        if locked.status == ProposalStatus.PENDING and main is not None and state.nonce > main.nonce:
+            _void(locked, f"the Safe is at nonce {state.nonce}: nonce {main.nonce} was used by another transaction")
 
 
 def _void(proposal: RebalanceProposal, why: str) -> None:

@@ -353,3 +353,28 @@ def test_an_expired_proposal_frees_its_safe_nonce_for_the_next_one(setup: SafeSe
     refill = propose(setup, allocation={"Aave USDC": "30", "Compound USDC": "10", "Morpho USDC": "60"})
     again, _ = proposal_safe_txs(refill)
     assert again is not None and again.nonce == main.nonce
+
+
+def test_a_signature_after_the_owners_used_the_nonce_elsewhere_closes_the_proposal_for_good(
+    setup: SafeSetup,
+) -> None:
+    """The refusal is an error, and the closing it implies is committed all the same."""
+    from approvals.errors import ProposalClosed
+    from tests.support.modules import owners_execute
+
+    proposal = propose(setup)
+    main, rejection = proposal_safe_txs(proposal)
+    assert main is not None and rejection is not None
+    # The owners spend the nonce on something else, outside the orchestrator.
+    approve_nothing = safe_lib.Call(
+        to=setup.vault.asset_address, value=0, data=onchain.approve_calldata(setup.vault.asset_address, 0)
+    )
+    owners_execute(w3_of(setup), setup.vault, [setup.wallets["alice"], setup.wallets["bob"]], [approve_nothing])
+    with pytest.raises(ProposalClosed, match="is cancelled"):
+        proposal_sign(proposal=proposal, signature=sign_safe_tx(setup.wallets["carol"], main), decision="approve")
+    proposal.refresh_from_db()
+    main.refresh_from_db()
+    rejection.refresh_from_db()
+    assert proposal.status == ProposalStatus.CANCELLED and "was used by another transaction" in proposal.execution_error
+    assert main.status == rejection.status == SafeTxStatus.VOID
+    assert not main.signatures.exists()
