@@ -29,7 +29,7 @@ interface IAvatar {
 ///         executor the owners registered (the automation API's EIP-712 typed data, the Safe as
 ///         subaccount), used once, countersigned by the validator key over the request, the
 ///         committed policy hash and an expiry, and allowed by the same policy.
-/// @dev NOT AUDITED. What the tests establish is listed in vaults/module/__init__.py.
+/// @dev NOT AUDITED. What the tests establish is listed in vaults/module/__init__.py and README.md.
 ///      The operator alone can do only what the policy allows; the relayer alone can do nothing;
 ///      only the Safe (its owners' quorum) changes the policy, the limits or the operator.
 contract VaultPolicyModule is EIP712 {

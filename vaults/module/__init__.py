@@ -24,12 +24,16 @@ Automation tasks: an executor the Safe registered (setExecutor) signs the automa
 ExecutionRequest for the Safe; the validator (setValidator) countersigns Validation(request
 digest, committed policy hash, expiry) under the module's domain; anyone submits executeRequest,
 which runs each requestID once, as a CALL, under the same policy checks as intents.
-tests/vaults/test_policy_module_requests.py establishes on anvil: argument rules (a receiver
-other than the Safe, a spender outside the policy), limits counting increaseAllowance,
-transferFrom and ETH, a validated request that runs once, each request refusal (unknown
-executor, replay, expiry, another validator or policy, DELEGATECALL, another subaccount, a
-target outside the policy), signatures by the relayer key refused; and that for every refusal
-of an intent or a request the off-chain check names the same error with the same arguments.
+tests/vaults/test_policy_module_requests.py establishes on anvil a validated request that runs
+once and each request refusal (unknown executor, replay, expiry, another validator or policy,
+DELEGATECALL, another subaccount, a target outside the policy), signatures by the relayer key
+refused; tests/vaults/test_policy_module_rules.py the argument rules (a receiver other than the
+Safe, a spender outside the policy), limits counting increaseAllowance, transferFrom and ETH,
+and that for every refusal of an intent or a request the off-chain check names the same error
+with the same arguments; tests/vaults/test_flow_a_module.py Flow A through it end to end (one
+transaction, refusals named off chain first, a failing last deposit moving nothing, one
+transaction when a worker is killed around the broadcast). The README lists these properties
+and what they do not cover.
 
 - contract: deploying (development), the Safe's calls that enable and configure it, its state.
 - intents: ModuleIntent, its typed data, signing (eth_account or key manager), calldata.
