@@ -23,9 +23,11 @@ from orchestrator.automations.services.answers import ReviewedTask, Verdict
 from orchestrator.automations.services.module_route import (
     Countersigned,
     ModuleRefusal,
+    canonical_signature,
     module_calldata,
     module_check,
     module_request,
+    refusal_of,
     validator_key,
 )
 from orchestrator.devtools.processes import ManagedProcess
@@ -142,6 +144,19 @@ def beat(worker_env: dict[str, str]) -> Iterator[ManagedProcess]:
     process = beat_start({**worker_env, **LOCAL_DESTINATIONS})
     yield process
     process.stop()
+
+
+def test_refusals_are_the_module_errors_in_snake_case_and_signatures_go_with_v_27_or_28() -> None:
+    unknown = refusal_of(vpm.ModuleRevert("UnknownExecutor", {"signer": "0xab"}))
+    assert unknown == ModuleRefusal(
+        "unknown_executor",
+        "UnknownExecutor: the request is not signed by an executor this Safe registered (signer=0xab)",
+    )
+    assert refusal_of(vpm.ModuleRevert("BadValidatorSignature", {})).code == "bad_validator_signature"
+    delegate = refusal_of(vpm.ModuleRevert("DelegateCallNotAllowed", {}))
+    assert delegate.code == "delegatecall_refused" and delegate.message.startswith("DelegateCallNotAllowed: ")
+    body = "11" * 64
+    assert canonical_signature(body + "01") == canonical_signature("0x" + body + "1c") == "0x" + body + "1c"
 
 
 def test_subscribing_with_a_module_checks_it_on_chain(anvil: str, server: ExecutorServer) -> None:

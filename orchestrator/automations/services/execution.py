@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.utils import timezone
+from web3.exceptions import Web3Exception
 
 from orchestrator.automations.models import Firing, FiringStatus, ReportStatus, Subscription
 from orchestrator.automations.services.answers import Verdict
@@ -117,12 +118,17 @@ def execution_check(ctx: StepContext) -> Checked:
         return _refusal("unknown_chain", f"chain {sub.chain_id} is not configured here")
     w3 = web3_for(chain.rpc_url)
     countersigned = None
-    try:
-        if sub.module_address:
+    if sub.module_address:
+        try:
             routed = module_check(w3=w3, subscription=sub, task=verdict.task, request_id=firing.request_id)
-            if isinstance(routed, ModuleRefusal):
-                return _refusal(routed.code, routed.message)
-            countersigned = routed
+        except TRANSPORT_ERRORS as exc:
+            raise RpcUnavailable(f"chain {chain.chain_id} RPC: {exc}") from exc
+        except Web3Exception as exc:  # a revert or garbage where the module was: nothing to run
+            return _refusal("module_unreadable", f"could not read the module: {exc}"[:300])
+        if isinstance(routed, ModuleRefusal):
+            return _refusal(routed.code, routed.message)
+        countersigned = routed
+    try:
         violations = task_policy_check(subscription=sub, task=verdict.task, w3=w3)
     except TRANSPORT_ERRORS as exc:
         raise RpcUnavailable(f"chain {chain.chain_id} RPC: {exc}") from exc
