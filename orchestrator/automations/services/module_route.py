@@ -80,6 +80,9 @@ def refusal_of(revert: ModuleRevert) -> ModuleRefusal:
 def validator_key() -> SigningKey:
     """The orchestrator's validator key (one for every chain and module), made the first time a
     module subscription needs it. Safe owners register its address with setValidator."""
+    key = validator_keys().first()  # every check asks: no lock once it exists
+    if key is not None:
+        return key
     with transaction.atomic():
         # Two first subscriptions at once must not make two validators.
         with connection.cursor() as cursor:
