@@ -30,6 +30,7 @@ from orchestrator.automations.services.module_route import (
     refusal_of,
     validator_key,
 )
+from orchestrator.devtools.benchmarks.module_vaults import owners_execute
 from orchestrator.devtools.processes import ManagedProcess
 from relayer.models import RelayTransaction
 from relayer.rpc import as_address
@@ -71,23 +72,7 @@ class SafeModule:
 
     def owners_execute(self, calls: list[safe_lib.Call]) -> None:
         """The calls as one Safe transaction signed by two owners, sent from a node account."""
-        w3 = self.w3
-        tx = safe_lib.multisend_tx(
-            safe=self.safe,
-            chain_id=w3.eth.chain_id,
-            multi_send=safe_lib.safe_contracts(w3).multi_send_call_only,
-            calls=calls,
-            nonce=safe_lib.safe_state(w3, self.safe).nonce,
-        )
-        typed = tx.typed_data()
-        signatures = {
-            o.address: "0x" + bytes(Account.sign_typed_data(o.key, full_message=typed).signature).hex()
-            for o in OWNERS[:2]
-        }
-        data = safe_lib.exec_transaction_calldata(tx, signatures)
-        sent = w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": as_address(self.safe), "data": data})
-        receipt = w3.eth.wait_for_transaction_receipt(sent, timeout=30)
-        assert safe_lib.safe_execution_succeeded(receipt, safe=self.safe, safe_tx_hash=tx.hash())
+        owners_execute(self.w3, self.safe, OWNERS[:2], calls)
 
 
 def safe_with_module(w3: Web3, token: str) -> SafeModule:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
+from orchestrator.devtools.benchmarks.module_vaults import owners_execute as dev_owners_execute
 from relayer.models import Chain
-from relayer.rpc import as_address, web3_for
+from relayer.rpc import web3_for
 from tests.support.safes import SafeSetup, safe_vault
 from vaults import module as vpm
 from vaults import safe as safe_lib
@@ -21,24 +21,8 @@ from vaults.services.module_policy import policy_commit_calls, policy_hash
 
 def owners_execute(w3: Web3, vault: Vault, wallets: list[LocalAccount], calls: list[safe_lib.Call]) -> Any:
     """`calls` as one Safe transaction of the vault's Safe, signed by `wallets` and sent from an
-    unlocked node account, bypassing the orchestrator (a test's shortcut for the owners). Returns
-    the receipt; asserts the Safe reported ExecutionSuccess."""
-    tx = safe_lib.multisend_tx(
-        safe=vault.safe_address,
-        chain_id=w3.eth.chain_id,
-        multi_send=safe_lib.safe_contracts(w3).multi_send_call_only,
-        calls=calls,
-        nonce=safe_lib.safe_state(w3, vault.safe_address).nonce,
-    )
-    typed = tx.typed_data()
-    signatures = {
-        w.address: "0x" + bytes(Account.sign_typed_data(w.key, full_message=typed).signature).hex() for w in wallets
-    }
-    data = safe_lib.exec_transaction_calldata(tx, signatures)
-    sent = w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": as_address(vault.safe_address), "data": data})
-    receipt = w3.eth.wait_for_transaction_receipt(sent, timeout=30)
-    assert safe_lib.safe_execution_succeeded(receipt, safe=vault.safe_address, safe_tx_hash=tx.hash())
-    return receipt
+    unlocked node account, bypassing the orchestrator (a test's shortcut for the owners)."""
+    return dev_owners_execute(w3, vault.safe_address, wallets, calls)
 
 
 def policy_commit_direct(setup: SafeSetup, policy: VaultPolicy) -> None:

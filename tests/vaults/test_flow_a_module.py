@@ -246,7 +246,9 @@ def test_funds_leave_a_protocol_the_new_policy_no_longer_whitelists(setup: SafeS
     draft = policy_draft(vault=setup.vault, based_on=setup.policy, whitelist=kept)
     policy_commit_direct(setup, draft)
     policy_activate(policy=VaultPolicy.objects.get(pk=draft.pk))
-    finished(rebalance(setup).id)
+    entries = [dict(e) for e in ENTRIES]
+    entries[0]["apy"] = "0.051"  # another feed (the same one twice in a second is refused as seen)
+    finished(rebalance(setup, entries).id)
     second = ExecutionIntent.objects.get(vault=setup.vault, nonce=2)
     assert second.status == IntentStatus.EXECUTED and second.module_intent is not None
     assert held(setup)[dropped] == 0

@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,15 +29,14 @@ from web3 import Web3
 
 from orchestrator.devtools import processes
 from orchestrator.devtools.benchmarks import common, module_gas
-from orchestrator.devtools.benchmarks.module_vaults import module_vaults
+from orchestrator.devtools.benchmarks.module_vaults import bench_policy, module_vaults
 from orchestrator.devtools.benchmarks.tasks import DONE_KEY, bench_done
 from orchestrator.engine.models import StepRun, WorkflowRun
 from relayer.models import Chain
-from vaults.models import ExecutionIntent, OracleKey, Protocol, Vault
+from vaults.models import ExecutionIntent, Vault
 from vaults.services.bootstrap import chain_bootstrap
 from vaults.services.feeds import FEED_DOMAIN, FEED_TYPES, feed_accept
 from vaults.services.intents import intent_in_flight
-from vaults.services.policies import policy_activate, policy_draft
 
 PROTOCOLS = ("Aave USDC", "Compound USDC", "Morpho USDC")
 FAVOUR = [
@@ -70,19 +68,7 @@ def _vaults(chain: Chain, count: int, out: Callable[[str], Any]) -> list[tuple[V
             chain=chain, vault_id=f"bench-{run}-{i:03d}", protocols=PROTOCOLS, assets=10**12, say=lambda _: None
         )
         oracle = Account.create()
-        key = OracleKey.objects.create(address=oracle.address, name=f"bench oracle {run}-{i}")
-        draft = policy_draft(
-            vault=vault,
-            max_exposure_pct=Decimal(50),
-            max_risk_score=5,
-            min_interval_seconds=0,
-            max_feed_age_seconds=300,
-            max_turnover_pct=Decimal(100),
-            approval_threshold=10**30,
-            whitelist=Protocol.objects.filter(chain=chain, name__in=PROTOCOLS),
-            oracles=[key],
-        )
-        policy_activate(policy=draft)
+        bench_policy(vault, oracle=oracle, name=f"bench oracle {run}-{i}", protocols=list(PROTOCOLS))
         made.append((vault, oracle))
         if (i + 1) % 10 == 0:
             out(f"  {i + 1}/{count} vaults bootstrapped")

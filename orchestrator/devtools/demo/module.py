@@ -10,19 +10,18 @@ workers execute it as soon as they start. The vault runs Flow A once it has."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from approvals.policy_commits import module_install_propose
 from approvals.safe_owners import safe_tx_sign
 from approvals.safe_proposals import signing_payload
 from approvals.wallets import dev_wallet_key, wallet_of
+from orchestrator.devtools.demo.vaults import demo_policy
 from relayer.keys import key_manager
 from relayer.rpc import web3_for
 from vaults import module as vpm
-from vaults.models import OracleKey, PolicyStatus, Protocol, SafeTransaction, SafeTxPurpose, SafeTxStatus, Vault
-from vaults.services.bootstrap import DEFAULT_PROTOCOLS, chain_bootstrap
-from vaults.services.policies import policy_activate, policy_draft
+from vaults.models import OracleKey, SafeTransaction, SafeTxPurpose, SafeTxStatus, Vault
+from vaults.services.bootstrap import chain_bootstrap
 
 MODULE_VAULT_ID = "vault-eth-003"
 THRESHOLD = 2
@@ -69,21 +68,9 @@ def demo_module_setup(*, template: Vault, approvers: list[Any], proposer: Any, o
     vault = chain_bootstrap(
         chain=chain, vault_id=MODULE_VAULT_ID, safe_owners=owners, safe_threshold=THRESHOLD, say=lambda _: None
     )
-    policy = vault.policies.filter(status=PolicyStatus.ACTIVE).first()
-    if policy is None:
-        draft = policy_draft(
-            vault=vault,
-            max_exposure_pct=Decimal(60),
-            max_risk_score=5,
-            min_interval_seconds=60,
-            max_feed_age_seconds=300,
-            max_turnover_pct=Decimal(100),
-            approval_threshold=10**30,  # automated: the module's policy is the guard
-            intent_ttl_seconds=3600,
-            whitelist=Protocol.objects.filter(chain=chain, name__in=DEFAULT_PROTOCOLS),
-            oracles=list(OracleKey.objects.filter(name=oracle_name)),
-        )
-        policy = policy_activate(policy=draft)  # no module yet: active at once, committed at install
+    # Automated: the module's committed policy is the guard. No module yet: active at once,
+    # committed to the module by its installation.
+    policy = demo_policy(vault, oracles=list(OracleKey.objects.filter(name=oracle_name)), approval_threshold=10**30)
     if vault.module_address:
         return DemoModule(vault, vault.module_address, "installed")
     row = _install_row(vault)

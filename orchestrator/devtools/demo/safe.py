@@ -9,16 +9,15 @@ created with own it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from approvals.models import ProposalStatus, RebalanceProposal
 from approvals.safe_proposals import NothingToSign
 from approvals.services import proposal_create, proposals_expire
 from approvals.wallets import dev_wallet_enable, wallet_of
-from vaults.models import OracleKey, PolicyStatus, Protocol, Vault
-from vaults.services.bootstrap import DEFAULT_PROTOCOLS, chain_bootstrap
-from vaults.services.policies import policy_activate, policy_draft
+from orchestrator.devtools.demo.vaults import demo_policy
+from vaults.models import OracleKey, Vault
+from vaults.services.bootstrap import chain_bootstrap
 
 SAFE_VAULT_ID = "vault-eth-002"
 SAFE_THRESHOLD = 2
@@ -52,20 +51,7 @@ def demo_safe_setup(*, template: Vault, approvers: list[Any], proposer: Any, ora
         safe_threshold=SAFE_THRESHOLD,
         say=lambda _: None,
     )
-    if not vault.policies.filter(status=PolicyStatus.ACTIVE).exists():
-        draft = policy_draft(
-            vault=vault,
-            max_exposure_pct=Decimal(60),
-            max_risk_score=5,
-            min_interval_seconds=60,
-            max_feed_age_seconds=300,
-            max_turnover_pct=Decimal(100),
-            approval_threshold=0,
-            intent_ttl_seconds=3600,
-            whitelist=Protocol.objects.filter(chain=chain, name__in=DEFAULT_PROTOCOLS),
-            oracles=list(OracleKey.objects.filter(name=oracle_name)),
-        )
-        policy_activate(policy=draft)
+    demo_policy(vault, oracles=list(OracleKey.objects.filter(name=oracle_name)), approval_threshold=0)
     # One past its expiry is closed here rather than shown as waiting (beat would close it soon).
     proposals_expire()
     pending = RebalanceProposal.objects.filter(vault=vault, status=ProposalStatus.PENDING).first()

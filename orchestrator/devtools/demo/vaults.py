@@ -16,7 +16,7 @@ from django.utils import timezone
 from relayer.keys import key_manager
 from relayer.models import KeyPurpose, SigningKey
 from relayer.services.chains import chain_seed_from_env
-from vaults.models import OracleKey, PolicyStatus, Protocol, Vault
+from vaults.models import OracleKey, PolicyStatus, Protocol, Vault, VaultPolicy
 from vaults.services.bootstrap import DEFAULT_PROTOCOLS, chain_bootstrap
 from vaults.services.feeds import FEED_DOMAIN, FEED_TYPES
 from vaults.services.policies import policy_activate, policy_draft
@@ -40,21 +40,29 @@ def demo_setup(*, web_port: int, say: Any = print) -> Vault:
             "pull_url": f"http://127.0.0.1:{web_port}/demo/oracle/feed",
         },
     )
-    if not vault.policies.filter(status=PolicyStatus.ACTIVE).exists():
-        draft = policy_draft(
-            vault=vault,
-            max_exposure_pct=Decimal(60),
-            max_risk_score=5,
-            min_interval_seconds=60,
-            max_feed_age_seconds=300,
-            max_turnover_pct=Decimal(100),
-            approval_threshold=10**30,
-            intent_ttl_seconds=3600,
-            whitelist=Protocol.objects.filter(chain=chain, name__in=DEFAULT_PROTOCOLS),
-            oracles=[oracle],
-        )
-        policy_activate(policy=draft)
+    demo_policy(vault, oracles=[oracle], approval_threshold=10**30)
     return vault
+
+
+def demo_policy(vault: Vault, *, oracles: list[OracleKey], approval_threshold: int) -> VaultPolicy:
+    """The demo vaults' policy, made active unless the vault has one: the demo protocols, a
+    minute between rebalances, the demo oracle; approvers decide above `approval_threshold`."""
+    active = vault.policies.filter(status=PolicyStatus.ACTIVE).first()
+    if active is not None:
+        return active
+    draft = policy_draft(
+        vault=vault,
+        max_exposure_pct=Decimal(60),
+        max_risk_score=5,
+        min_interval_seconds=60,
+        max_feed_age_seconds=300,
+        max_turnover_pct=Decimal(100),
+        approval_threshold=approval_threshold,
+        intent_ttl_seconds=3600,
+        whitelist=Protocol.objects.filter(chain_id=vault.chain_id, name__in=DEFAULT_PROTOCOLS),
+        oracles=oracles,
+    )
+    return policy_activate(policy=draft)
 
 
 def demo_feed() -> dict[str, Any]:
