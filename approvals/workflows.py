@@ -25,7 +25,7 @@ from orchestrator.engine import Blocked, RetryableError, RetryPolicy, Step, Step
 from orchestrator.engine.models import Phase, WorkflowRun
 from vaults.models import PolicyStatus, Protocol, SignedFeed, Vault, VaultPolicy
 from vaults.services.compliance import ComplianceRecord, ComplianceResult, PolicyRules, timing_violations
-from vaults.services.intents import StalePositions, intent_emit, intent_in_flight, plan_actions
+from vaults.services.intents import StalePositions, intent_emit, intent_in_flight, intents_close_for_run, plan_actions
 from vaults.services.policies import PolicySnapshot
 from vaults.services.rebalance import (
     ApprovalRequest,
@@ -234,9 +234,11 @@ def relay(ctx: StepContext) -> IntentSettled | Wait:
 
 
 def _record_stop(run: WorkflowRun, from_phase: str, to_phase: str) -> None:
-    """A blocked, failed or dead-lettered execution leaves its reason on the proposal."""
+    """A blocked, failed or dead-lettered execution leaves its reason on the proposal, and
+    closes its intent when that can no longer move funds (as Flow A's runs do)."""
     if to_phase in (Phase.BLOCKED, Phase.FAILED, Phase.DEAD_LETTER):
         RebalanceProposal.objects.filter(pk=run.input["proposal"]).update(execution_error=run.error[:2000])
+        intents_close_for_run(run_id=run.pk, error=run.error)
     elif from_phase == Phase.DEAD_LETTER:
         RebalanceProposal.objects.filter(pk=run.input["proposal"]).update(execution_error="")
 

@@ -181,6 +181,38 @@ def test_an_approved_proposal_is_checked_again_executed_once_and_moves_the_funds
     assert ExecutionIntent.objects.filter(proposal_id=proposal.proposal_id).count() == 1
 
 
+def test_an_execution_whose_relay_fails_closes_its_intent_so_the_vault_can_rebalance_again(
+    setup: Any, people: dict[str, Any], workers: Workers
+) -> None:
+    setup.vault.auto_rebalance = False  # only Flow B moves funds in this test
+    setup.vault.save()
+    feed_accept(payload=signed_feed(setup.oracle, ENTRIES))
+    # Morpho refuses deposits: the last action's simulation reverts, nothing of it is sent.
+    from tests.vaults.test_flow_a_module import DEPOSITS_REFUSED
+    from vaults.models import Protocol
+    from vaults.services.intents import intent_in_flight
+
+    morpho = Protocol.objects.get(chain=setup.vault.chain, name="Morpho USDC").address
+    Web3(Web3.HTTPProvider(setup.vault.chain.rpc_url)).provider.make_request(
+        "anvil_setCode",
+        [morpho, DEPOSITS_REFUSED],
+    )
+    workers.start(extra_env=RELAY_ENV)
+    a1, a2, _ = people["approvers"]
+    proposal = propose(setup, people)
+    proposal_approve(proposal=proposal, approver=a1)
+    proposal_approve(proposal=proposal, approver=a2)
+    run = wait_until(
+        lambda: WorkflowRun.objects.filter(idempotency_key=f"flow-b:{proposal.pk}", phase="failed").first(),
+        timeout=60,
+        interval=0.3,
+        message="the execution to fail",
+    )
+    intent = ExecutionIntent.objects.get(proposal_id=proposal.proposal_id)
+    assert intent.status == IntentStatus.FAILED and intent.error == run.error[:2000]
+    assert intent_in_flight(vault_id=setup.vault.pk) is None
+
+
 def test_execution_checks_the_policy_active_then_not_the_one_it_was_proposed_under(
     setup: Any, people: dict[str, Any], workers: Workers
 ) -> None:

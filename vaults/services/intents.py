@@ -235,6 +235,10 @@ def intent_advance(*, intent: ExecutionIntent, now: datetime | None = None) -> s
         r.position: r for r in intent_relays(intent_id=intent.pk).only("id", "phase", "error", "signer_id", "chain_id")
     }
     failed = [relays[i] for i in sorted(relays) if relays[i].phase in (TxPhase.FAILED, TxPhase.DEAD_LETTER)]
+    if failed and any(r.phase in OPEN_PHASES for r in relays.values()):
+        # An earlier action is still confirming: the intent fails once none of it can still move
+        # funds, so the vault stays held until then (woken when that relay finishes).
+        return None
     if failed:
         error = failed[0].error
         if intent.module_intent:  # the module's rule, in words, with the node's message
