@@ -188,7 +188,7 @@ def test_an_execution_whose_relay_fails_closes_its_intent_so_the_vault_can_rebal
     setup.vault.save()
     feed_accept(payload=signed_feed(setup.oracle, ENTRIES))
     # Morpho refuses deposits: the last action's simulation reverts, nothing of it is sent.
-    from tests.vaults.test_flow_a_module import DEPOSITS_REFUSED
+    from tests.support.flows import DEPOSITS_REFUSED
     from vaults.models import Protocol
     from vaults.services.intents import intent_in_flight
 

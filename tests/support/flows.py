@@ -69,3 +69,8 @@ ENTRIES = [
     {"protocol": "Compound USDC", "apy": "0.04", "tvl": "2000000", "risk": 1},
     {"protocol": "Morpho USDC", "apy": "0.03", "tvl": "500000", "risk": 0},
 ]
+
+
+# Runtime code for a protocol that refuses deposits (set with anvil_setCode): deposit(uint256,
+# address) reverts, every other call answers a zero word (so positions still read, as 0).
+DEPOSITS_REFUSED = "0x60003560e01c636e553f65146014576020" + "6000f35b60006000fd"

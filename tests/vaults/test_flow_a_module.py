@@ -16,7 +16,7 @@ from orchestrator.engine.models import Phase, WorkflowRun
 from orchestrator.engine.services import workflow_sweep
 from relayer.models import RelayTransaction
 from tests.conftest import AnvilFactory, Workers, wait_until
-from tests.support.flows import ENTRIES, signed_feed
+from tests.support.flows import DEPOSITS_REFUSED, ENTRIES, signed_feed
 from tests.support.modules import module_vault, owners_execute
 from tests.support.relays import RELAY_ENV, make_chain
 from tests.support.safes import SafeSetup
@@ -31,9 +31,6 @@ from vaults.services.module_intents import module_calls, module_intent, module_s
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.flow]
 
 FLOW_ENV = {**RELAY_ENV, "FLOW_SETTLE_POLL_SECONDS": "1"}
-# Runtime code of a protocol that refuses deposits: deposit(uint256,address) reverts, every
-# other call answers a zero word (so positions still read, as 0).
-DEPOSITS_REFUSED = "0x60003560e01c636e553f65146014576020" + "6000f35b60006000fd"
 
 
 @pytest.fixture
