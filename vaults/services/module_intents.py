@@ -15,19 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.engine import Blocked, RetryableError
-from orchestrator.infra.errors import DomainError
 from relayer.rpc import TRANSPORT_ERRORS, as_address, web3_for
 from vaults import module as vpm
 from vaults import onchain
 from vaults.module.checks import intent_refusal
 from vaults.safe import Call
-
-
-class ModuleRefused(DomainError):
-    """The module would refuse the intent: refused here first, with the rule it would name."""
-
-    code = "module_refused"
-    http_status = 409
 
 
 @dataclass(frozen=True)
