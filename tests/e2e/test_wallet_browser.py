@@ -89,6 +89,8 @@ def open_wallet_page(page: Page, base: str) -> None:
     expect(page.locator("#user-tools")).to_contain_text("approver1")
     page.click(f"a[href='{WALLET_PAGE}']")
     expect(page.locator("h1")).to_have_text("Your approver wallet")
+    # The heading can be there before the page's script has run (it loads after the HTML).
+    page.wait_for_function("window.VaultWallet !== undefined")
 
 
 def test_an_approver_connects_a_browser_wallet_and_it_is_registered(server: Any, page: Page, approver: Any) -> None:
