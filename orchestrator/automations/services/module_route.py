@@ -28,7 +28,6 @@ from orchestrator.automations.services.answers import ReviewedTask
 from relayer.keys import key_manager
 from relayer.models import KeyPurpose, SigningKey
 from vaults.module import (
-    Limit,
     ModuleError,
     ModuleRequest,
     ModuleRevert,
@@ -37,7 +36,7 @@ from vaults.module import (
     module_enabled,
     module_error,
     module_error_of,
-    module_limit,
+    module_snapshot,
     module_state,
     request_refusal,
     request_signers,
@@ -139,10 +138,11 @@ def module_check(
         return refusal_of(ModuleRevert("DelegateCallNotAllowed", {}))
     req = module_request(subscription=subscription, task=task, request_id=request_id)
     try:
-        state = module_state(w3, req.module)
+        # State, the limits on ETH and on the called token, and the block time: one batch.
+        found = module_snapshot(w3, req.module, tokens=(ETH, req.to))
     except ModuleError as exc:
         return ModuleRefusal(code="module_unreadable", message=str(exc)[:300])
-    block_time = int(w3.eth.get_block("latest")["timestamp"])
+    state, block_time = found.state, found.block_time
     # The chain's clock decides; a node whose blocks run ahead of ours must not expire it at once.
     expiry = max(block_time, int(time.time())) + settings.AUTOMATION_VALIDATION_TTL_SECONDS
     executor_signature = canonical_signature(task["executorSignature"])
@@ -151,10 +151,6 @@ def module_check(
         state, req, executor_signature=executor_signature, expiry=expiry, validator_signature=validator_signature
     )
     registered = {executor} if executor and executor_registered(w3, module=req.module, executor=executor) else set()
-    limits: dict[str, Limit] = {}
-    for token in {ETH, req.to}:
-        if (limit := module_limit(w3, module=req.module, token=token)) is not None:
-            limits[token] = limit
     refused = request_refusal(
         state,
         req,
@@ -164,7 +160,7 @@ def module_check(
         expiry=expiry,
         now=block_time,
         used=request_used(w3, module=req.module, request_id=request_id),
-        limits=limits,
+        limits=found.limits,
     )
     if refused is not None:
         return refusal_of(refused)
