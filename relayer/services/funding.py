@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 # eth_sendTransaction calls the same nonce ("nonce too low", "replacement transaction
 # underpriced"): the loser sends again after a short random pause.
 _SEND_ATTEMPTS = 6
+# A development node mines at once (anvil's automine) or within a block time of a few seconds.
+_MINE_WAIT_SECONDS = 15
 
 
 class DevFundingError(DomainError):
@@ -88,7 +90,7 @@ def dev_keys_fund(*, keys: Sequence[SigningKey], chain: Chain) -> list[DevFundin
             fundings.append(DevFunding(address=address, sent_wei=0, tx_hash=None))
             continue
         value = amount - balance
-        tx_hash = _send(chain=chain, funder=funder, to=address, value=value)
+        tx_hash = _send(chain=chain, funder=funder, to=address, value=value, before=balance)
         logger.info(
             "dev funding: sent %s ETH (%d wei) to relayer key %s on development chain %s from prefunded "
             "account %s, tx %s",
@@ -103,20 +105,49 @@ def dev_keys_fund(*, keys: Sequence[SigningKey], chain: Chain) -> list[DevFundin
     return fundings
 
 
-def _send(*, chain: Chain, funder: str, to: str, value: int) -> str:
+def _send(*, chain: Chain, funder: str, to: str, value: int, before: int) -> str:
+    """Sends `value` and returns the hash once its receipt is on chain. The hash alone is not
+    enough: anvil answers concurrent sends from one account with hashes of which it may later
+    mine only some (two got the same nonce), and a caller that relays right after funding
+    needs the balance, not the promise of it. A transfer not mined in time is sent again."""
     message = ""
+    wanted = value
     for attempt in range(_SEND_ATTEMPTS):
         if attempt:
             time.sleep(random.uniform(0.01, 0.05) * attempt)
         (answer,) = rpc_batch(
             chain.rpc_url, [("eth_sendTransaction", [{"from": funder, "to": to, "value": hex(value)}])]
         )
-        if not answer.error:
-            return str(answer.result)
-        message = answer.message
-        if classify_send_message(message) not in (SendOutcome.NONCE_USED, SendOutcome.UNDERPRICED):
+        if answer.error:
+            message = answer.message
+            if classify_send_message(message) not in (SendOutcome.NONCE_USED, SendOutcome.UNDERPRICED):
+                break
+            continue
+        tx_hash = str(answer.result)
+        if _mined(chain=chain, tx_hash=tx_hash):
+            return tx_hash
+        message = f"transfer {tx_hash} was not mined within {_MINE_WAIT_SECONDS} s"
+        (balance,) = rpc_batch(chain.rpc_url, [("eth_getBalance", [to, "latest"])])
+        if balance.error:
             break
+        value = wanted - max(0, int(balance.result, 16) - before)  # an earlier transfer may have come late
+        if value <= 0:
+            return tx_hash
     raise DevFundingError(f"the node refused the transfer from {funder}: {message}")
+
+
+def _mined(*, chain: Chain, tx_hash: str) -> bool:
+    """True once the transfer's receipt says it succeeded; False when none came in time."""
+    deadline = time.monotonic() + _MINE_WAIT_SECONDS
+    while True:
+        (receipt,) = rpc_batch(chain.rpc_url, [("eth_getTransactionReceipt", [tx_hash])])
+        if not receipt.error and receipt.result:
+            if int(receipt.result.get("status", "0x1"), 16) != 1:
+                raise DevFundingError(f"the transfer {tx_hash} reverted")
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def dev_funding_after_commit(*, keys: Sequence[SigningKey], chain: Chain | None = None) -> None:
