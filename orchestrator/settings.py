@@ -269,6 +269,27 @@ PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/"
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "vault-orchestrator@localhost")
 PROPOSAL_TTL_SECONDS = env_int("PROPOSAL_TTL_SECONDS", 3 * 24 * 3600, minimum=60)
+# Where the file-based e-mail backend (EMAIL_BACKEND=django.core.mail.backends.filebased.EmailBackend) writes.
+EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
+# An e-mail that fails (SMTP down) is sent again by its task up to this many times, with backoff.
+NOTIFY_MAX_ATTEMPTS = env_int("NOTIFY_MAX_ATTEMPTS", 8, minimum=1)
+
+# --- Alerts (docs/operations.md, "Alerts") --------------------------------------------------------
+# Beat evaluates every rule this often; a firing or resolved alert is delivered once per channel.
+ALERTS_EVALUATE_SECONDS = env_float("ALERTS_EVALUATE_SECONDS", 15.0, minimum=1)
+# trigger_late: a firing sent (or still unsent) this long after it was due, within the window.
+ALERTS_TRIGGER_LATE_SECONDS = env_float("ALERTS_TRIGGER_LATE_SECONDS", 30.0, minimum=1)
+ALERTS_TRIGGER_LATE_WINDOW_SECONDS = env_float("ALERTS_TRIGGER_LATE_WINDOW_SECONDS", 300.0, minimum=1)
+# proposal_expiring: a pending proposal that expires within this long.
+ALERTS_PROPOSAL_EXPIRY_SECONDS = env_float("ALERTS_PROPOSAL_EXPIRY_SECONDS", 6 * 3600.0, minimum=1)
+# rpc_down: an enabled chain whose RPC does not answer eth_blockNumber within this long.
+ALERTS_RPC_TIMEOUT_SECONDS = env_float("ALERTS_RPC_TIMEOUT_SECONDS", 3.0, minimum=0.1)
+# Deliveries: the webhook call's timeout, attempts before a delivery is marked failed, and how long
+# a pending delivery nobody holds waits before the evaluator enqueues it again (a worker died).
+ALERTS_WEBHOOK_TIMEOUT_SECONDS = env_float("ALERTS_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+ALERTS_DELIVERY_MAX_ATTEMPTS = env_int("ALERTS_DELIVERY_MAX_ATTEMPTS", 8, minimum=1)
+ALERTS_DELIVERY_LEASE_SECONDS = env_float("ALERTS_DELIVERY_LEASE_SECONDS", 60.0, minimum=1)
+ALERTS_DELIVERY_STALE_SECONDS = env_float("ALERTS_DELIVERY_STALE_SECONDS", 120.0, minimum=1)
 
 # --- Automations (docs/automations.md) ------------------------------------------------------------
 # Plain-http hook destinations, and ones that resolve to loopback, private or link-local
