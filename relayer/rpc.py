@@ -90,18 +90,21 @@ class RpcResult:
         return str((self.error or {}).get("message", ""))
 
 
-def rpc_batch(rpc_url: str, calls: Sequence[tuple[str, Sequence[Json]]]) -> list[RpcResult]:
+def rpc_batch(
+    rpc_url: str, calls: Sequence[tuple[str, Sequence[Json]]], *, timeout: float | None = None
+) -> list[RpcResult]:
     """Sends many JSON-RPC calls in one HTTP request (a JSON-RPC batch) and returns their
     answers in the order asked. A relay batch of 100 transactions costs one round trip per
-    step this way, instead of 100. Raises RpcUnavailable when the node cannot be reached or
-    does not answer the batch as a batch."""
+    step this way, instead of 100. `timeout` (seconds) defaults to RPC_TIMEOUT_SECONDS.
+    Raises RpcUnavailable when the node cannot be reached or does not answer the batch as a
+    batch."""
     if not calls:
         return []
     payload: list[Json] = [
         {"jsonrpc": "2.0", "id": i, "method": method, "params": params} for i, (method, params) in enumerate(calls)
     ]
     try:
-        response = _session(rpc_url).post(rpc_url, json=payload, timeout=settings.RPC_TIMEOUT_SECONDS)
+        response = _session(rpc_url).post(rpc_url, json=payload, timeout=timeout or settings.RPC_TIMEOUT_SECONDS)
         response.raise_for_status()
         answers = response.json()
     except TRANSPORT_ERRORS as exc:

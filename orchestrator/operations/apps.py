@@ -8,7 +8,9 @@ class OperationsConfig(AppConfig):
     verbose_name = "Operations"
 
     def ready(self) -> None:
-        from orchestrator.operations import metrics  # noqa: F401  (registers its collectors)
+        import orchestrator.operations.ddwf_metrics  # noqa: F401  (declares the dalp.ddwf instruments)
+        # Importing them registers their collectors.
+        from orchestrator.operations import alert_metrics, metrics  # noqa: F401
         from orchestrator.operations.schedules import ensure_periodic_tasks
 
         # The fixed schedule is rows of django-celery-beat's tables: written once they exist.
