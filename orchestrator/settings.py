@@ -323,6 +323,25 @@ AUTOMATION_POLL_SECONDS = env_float("AUTOMATION_POLL_SECONDS", 2.0, minimum=1)
 # A reorg deeper than a chain's confirmation depth rewinds the log poller this many blocks.
 AUTOMATION_REORG_REWIND_BLOCKS = env_int("AUTOMATION_REORG_REWIND_BLOCKS", 64, minimum=1)
 
+# --- Retention (docs/operations.md, "Retention") --------------------------------------------
+# How long each kind of record is kept, in days; 0 keeps it forever. Only what is finished is
+# pruned: a firing once delivered and its run final, a run's step journal once the run is final,
+# audit entries once exported to RETENTION_EXPORT_DIR.
+RETENTION_FIRINGS_DAYS = env_int("RETENTION_FIRINGS_DAYS", 90, minimum=0)
+RETENTION_STEP_JOURNAL_DAYS = env_int("RETENTION_STEP_JOURNAL_DAYS", 30, minimum=0)
+RETENTION_AUDIT_DAYS = env_int("RETENTION_AUDIT_DAYS", 400, minimum=0)
+# Whole days, so never below the API's promise to replay an Idempotency-Key for a day (docs/api.md).
+RETENTION_IDEMPOTENCY_DAYS = env_int("RETENTION_IDEMPOTENCY_DAYS", 30, minimum=0)
+RETENTION_EXPORT_DIR = Path(env_str("RETENTION_EXPORT_DIR", str(VAR_DIR / "audit-export")))
+# How often beat runs the pruner; rows per batch (one short transaction each), the pause between
+# batches, the most rows one run deletes per kind and the seconds it spends in all (well inside
+# CELERY_TASK_SOFT_TIME_LIMIT); the next run goes on where it stopped.
+RETENTION_PRUNE_SECONDS = env_float("RETENTION_PRUNE_SECONDS", 3600.0, minimum=60)
+RETENTION_BATCH = env_int("RETENTION_BATCH", 1000, minimum=1, maximum=50_000)
+RETENTION_BATCH_PAUSE_SECONDS = env_float("RETENTION_BATCH_PAUSE_SECONDS", 0.05, minimum=0)
+RETENTION_MAX_ROWS = env_int("RETENTION_MAX_ROWS", 200_000, minimum=1)
+RETENTION_MAX_SECONDS = env_float("RETENTION_MAX_SECONDS", 120.0, minimum=1)
+
 # --- Chain (local anvil for development and tests) ------------------------------------------
 ANVIL_PORT = env_int("ANVIL_PORT", 8545, minimum=1, maximum=65535)
 CHAIN_RPC_URL = env_str("CHAIN_RPC_URL", f"http://127.0.0.1:{ANVIL_PORT}")
