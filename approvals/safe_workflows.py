@@ -178,7 +178,7 @@ def check_step(ctx: StepContext) -> Checked | Wait:
 def send(ctx: StepContext) -> Sent:
     row = _row(ctx)
     checked = ctx.output("check", Checked)
-    relay = safe_exec_request(row=row, signatures=checked.signatures)
+    relay = safe_exec_request(row=row, signatures=checked.signatures, requester_run_id=ctx.run_id)
     failpoint("safe.after_request")  # tests: a worker killed before the step's journal commits
     return Sent(relay=str(relay.pk))
 

@@ -205,6 +205,11 @@ CELERY_TIMEZONE = "UTC"
 # --- Workflow engine ------------------------------------------------------------------------
 # A run in an active phase with no progress for this long is re-enqueued by the sweep.
 WORKFLOW_STALL_SECONDS = env_float("WORKFLOW_STALL_SECONDS", 120.0, minimum=1)
+# The stall rule operators see (metrics, alerts, the dashboard): a run is stalled when it has
+# been pending (not final, its step due) for longer than the first threshold AND has not
+# changed (no journal entry, no phase change) for longer than the second (docs/engine.md, "Stalled runs").
+WORKFLOW_STALL_PENDING_SECONDS = env_float("WORKFLOW_STALL_PENDING_SECONDS", 300.0, minimum=1)
+WORKFLOW_STALL_NO_MUTATION_SECONDS = env_float("WORKFLOW_STALL_NO_MUTATION_SECONDS", WORKFLOW_STALL_SECONDS, minimum=1)
 # How often beat runs the sweep (due timers and stalled runs).
 WORKFLOW_SWEEP_SECONDS = env_float("WORKFLOW_SWEEP_SECONDS", 5.0, minimum=0.5)
 # Delays longer than this are kept in the database and woken by the sweep, never as a Celery

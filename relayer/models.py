@@ -158,6 +158,11 @@ class RelayTransaction(models.Model):
     workflow_run = models.ForeignKey(
         "orchestrator.WorkflowRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The run that asked for it (a rebalance, an execution, a firing's run), whose status read
+    # shows this transaction's hash as its transaction id. `workflow_run` is the relay batch.
+    requester_run = models.ForeignKey(
+        "orchestrator.WorkflowRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     # A request that only makes sense on the state another one leaves (a deposit of the funds a
     # withdrawal frees): same signer, the next nonce, simulated after it, failed if it fails.
     after = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="followers")

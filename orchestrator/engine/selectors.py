@@ -7,12 +7,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Prefetch, Q, QuerySet, prefetch_related_objects
+from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery, prefetch_related_objects
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from orchestrator.engine.definition import registry
 from orchestrator.engine.errors import UnknownWorkflow
-from orchestrator.engine.models import ACTIVE_PHASES, WAITING_PHASES, Phase, StepRun, WorkflowRun
+from orchestrator.engine.models import ACTIVE_PHASES, WAITING_PHASES, Phase, StepRun, WorkflowRun, WorkflowTransition
 
 
 def run_for_user(*, run_id: uuid.UUID, user: Any) -> WorkflowRun | None:
@@ -43,14 +44,37 @@ def runs_by_kind_and_phase() -> list[dict[str, Any]]:
 
 
 def runs_stalled(*, now: datetime | None = None) -> QuerySet[WorkflowRun]:
-    """Runs whose step was due more than WORKFLOW_STALL_SECONDS ago and that no live lease says a
-    worker is on. Wider than what the sweep re-dispatches: a due timer nobody picked up (beat is
-    down) counts too, because to an operator that run is just as stuck."""
+    """The two-threshold stall rule: a run is stalled when it has been pending for longer than
+    WORKFLOW_STALL_PENDING_SECONDS and has not mutated for longer than
+    WORKFLOW_STALL_NO_MUTATION_SECONDS, and no live lease says a worker is on it. Evaluated
+    at query time, on every read, with nothing cached.
+
+    Pending: in an active or waiting phase with its step due (due_at passed), created longer
+    ago than the first threshold. A run waiting for a later timer is not pending yet, and one
+    parked on an event (due_at null: a proposal waiting for its approvers) is waiting for people,
+    which the proposal alerts watch instead. Mutated: its last journal entry started or finished,
+    or its last phase change. The sweep's re-dispatch writes neither, so a run re-sent every two
+    minutes to workers that never take it still counts as stalled. Wider than what the sweep
+    re-dispatches: a due timer nobody picked up (beat is down) counts too."""
     now = now or timezone.now()
-    stall = now - timedelta(seconds=settings.WORKFLOW_STALL_SECONDS)
+    pending_since = now - timedelta(seconds=settings.WORKFLOW_STALL_PENDING_SECONDS)
+    quiet_since = now - timedelta(seconds=settings.WORKFLOW_STALL_NO_MUTATION_SECONDS)
+    steps = StepRun.objects.filter(run=OuterRef("pk")).order_by("-id")
+    last_transition = WorkflowTransition.objects.filter(run=OuterRef("pk")).order_by("-id").values("created_at")[:1]
     return (
-        WorkflowRun.objects.filter(phase__in=[*ACTIVE_PHASES, *WAITING_PHASES], due_at__lte=stall)
+        WorkflowRun.objects.filter(
+            phase__in=[*ACTIVE_PHASES, *WAITING_PHASES], due_at__lte=now, created_at__lte=pending_since
+        )
         .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .annotate(
+            mutated_at=Greatest(
+                "created_at",
+                Coalesce(Subquery(steps.values("started_at")[:1]), "created_at"),
+                Coalesce(Subquery(steps.values("finished_at")[:1]), "created_at"),
+                Coalesce(Subquery(last_transition), "created_at"),
+            )
+        )
+        .filter(mutated_at__lte=quiet_since)
         .order_by("due_at")
     )
 

@@ -51,7 +51,7 @@ def workflow_runs() -> Iterator[Metric]:
     yield completed
     stalled = GaugeMetricFamily(
         "orchestrator_workflow_stalled",
-        "Runs whose step was due longer ago than WORKFLOW_STALL_SECONDS with no worker on it.",
+        "Runs pending beyond WORKFLOW_STALL_PENDING_SECONDS and unchanged beyond WORKFLOW_STALL_NO_MUTATION_SECONDS.",
     )
     stalled.add_metric([], runs_stalled().count())
     yield stalled

@@ -27,6 +27,7 @@ from relayer.rpc import (
     web3_for,
 )
 from relayer.services.batches import batch_open, relay_fail, relays_finish
+from relayer.services.requesters import requester_runs_note
 from relayer.services.submission import record_broadcast, send_stored, sign_for
 
 logger = logging.getLogger("relayer")
@@ -90,6 +91,7 @@ def relay_confirm(ctx: StepContext) -> dict[str, int] | Wait:
     rows_update(
         RelayTransaction, seen, ["block_number", "block_hash", "mined_hash", "receipt_status", "gas_used", "updated_at"]
     )
+    requester_runs_note(seen)
     failpoint("relay.after_receipt")
     relays_finish(done, phase=TxPhase.COMPLETED, fields=["confirmed_at"])
     relays_finish(reverted, phase=TxPhase.FAILED, fields=["confirmed_at"])
@@ -136,6 +138,7 @@ def _reorged_out(tx: RelayTransaction) -> None:
         last_broadcast_at=timezone.now(),
         updated_at=timezone.now(),
     )
+    requester_runs_note([tx])
     latest = tx.broadcasts.exclude(kind=BroadcastKind.FILLER).order_by("-id").first()
     if latest is not None:
         send_stored(tx, latest)
@@ -183,6 +186,7 @@ def _replace(tx: RelayTransaction) -> None:
                 "updated_at",
             ]
         )
+        requester_runs_note([locked])
     if broadcast is None:
         return
     outcome = send_stored(locked, broadcast)

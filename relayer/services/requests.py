@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from eth_utils import is_address, is_checksum_address, to_checksum_address
@@ -78,12 +79,15 @@ def relay_request(
     correlation_id: str | None = None,
     not_after: datetime | None = None,
     after: RelayTransaction | None = None,
+    requester_run_id: Any = None,
 ) -> RelayTransaction:
     """Records a transaction to relay; after commit the chain's lane batches and sends it.
 
     `after`: a request of the same signer and chain this one depends on. It is sent with or
     after it (never before), at a later nonce, simulated on the state it leaves, and fails if
     it fails: a sequence can be requested at once rather than one confirmation at a time.
+    `requester_run_id`: the workflow run that asked, whose transaction id becomes this
+    request's hash once it is signed (relayer/services/requesters.py).
 
     The same idempotency key returns the same RelayTransaction and sends nothing twice.
     Raises InvalidRelayRequest for bad input and RelayConflict when the key was used for a
@@ -108,6 +112,7 @@ def relay_request(
                 requested_by_id=str(requested_by[1]),
                 correlation_id=correlation_id or (ambient if ambient != "-" else new_correlation_id()),
                 not_after=not_after,
+                requester_run_id=requester_run_id,
                 **wanted,
             )
     except IntegrityError:

@@ -37,6 +37,7 @@ from relayer.rpc import (
 from relayer.services.batches import batch_open, followers_of, relay_batch_split, relay_fail, relays_finish
 from relayer.services.lanes import lane_kick
 from relayer.services.nonces import nonce_allocate, nonce_cursor_ensure, nonce_resync
+from relayer.services.requesters import requester_runs_note
 from relayer.services.simulation import batch_simulate
 
 logger = logging.getLogger("relayer")
@@ -204,6 +205,7 @@ def relay_sign(ctx: StepContext) -> dict[str, int]:
         txs,
         ["nonce", "tx_hash", "raw_tx", "max_fee_per_gas", "max_priority_fee_per_gas", "updated_at"],
     )
+    requester_runs_note(txs)
     failpoint("relay.sign_before_commit")
     # This batch's nonces are taken (once this commits): the lane may form the next batch.
     lane_kick(chain_id=ctx.input["chain"], if_waiting=True)

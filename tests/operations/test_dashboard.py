@@ -63,7 +63,12 @@ def staff_with(*codenames: str) -> Client:
 
 
 @pytest.mark.django_db
-def test_the_dashboard_shows_runs_queues_low_signers_and_heartbeats_to_staff(browser: Client, anvil: str) -> None:
+def test_the_dashboard_shows_runs_queues_low_signers_and_heartbeats_to_staff(
+    browser: Client, anvil: str, settings: Any
+) -> None:
+    # Both stall thresholds at 0: a run whose step is due and that no worker holds counts at once
+    # (tests/engine/test_stall_rule.py tests the thresholds themselves).
+    settings.WORKFLOW_STALL_PENDING_SECONDS = settings.WORKFLOW_STALL_NO_MUTATION_SECONDS = 0
     NodeChainFactory.create(rpc_url=anvil)
     empty = SigningKeyFactory.create(label="empty")
     rich = funded_signer(anvil)

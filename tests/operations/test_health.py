@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 from datetime import timedelta
 
 import httpx
@@ -123,7 +124,8 @@ def test_a_web_process_is_unready_while_its_redis_or_its_chain_is_down_and_recov
         broker.stop()
 
 
-def test_metrics_are_prometheus_text_and_move_with_the_state() -> None:
+def test_metrics_are_prometheus_text_and_move_with_the_state(settings: Any) -> None:
+    settings.WORKFLOW_STALL_PENDING_SECONDS = settings.WORKFLOW_STALL_NO_MUTATION_SECONDS = 0
     before = Client().get("/metrics")
     assert before.status_code == 200 and before["Content-Type"].startswith("text/plain")
     WorkflowRunFactory.create_batch(3, kind="demo.kind", phase="completed")

@@ -20,6 +20,7 @@ from relayer.models import Broadcast, BroadcastKind, Chain, RelayTransaction, Si
 from relayer.services.monitor import nonce_gaps_fill
 from relayer.services.requests import RelayConflict, relay_request
 from tests.conftest import AnvilFactory, Workers, free_port, wait_until
+from tests.factories import WorkflowRunFactory
 from tests.support.relays import (
     RECEIVER,
     RELAY_ENV,
@@ -45,6 +46,7 @@ def send(
     value: int = 1000,
     to: str = RECEIVER,
     data: str = "0x",
+    requester_run_id: Any = None,
 ) -> RelayTransaction:
     return relay_request(
         signer=signer,
@@ -54,6 +56,7 @@ def send(
         data=data,
         idempotency_key=key or uuid.uuid4().hex,
         requested_by=("test", "1"),
+        requester_run_id=requester_run_id,
     )
 
 
@@ -62,8 +65,11 @@ def test_a_relay_is_simulated_signed_sent_and_confirmed(workers: Workers, anvil:
     chain = make_chain(anvil)
     signer = funded_signer(anvil)
     before = Web3(Web3.HTTPProvider(anvil)).eth.get_balance(RECEIVER)
-    tx = settled(send(signer, chain, value=4242).id)
+    asker = WorkflowRunFactory.create()
+    tx = settled(send(signer, chain, value=4242, requester_run_id=asker.pk).id)
     assert (tx.nonce, tx.receipt_status, tx.mined_hash) == (0, 1, tx.tx_hash)
+    asker.refresh_from_db()
+    assert asker.transaction_id == tx.mined_hash  # the status read's transactionId
     assert tx.block_number and tx.block_hash and tx.gas_used == 21000 and tx.confirmed_at
     assert Web3(Web3.HTTPProvider(anvil)).eth.get_balance(RECEIVER) == before + 4242
     assert list(tx.broadcasts.values_list("kind", flat=True)) == [BroadcastKind.ORIGINAL]
@@ -236,12 +242,19 @@ def test_a_stuck_transaction_is_replaced_with_higher_fees_and_confirmed_once(
     workers: Workers, anvils: AnvilFactory
 ) -> None:
     url, chain, signer = not_mining(workers, anvils, stuck_after=1.0)
-    tx = send(signer, chain)
+    asker = WorkflowRunFactory.create()
+    tx = send(signer, chain, requester_run_id=asker.pk)
     wait_until(
         lambda: Broadcast.objects.filter(transaction_id=tx.id, kind=BroadcastKind.REPLACEMENT).exists(),
         timeout=30,
         message="a fee bump",
     )
+    # The run that asked shows the transaction being waited for: the replacement, not the original.
+    bumped = RelayTransaction.objects.get(pk=tx.pk)
+    original_hash = Broadcast.objects.get(transaction_id=tx.id, kind=BroadcastKind.ORIGINAL).tx_hash
+    asker.refresh_from_db()
+    assert asker.transaction_id in {b.tx_hash for b in bumped.broadcasts.exclude(kind=BroadcastKind.ORIGINAL)}
+    assert asker.transaction_id != original_hash
     rpc(url, "evm_mine")
     rpc(url, "evm_setAutomine", True)
     done = settled(tx.id)
@@ -250,6 +263,8 @@ def test_a_stuck_transaction_is_replaced_with_higher_fees_and_confirmed_once(
     assert replacement.max_priority_fee_per_gas >= original.max_priority_fee_per_gas * 9 / 8
     assert done.mined_hash == done.tx_hash != original.tx_hash
     assert nonce_on_chain(url, signer.address) == 1
+    asker.refresh_from_db()
+    assert asker.transaction_id == done.mined_hash
 
 
 def test_with_the_rpc_down_relays_retry_and_finish_when_it_is_back(workers: Workers, anvils: AnvilFactory) -> None:

@@ -106,6 +106,7 @@ def test_a_rebalance_is_one_execute_intent_through_the_module(setup: SafeSetup, 
     assert len(intent.module_intent["calls"]) == 4
     (tx,) = sent_by_account(setup)
     assert tx.to == setup.vault.module_address and run.outputs["relay"]["transactions"] == [tx.mined_hash]
+    assert run.transaction_id == tx.mined_hash  # what the run's status read returns
     target = {name: int(10**12 * float(pct) / 100) for name, pct in intent.allocation.items()}
     now = held(setup)
     assert {k: v for k, v in now.items() if v} == {k: v for k, v in target.items() if v}

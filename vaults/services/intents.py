@@ -221,6 +221,7 @@ def _request_action(intent: ExecutionIntent, index: int, after: RelayTransaction
         correlation_id=intent.workflow_run.correlation_id if intent.workflow_run else None,
         not_after=intent.deadline,
         after=after,
+        requester_run_id=intent.workflow_run_id,
     )
 
 

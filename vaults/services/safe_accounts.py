@@ -185,7 +185,9 @@ def signatures_counting(row: SafeTransaction, state: safe_lib.SafeState) -> dict
     return {s.owner: s.signature for s in row.signatures.all() if s.owner in owners}
 
 
-def safe_exec_request(*, row: SafeTransaction, signatures: dict[str, str]) -> RelayTransaction:
+def safe_exec_request(
+    *, row: SafeTransaction, signatures: dict[str, str], requester_run_id: Any = None
+) -> RelayTransaction:
     """Hands `execTransaction` with `signatures` to the relayer, from the vault's gas key.
     Exactly once: the idempotency key is the Safe transaction's hash, and a repeat with another
     set of signatures (more arrived in between) keeps the request made first."""
@@ -200,6 +202,7 @@ def safe_exec_request(*, row: SafeTransaction, signatures: dict[str, str]) -> Re
             data=data,
             idempotency_key=key,
             requested_by=("safe_tx", str(row.pk)),
+            requester_run_id=requester_run_id,
         )
     except RelayConflict:
         relay = RelayTransaction.objects.get(idempotency_key=key)

@@ -172,6 +172,7 @@ def execution_relay(ctx: StepContext) -> Relayed | Wait:
                 idempotency_key=f"firing:{firing.pk}",
                 requested_by=("firing", str(firing.pk)),
                 correlation_id=firing.correlation_id,
+                requester_run_id=ctx.run_id,
             )
         except InvalidRelayRequest as exc:
             refused = Refusal(type="invalid_task", message=str(exc))

@@ -28,7 +28,8 @@ RUN_STATE_FIELDS = [
     "step_name",
     "attempts",
     "error",
-    "transaction_id",
+    # Not transaction_id: the relayer writes it (relayer/services/requesters.py), and a step's
+    # copy of the run would overwrite a newer hash with the one it loaded.
     "due_at",
     "dispatched_at",
     "lease_until",
