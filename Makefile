@@ -15,7 +15,7 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 TEST_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672//
 PYTEST_ARGS ?=
 
-.PHONY: install chromium run test test-fast lint check-migrations bench clean
+.PHONY: install chromium promtool rules run test test-fast lint check-migrations bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "==> Creating the virtualenv in $(VENV) and installing pinned dependencies"
@@ -38,6 +38,20 @@ $(ANVIL): package.json package-lock.json
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
+# The alerting rules (deploy/prometheus/) are checked and unit-tested with promtool, from Debian's
+# prometheus package. We want the tool, not a server on :9090: without recommends (no node
+# exporter), and on a host where systemd started the service, it is stopped and disabled again
+# (a container's policy-rc.d never starts it).
+promtool:
+	@command -v promtool >/dev/null || (apt-get update -qq \
+		&& apt-get install -y -qq --no-install-recommends prometheus \
+		&& (systemctl disable --now prometheus >/dev/null 2>&1 || true))
+
+rules: promtool
+	@echo "==> Prometheus alerting rules: promtool check rules, promtool test rules"
+	@promtool check rules deploy/prometheus/alerts.yml
+	@promtool test rules deploy/prometheus/alerts_test.yml
+
 install: $(STAMP) $(ANVIL)
 
 run: install
@@ -57,11 +71,11 @@ lint: install
 # executor or web server, or a browser; the others need PostgreSQL and Redis only.
 TEST_ENV = DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL)
 
-test-fast: install
+test-fast: install rules
 	@echo "==> Fast tier: PostgreSQL and Redis only; no worker, beat, anvil, server or browser"
 	$(TEST_ENV) $(PY) -m pytest -m "not stack" $(PYTEST_ARGS)
 
-test: lint chromium
+test: lint chromium rules
 	@echo "==> Fast tier: PostgreSQL and Redis only; no worker, beat, anvil, server or browser"
 	$(TEST_ENV) $(PY) -m pytest -m "not stack" $(PYTEST_ARGS)
 	@echo "==> Stack tier: real Celery workers, beat, anvil, executor and web servers, the browser"
