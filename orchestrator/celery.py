@@ -9,6 +9,7 @@ from celery.signals import task_prerun
 from kombu import Exchange, Queue
 
 from orchestrator.infra.heartbeats import WorkerHeartbeat
+from orchestrator.infra.tracing import tracing_for_celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
 
@@ -24,6 +25,8 @@ app.conf.task_queues = tuple(Queue(name, Exchange(name, type="direct"), routing_
 app.autodiscover_tasks()
 # Every worker keeps its own heartbeat row fresh (/metrics, the operations dashboard).
 app.steps["worker"].add(WorkerHeartbeat)
+# Traces, when the OTEL_* variables ask for them: set up in each pool child and in beat.
+tracing_for_celery(app)
 
 
 @app.on_after_configure.connect

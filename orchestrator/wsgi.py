@@ -4,5 +4,10 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from orchestrator.infra.tracing import tracing_setup
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
+# Before the WSGI handler loads the middleware: the Django instrumentation adds its own first.
+# runserver loads this module too (WSGI_APPLICATION).
+tracing_setup(role="web")
 application = get_wsgi_application()

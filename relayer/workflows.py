@@ -12,6 +12,7 @@ from relayer.services.batches import LEGACY_WORKFLOW, batch_mirror, relay_rebatc
 from relayer.services.confirmation import relay_confirm
 from relayer.services.requests import RELAY_WORKFLOW
 from relayer.services.submission import relay_broadcast, relay_prepare, relay_sign
+from relayer.tracing import relay_phase
 
 
 def _retry() -> RetryPolicy:
@@ -32,10 +33,12 @@ RELAY = registry.register(
         queue="relay",
         on_transition=batch_mirror,
         steps=(
-            Step("simulate", relay_prepare, atomic=False, retry=_retry(), timeout=_lease()),
-            Step("sign", relay_sign, retry=_retry()),
-            Step("broadcast", relay_broadcast, atomic=False, retry=_retry(), timeout=_lease()),
-            Step("confirm", relay_confirm, atomic=False, retry=_retry(), timeout=_lease()),
+            Step("simulate", relay_phase("simulate", relay_prepare), atomic=False, retry=_retry(), timeout=_lease()),
+            Step("sign", relay_phase("sign", relay_sign), retry=_retry()),
+            Step(
+                "broadcast", relay_phase("broadcast", relay_broadcast), atomic=False, retry=_retry(), timeout=_lease()
+            ),
+            Step("confirm", relay_phase("confirm", relay_confirm), atomic=False, retry=_retry(), timeout=_lease()),
         ),
     )
 )

@@ -13,6 +13,7 @@ server name and the name the certificate must match."""
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import ssl
@@ -36,6 +37,15 @@ from urllib3.util import connection
 from orchestrator.automations.services.destinations import Destination
 from orchestrator.automations.typed_data import webhook_signature
 from orchestrator.infra.errors import DomainError
+from orchestrator.infra.tracing import (
+    CORRELATION_ID,
+    SpanKind,
+    current_context,
+    span,
+    span_failed,
+    trace_headers,
+    tracing_on,
+)
 
 
 def hook_url(base_url: str, hook: str) -> str:
@@ -93,6 +103,7 @@ def hook_headers(call: HookCall, raw: bytes) -> dict[str, str]:
     }
     if call.correlation_id:
         headers["X-Correlation-ID"] = call.correlation_id
+    headers.update(trace_headers())  # traceparent of the hook's span, when tracing is on
     return headers
 
 
@@ -269,6 +280,32 @@ def hooks_post(calls: list[HookCall]) -> list[HookResult]:
     executor does (down, slow, garbage): that is in the result."""
     if not calls:
         return []
+    post = _post
+    if tracing_on():
+        # The pool's threads do not inherit the caller's context: each call's span is given it.
+        parent = current_context()
+        post = functools.partial(_post_traced, parent=parent)
     if len(calls) == 1:
-        return [_post(calls[0])]
-    return list(_threads().map(_post, calls))
+        return [post(calls[0])]
+    return list(_threads().map(post, calls))
+
+
+def _post_traced(call: HookCall, *, parent: Any) -> HookResult:
+    parts = urlsplit(call.url)
+    attributes = {
+        "http.request.method": "POST",
+        "url.path": parts.path,
+        "server.address": parts.hostname or "",
+        "orchestrator.hook.request_id": call.request_id,
+    }
+    if call.correlation_id:
+        attributes[CORRELATION_ID] = call.correlation_id
+    name = f"hook/{parts.path.rstrip('/').rsplit('/', 1)[-1]}"
+    with span(name, attributes=attributes, kind=SpanKind.CLIENT, parent=parent) as current:
+        result = _post(call)
+        current.set_attribute("orchestrator.hook.elapsed_ms", result.elapsed_ms)
+        if result.status is not None:
+            current.set_attribute("http.response.status_code", result.status)
+        if result.error or result.status is None or result.status >= 400:
+            span_failed(current, error_type=result.error[:100] or str(result.status), description=result.error[:200])
+        return result

@@ -19,6 +19,7 @@ from orchestrator.engine.errors import Blocked, TerminalError, WorkflowError
 from orchestrator.engine.models import Phase, StepKind, StepRun, StepStatus, WorkflowRun
 from orchestrator.engine.services.batch import StepBatch
 from orchestrator.engine.services.dispatch import ENGINE, park, transition
+from orchestrator.infra.tracing import CORRELATION_ID, span, step_attributes, tracing_on
 
 logger = logging.getLogger("orchestrator.engine")
 
@@ -194,7 +195,18 @@ def step_context(run: WorkflowRun, step: Step) -> StepContext:
 def call_step(step: Step, context: StepContext, compensating: bool) -> object:
     fn = step.compensate if compensating else step.fn
     assert fn is not None
-    return fn(context)
+    if not tracing_on():
+        return fn(context)
+    # Every step and compensation, atomic, leased or carried, runs here: one span each.
+    name = f"{context.kind}/{step.name}" + (" compensate" if compensating else "")
+    attributes = step_attributes(
+        kind=context.kind, run_id=context.run_id, step=step.name, attempt=context.attempt, compensating=compensating
+    )
+    with span(name, attributes={**attributes, CORRELATION_ID: context.correlation_id}) as current:
+        result = fn(context)
+        if isinstance(result, Wait):
+            current.set_attribute("orchestrator.workflow.wait", result.phase)
+        return result
 
 
 def journal_entry(run: WorkflowRun, step: Step, context: StepContext, compensating: bool, started: datetime) -> StepRun:
