@@ -7,22 +7,38 @@ import logging
 from typing import Any
 
 from django.conf import settings
-from django.core.mail import send_mass_mail
+from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
 from approvals.models import ProposalStatus, RebalanceProposal
+from orchestrator.celery import app as celery_app
 from vaults.models import SafeTransaction, SafeTxStatus
 
 logger = logging.getLogger("approvals")
 
+NOTIFY_TASK = "approvals.notify"
+
 
 def notify(users: list[Any], subject: str, body: str) -> None:
-    """E-mail after commit, so nobody is told about a decision that rolled back."""
-    messages = [(subject, body, settings.DEFAULT_FROM_EMAIL, [u.email]) for u in users if u.email]
-    if messages:
-        transaction.on_commit(lambda: send_mass_mail(messages, fail_silently=True))
+    """Enqueues one e-mail per user after commit, so nobody is told about a decision that rolled
+    back, and the request or step that decided never waits for the mail server: a worker sends
+    it (approvals.tasks.send_notification), retrying while the server is down."""
+    recipients = [u.email for u in users if u.email]
+
+    def enqueue() -> None:
+        for recipient in recipients:
+            celery_app.send_task(NOTIFY_TASK, args=[subject, body, recipient], queue="workflows")
+
+    if recipients:
+        transaction.on_commit(enqueue)
     logger.info("notify %s: %s", ", ".join(u.get_username() for u in users) or "nobody", subject)
+
+
+def notification_send(*, subject: str, body: str, recipient: str) -> None:
+    """Sends one notification e-mail now. Raises what the mail backend raises (SMTPException,
+    OSError) so that the task retries."""
+    send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [recipient], fail_silently=False)
 
 
 def proposal_link(proposal: RebalanceProposal) -> str:

@@ -177,14 +177,17 @@ def hmac_valid(key: str, text: str, signature: object) -> bool:
     return isinstance(signature, str) and hmac.compare_digest(signature.encode(), hmac_hex(key, text).encode())
 
 
-def webhook_signature(key: str, *, msg_id: str, timestamp: int | str, body: bytes) -> str:
-    """Standard Webhooks: v1,<base64 HMAC-SHA256 over "<id>.<timestamp>.<body>">."""
-    digest = hmac.new(key.encode(), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+def webhook_signature(key: str | bytes, *, msg_id: str, timestamp: int | str, body: bytes) -> str:
+    """Standard Webhooks: v1,<base64 HMAC-SHA256 over "<id>.<timestamp>.<body>">. A str key is
+    used as its UTF-8 bytes (an executor's hmacKey); bytes are the key itself (a "whsec_"
+    secret's decoded part, as the alert webhooks sign)."""
+    secret = key if isinstance(key, bytes) else key.encode()
+    digest = hmac.new(secret, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
 
 
 def webhook_authentic(
-    key: str, headers: Mapping[str, str], body: bytes, *, max_age: float | None = WEBHOOK_MAX_AGE_SECONDS
+    key: str | bytes, headers: Mapping[str, str], body: bytes, *, max_age: float | None = WEBHOOK_MAX_AGE_SECONDS
 ) -> bool:
     """Whether the call's webhook-signature header (headers by lower-case name) holds the
     signature of its id, timestamp and body (one of its space-separated signatures), and its

@@ -20,6 +20,8 @@ def fixed_schedule() -> dict[str, tuple[str, float, str]]:
         "automation dispatch": ("automations.dispatch", settings.AUTOMATION_DISPATCH_SECONDS, "triggers"),
         "automation log poll": ("automations.poll_logs", settings.AUTOMATION_POLL_SECONDS, "triggers"),
         "proposal expiry": ("approvals.expire", settings.PROPOSAL_EXPIRY_SWEEP_SECONDS, "workflows"),
+        "retention prune": ("operations.retention_prune", settings.RETENTION_PRUNE_SECONDS, "workflows"),
+        "alert evaluation": ("operations.alerts_evaluate", settings.ALERTS_EVALUATE_SECONDS, "workflows"),
     }
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.core import mail
 from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -32,6 +32,7 @@ from orchestrator.engine.models import Phase, WorkflowRun
 from orchestrator.infra.tokens import api_token_issue
 from tests.conftest import AnvilFactory, Workers, wait_until
 from tests.support.flows import ENTRIES, bootstrapped_vault, signed_feed
+from tests.support.mail import mails, worker_mail_env
 from tests.support.relays import RELAY_ENV, make_chain
 from vaults.models import ExecutionIntent, IntentStatus
 from vaults.services.access import vault_grant
@@ -98,14 +99,19 @@ def test_the_rules_of_deciding(setup: Any, people: dict[str, Any]) -> None:
         )
 
 
-def test_approvers_are_told_and_the_proposer_hears_the_outcome(setup: Any, people: dict[str, Any]) -> None:
+def test_approvers_are_told_and_the_proposer_hears_the_outcome(
+    setup: Any, people: dict[str, Any], workers: Workers, tmp_path: Path
+) -> None:
+    # A worker sends the e-mails (tests/approvals/test_notify.py), here into files.
+    workers.start(extra_env=worker_mail_env(tmp_path))
     proposal = propose(setup, people)
-    assert sorted(m.to[0] for m in mail.outbox) == [f"approver{i}@example.test" for i in (1, 2, 3)]
-    assert proposal.proposal_id in mail.outbox[0].subject
-    mail.outbox.clear()
+    told = wait_until(lambda: len(mails(tmp_path)) >= 3 and mails(tmp_path), message="the approvers' e-mails")
+    assert sorted(m["To"] for m in told) == [f"approver{i}@example.test" for i in (1, 2, 3)]
+    assert all(proposal.proposal_id in m["Subject"] for m in told)
     proposal_reject(proposal=proposal, approver=people["approvers"][0])
     proposal_reject(proposal=proposal, approver=people["approvers"][1])
-    assert [(m.to[0], m.subject) for m in mail.outbox] == [
+    wait_until(lambda: len(mails(tmp_path)) >= 4, message="the proposer's e-mail")
+    assert [(m["To"], m["Subject"]) for m in mails(tmp_path)[3:]] == [
         ("operator@example.test", f"{proposal.proposal_id} is rejected")
     ]
 
