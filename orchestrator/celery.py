@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import task_prerun
+from celery.signals import beat_init, task_prerun, worker_ready
 from kombu import Exchange, Queue
 
-from orchestrator.infra.heartbeats import WorkerHeartbeat
+from orchestrator.infra.heartbeats import WorkerHeartbeat, worker_registered
+from orchestrator.infra.telemetry_metrics import metrics_init, otlp_export_start
 from orchestrator.infra.tracing import tracing_for_celery
+
+# The start of the clock of dalp.ddwf.startup.duration_ms (docs/operations.md, "Metrics: dalp.ddwf").
+metrics_init()
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
 
@@ -25,6 +29,10 @@ app.conf.task_queues = tuple(Queue(name, Exchange(name, type="direct"), routing_
 app.autodiscover_tasks()
 # Every worker keeps its own heartbeat row fresh (/metrics, the operations dashboard).
 app.steps["worker"].add(WorkerHeartbeat)
+# A worker fully started registers (its heartbeat row, the registration counter); beat alone
+# exports the database-backed dalp.ddwf metrics over OTLP (orchestrator/infra/telemetry_metrics.py).
+worker_ready.connect(worker_registered, weak=False)
+beat_init.connect(otlp_export_start, weak=False)
 # Traces, when the OTEL_* variables ask for them: set up in each pool child and in beat.
 tracing_for_celery(app)
 

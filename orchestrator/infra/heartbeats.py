@@ -4,13 +4,20 @@ Written by the worker's own timer in its main process, not by a task: a worker w
 busy, or that consumes no queue beat sends to, still proves it is alive. /metrics reads the rows
 at scrape time, so one scrape of any web process sees every worker on every machine.
 
+A worker also registers, once, when it is fully started (`worker_registered`, on Celery's
+worker_ready): its row gets when, how long the start took and how many workflow kinds it serves,
+and EndpointRegistration counts the attempt as ok, or as failed when the database refused it
+(retried with each beat, the failures counted with the attempt that gets through). The
+dalp.ddwf metrics read them (orchestrator/infra/telemetry_metrics.py).
+
 Imported by orchestrator/celery.py before Django is set up: nothing here touches models at
 import time."""
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import bootsteps
@@ -37,12 +44,96 @@ def worker_heartbeat_name(hostname: str) -> str:
     return f"{WORKER_PREFIX}{hostname}"
 
 
+@dataclass
+class _Registration:
+    name: str
+    startup_ms: int
+    services_bound: int
+    failures: int = 0  # attempts the database refused, not counted yet
+    done: bool = False
+
+
+# This worker's registration until the database has it (a worker is one main process).
+_registration: _Registration | None = None
+
+
+def worker_registered(sender: Any, **_: Any) -> None:
+    """Celery's worker_ready (sender: the consumer, in the worker's main process, its pool
+    started and its queues consumed): registers this worker. Never raises; a failed attempt is
+    retried by the next heartbeat."""
+    global _registration
+    from orchestrator.infra import telemetry_metrics
+
+    consume_from = sender.app.amqp.queues.consume_from
+    queues = list(consume_from) if consume_from else list(sender.app.amqp.queues)
+    _registration = _Registration(
+        name=worker_heartbeat_name(sender.hostname),
+        startup_ms=telemetry_metrics.ms_since_init(),
+        services_bound=telemetry_metrics.services_bound(queues),
+    )
+    _register(_registration)
+
+
+def _register(registration: _Registration) -> None:
+    from django.db import transaction
+    from django.utils import timezone
+
+    from orchestrator.infra.models import EndpointRegistration, Heartbeat
+
+    try:
+        now = timezone.now()
+        with transaction.atomic():
+            Heartbeat.objects.update_or_create(
+                name=registration.name,
+                defaults={
+                    "at": now,
+                    "started_at": now,
+                    "startup_ms": registration.startup_ms,
+                    "services_bound": registration.services_bound,
+                },
+            )
+            registrations_count(outcome=EndpointRegistration.Outcome.OK, attempts=1, at=now)
+            if registration.failures:
+                registrations_count(outcome=EndpointRegistration.Outcome.FAILED, attempts=registration.failures, at=now)
+        registration.done = True
+    except Exception as exc:  # the database may be down; the next beat tries again
+        registration.failures += 1
+        logger.warning("worker %s not registered: %s", registration.name, exc)
+    finally:
+        _pools_close(registration.name)
+
+
+def registrations_count(*, outcome: str, attempts: int, at: datetime) -> None:
+    """Adds attempts to the database's registration counter (in the caller's transaction)."""
+    from django.db.models import F
+
+    from orchestrator.infra.models import EndpointRegistration
+
+    EndpointRegistration.objects.get_or_create(outcome=outcome)
+    EndpointRegistration.objects.filter(outcome=outcome).update(attempts=F("attempts") + attempts, last_at=at)
+
+
+def _pools_close(name: str) -> None:
+    from orchestrator.infra.dbpool import pools_close
+
+    # This main process forks the pool children (at start, and to replace one that died or
+    # was recycled). A pool kept open here between beats would be inherited by them, its
+    # sockets shared (dbpool.py): one new connection per beat is cheaper than that risk,
+    # and a connection broken by a database restart is never reused.
+    try:
+        pools_close()
+    except Exception as exc:
+        logger.warning("worker heartbeat %s: database pool not closed: %s", name, exc)
+
+
 def _write(name: str, *, prune: bool = False) -> None:
     from django.utils import timezone
 
-    from orchestrator.infra.dbpool import pools_close
     from orchestrator.infra.models import Heartbeat
 
+    pending = _registration
+    if pending is not None and pending.name == name and not pending.done:
+        _register(pending)
     try:
         heartbeat(name)
         if prune:
@@ -51,14 +142,7 @@ def _write(name: str, *, prune: bool = False) -> None:
     except Exception as exc:  # the database may be down; the next beat tries again
         logger.warning("worker heartbeat %s not written: %s", name, exc)
     finally:
-        # This main process forks the pool children (at start, and to replace one that died or
-        # was recycled). A pool kept open here between beats would be inherited by them, its
-        # sockets shared (dbpool.py): one new connection per beat is cheaper than that risk,
-        # and a connection broken by a database restart is never reused.
-        try:
-            pools_close()
-        except Exception as exc:
-            logger.warning("worker heartbeat %s: database pool not closed: %s", name, exc)
+        _pools_close(name)
 
 
 def _forget(name: str) -> None:

@@ -1,4 +1,5 @@
-"""Records of infrastructure every app shares: API idempotency and process heartbeats.
+"""Records of infrastructure every app shares: API idempotency, process heartbeats and worker
+registrations.
 
 Both tables were created by the engine app's first migrations; they kept their names when the
 models moved here (migrations 0001 of infra and 0005 of the engine move only Django's state)."""
@@ -39,9 +40,32 @@ class Heartbeat(models.Model):
     # "beat", or "worker:<celery hostname>" (one row per worker, see heartbeats.py).
     name = models.CharField(max_length=200, primary_key=True)
     at = models.DateTimeField()
+    # Written once by a worker when it is fully started (heartbeats.worker_registered), for the
+    # dalp.ddwf metrics: when, how long it took from telemetry setup, and how many workflow kinds
+    # it serves on the queues it consumes. Null for beat, and for a worker not registered yet.
+    started_at = models.DateTimeField(null=True, blank=True)
+    startup_ms = models.PositiveIntegerField(null=True, blank=True)
+    services_bound = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         db_table = "orchestrator_heartbeat"
 
     def __str__(self) -> str:
         return f"{self.name} at {self.at:%H:%M:%S}"
+
+
+class EndpointRegistration(models.Model):
+    """How many times workers tried to register at start (dalp.ddwf.endpoint.registrations), per
+    outcome. A counter kept in the database, one row per outcome, so it only goes up, whichever
+    workers come and go, and every process reads the same number."""
+
+    class Outcome(models.TextChoices):
+        OK = "ok", "OK"
+        FAILED = "failed", "Failed"
+
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, primary_key=True)
+    attempts = models.PositiveBigIntegerField(default=0)
+    last_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.outcome}: {self.attempts}"
