@@ -4,13 +4,18 @@ starts. No worker picks them up."""
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from orchestrator.infra.broker import queue_depth, queues_purge
 from relayer.keys import key_manager
+from relayer.models import RelayTransaction
 from relayer.services import lanes
+from relayer.services.batches import relay_batches_orphaned
 from relayer.services.requests import relay_request
+from tests.factories import ChainFactory
 from tests.support.relays import RECEIVER, closed_url, make_chain
 
 
@@ -44,4 +49,26 @@ def test_a_batch_freeing_its_lane_kicks_it_only_if_a_request_is_waiting() -> Non
         assert queue_depth("relay") == 1
     finally:
         lanes.lane_kick_started(chain_id=chain.pk)
+        queues_purge()
+
+
+@pytest.mark.django_db
+def test_the_orphan_check_kicks_one_lane_per_chain_however_many_requests_wait() -> None:
+    # The model orders by -created_at; under that ordering DISTINCT chain_id was one row per
+    # request, and the monitor sent 26 kicks for one chain.
+    queues_purge()
+    chains = [make_chain(closed_url()), ChainFactory.create(chain_id=31338, rpc_url=closed_url())]
+    signer = key_manager().create_key(purpose="relayer")
+    try:
+        for chain in chains:
+            for n in range(13):
+                relay_request(signer=signer, chain=chain, to=RECEIVER, idempotency_key=f"k-{chain.pk}-{n}")
+        for n, pk in enumerate(RelayTransaction.objects.values_list("pk", flat=True)):
+            RelayTransaction.objects.filter(pk=pk).update(created_at=timezone.now() - timedelta(minutes=5, seconds=n))
+        assert relay_batches_orphaned(older_than=60) == 2
+        assert queue_depth("relay") == 2
+        assert relay_batches_orphaned(older_than=600) == 0  # none waited that long
+    finally:
+        for chain in chains:
+            lanes.lane_kick_started(chain_id=chain.pk)
         queues_purge()
