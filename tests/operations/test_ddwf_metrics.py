@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from orchestrator.celery import QUEUES, app
 from orchestrator.engine.definition import registry
 from orchestrator.engine.models import Phase, WorkflowRun
-from orchestrator.infra import telemetry_metrics
+from orchestrator.infra import heartbeats, telemetry_metrics
 from orchestrator.infra.heartbeats import registrations_count, worker_registered
 from orchestrator.infra.metrics import COLLECTORS
 from orchestrator.infra.models import EndpointRegistration, Heartbeat
@@ -141,6 +141,23 @@ def test_a_worker_registering_writes_its_row_and_counts_once() -> None:
     got = ddwf(scrape())
     assert got[("dalp_ddwf_services_bound", (("worker", "w2@host"),))] == len(registry.kinds())
     assert got[("dalp_ddwf_endpoint_registrations_total", (("outcome", "ok"),))] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_registration_is_retried_by_the_next_heartbeat_and_counted_as_failed() -> None:
+    # A hostname longer than the column: PostgreSQL refuses the row, as it would when down.
+    worker_registered(SimpleNamespace(app=app, hostname="h" * 300))
+    assert not EndpointRegistration.objects.exists() and not Heartbeat.objects.exists()
+    pending = heartbeats._registration
+    assert pending is not None and pending.failures == 1 and not pending.done
+
+    pending.name = "worker:w4@host"  # the database takes it now
+    heartbeats._write(pending.name)  # what the heartbeat timer runs
+    assert pending.done
+    assert dict(EndpointRegistration.objects.values_list("outcome", "attempts")) == {"ok": 1, "failed": 1}
+    assert Heartbeat.objects.get(name="worker:w4@host").started_at is not None
+    heartbeats._write(pending.name)  # registered once, whatever the beats after
+    assert EndpointRegistration.objects.get(outcome="ok").attempts == 1
 
 
 def test_services_bound_counts_the_kinds_on_the_queues_a_worker_consumes() -> None:
