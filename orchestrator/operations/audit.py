@@ -21,13 +21,14 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta
 
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
+from django.db.models import QuerySet
 from django.utils.dateparse import parse_date, parse_datetime
 
 from approvals.models import Approval
 from orchestrator.engine.models import WorkflowTransition
 from orchestrator.infra.errors import DomainError
 
-FORMATS = ("csv", "json")
+FORMATS = ("csv", "json", "jsonl")
 ADMIN_ACTIONS = {ADDITION: "added", CHANGE: "changed", DELETION: "deleted"}
 
 
@@ -79,15 +80,31 @@ def _start_of(day: date) -> datetime:
 
 def audit_entries(*, since: datetime, until: datetime) -> Iterator[AuditEntry]:
     """Every audit entry with since <= at < until, oldest first, streamed from the database."""
-    return heapq.merge(_transitions(since, until), _approvals(since, until), _admin(since, until), key=lambda e: e.at)
-
-
-def _transitions(since: datetime, until: datetime) -> Iterator[AuditEntry]:
-    rows = (
-        WorkflowTransition.objects.filter(created_at__gte=since, created_at__lt=until)
-        .select_related("run")
-        .order_by("created_at", "id")
+    return audit_entries_of(
+        transitions=WorkflowTransition.objects.filter(created_at__gte=since, created_at__lt=until),
+        approvals=Approval.objects.filter(decided_at__gte=since, decided_at__lt=until),
+        admin=LogEntry.objects.filter(action_time__gte=since, action_time__lt=until),
     )
+
+
+def audit_entries_of(
+    *,
+    transitions: QuerySet[WorkflowTransition] | None = None,
+    approvals: QuerySet[Approval] | None = None,
+    admin: QuerySet[LogEntry] | None = None,
+) -> Iterator[AuditEntry]:
+    """The entries of the given rows (none of a source left out), oldest first: what retention
+    exports, exactly the rows it then deletes."""
+    return heapq.merge(
+        _transitions(transitions if transitions is not None else WorkflowTransition.objects.none()),
+        _approvals(approvals if approvals is not None else Approval.objects.none()),
+        _admin(admin if admin is not None else LogEntry.objects.none()),
+        key=lambda e: e.at,
+    )
+
+
+def _transitions(selected: QuerySet[WorkflowTransition]) -> Iterator[AuditEntry]:
+    rows = selected.select_related("run").order_by("created_at", "id")
     for t in rows.iterator(chunk_size=2000):
         yield AuditEntry(
             at=t.created_at,
@@ -100,12 +117,8 @@ def _transitions(since: datetime, until: datetime) -> Iterator[AuditEntry]:
         )
 
 
-def _approvals(since: datetime, until: datetime) -> Iterator[AuditEntry]:
-    rows = (
-        Approval.objects.filter(decided_at__gte=since, decided_at__lt=until)
-        .select_related("proposal", "approver")
-        .order_by("decided_at", "id")
-    )
+def _approvals(selected: QuerySet[Approval]) -> Iterator[AuditEntry]:
+    rows = selected.select_related("proposal", "approver").order_by("decided_at", "id")
     for a in rows.iterator(chunk_size=2000):
         yield AuditEntry(
             at=a.decided_at,
@@ -118,12 +131,8 @@ def _approvals(since: datetime, until: datetime) -> Iterator[AuditEntry]:
         )
 
 
-def _admin(since: datetime, until: datetime) -> Iterator[AuditEntry]:
-    rows = (
-        LogEntry.objects.filter(action_time__gte=since, action_time__lt=until)
-        .select_related("user", "content_type")
-        .order_by("action_time", "id")
-    )
+def _admin(selected: QuerySet[LogEntry]) -> Iterator[AuditEntry]:
+    rows = selected.select_related("user", "content_type").order_by("action_time", "id")
     for e in rows.iterator(chunk_size=2000):
         kind = e.content_type.name if e.content_type else "object"
         yield AuditEntry(
@@ -168,8 +177,15 @@ def audit_json(entries: Iterator[AuditEntry]) -> Iterator[str]:
     yield "\n]\n"
 
 
+def audit_jsonl(entries: Iterator[AuditEntry]) -> Iterator[str]:
+    """JSON lines: one entry object per line, the same fields as the other formats (what
+    retention writes before it deletes, docs/operations.md, "Retention")."""
+    for entry in entries:
+        yield json.dumps(_row(entry)) + "\n"
+
+
 def audit_export(*, since: datetime, until: datetime, format: str) -> Iterator[str]:
     if format not in FORMATS:
         raise BadAuditRange(f"format must be one of {', '.join(FORMATS)}")
     entries = audit_entries(since=since, until=until)
-    return audit_csv(entries) if format == "csv" else audit_json(entries)
+    return {"csv": audit_csv, "json": audit_json, "jsonl": audit_jsonl}[format](entries)

@@ -30,7 +30,7 @@ VIEW_RUNS = "orchestrator.view_workflowrun"
 OPERATE_RUNS = "orchestrator.change_workflowrun"
 VIEW_AUDIT = "orchestrator.view_workflowtransition"
 REFRESH_SECONDS = 15
-CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "json": "application/json"}
+CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "json": "application/json", "jsonl": "application/x-ndjson"}
 
 
 def _require(request: HttpRequest, permission: str) -> None:

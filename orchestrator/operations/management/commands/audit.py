@@ -1,4 +1,4 @@
-"""./manage.py audit export --since DATE [--until DATE] [--format csv|json] [--output FILE]"""
+"""./manage.py audit export --since DATE [--until DATE] [--format csv|json|jsonl] [--output FILE]"""
 
 from __future__ import annotations
 
