@@ -336,6 +336,9 @@ def test_beat_exports_what_a_real_worker_registered_over_otlp(
     assert "/v1/metrics" in receiver.paths  # from beat alone: the worker exports no metrics
     assert resource["service.name"] == "orchestrator-beat-test"
     assert set(points) == INSTRUMENTS
+    # The row the worker registered is the one its heartbeat keeps fresh.
+    workers_seen = Heartbeat.objects.filter(name__startswith="worker:").values_list("name", flat=True)
+    assert list(workers_seen) == [registered.name]
     hostname = registered.name.removeprefix("worker:")
     assert points["dalp.ddwf.endpoint.registrations"][(("outcome", "ok"),)] == 1
     assert points["dalp.ddwf.services.bound"] == {(("worker", hostname),): workflow_services(QUEUES)}
