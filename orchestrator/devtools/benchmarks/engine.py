@@ -94,7 +94,7 @@ def _finish_time(system: Bare | Engine, key: str) -> float:
     return done[key]
 
 
-def _measure(system: Bare | Engine, *, sequential: int, burst: int, progress: Callable[[str], Any]) -> Measure:
+def measure(system: Bare | Engine, *, sequential: int, burst: int, progress: Callable[[str], Any]) -> Measure:
     latencies: list[float] = []
     for _ in range(sequential):
         started = time.time()
@@ -115,23 +115,31 @@ def _measure(system: Bare | Engine, *, sequential: int, burst: int, progress: Ca
     return Measure(system.name, latencies, burst, elapsed)
 
 
-def run(*, sequential: int, burst: int, concurrency: int, out: Callable[[str], Any]) -> None:
+def run(*, sequential: int, burst: int, concurrency: int, out: Callable[[str], Any], tracing_rounds: int = 3) -> None:
     common.require_real_services()
     out(f"bench engine: {STEPS}-step no-op workflow vs a bare chain of {STEPS} no-op tasks")
     out(f"one worker, prefork concurrency={concurrency}; {sequential} sequential runs, bursts of {burst}")
     with common.worker(name="engine", concurrency=concurrency):
         # Warm both paths (imports, connections) before timing anything.
-        _measure(Bare(), sequential=5, burst=10, progress=lambda _: None)
-        _measure(Engine(), sequential=5, burst=10, progress=lambda _: None)
-        bare = _measure(Bare(), sequential=sequential, burst=burst, progress=out)
-        engine = _measure(Engine(), sequential=sequential, burst=burst, progress=out)
+        measure(Bare(), sequential=5, burst=10, progress=lambda _: None)
+        measure(Engine(), sequential=5, burst=10, progress=lambda _: None)
+        bare = measure(Bare(), sequential=sequential, burst=burst, progress=out)
+        engine = measure(Engine(), sequential=sequential, burst=burst, progress=out)
     # For reference: the same engine with every step sent through the broker.
     with common.worker(name="engine-hop", concurrency=concurrency, env={"WORKFLOW_INLINE_STEPS": "0"}):
-        _measure(Engine(), sequential=5, burst=10, progress=lambda _: None)
-        hop = _measure(Engine(), sequential=sequential, burst=burst, progress=out)
+        measure(Engine(), sequential=5, burst=10, progress=lambda _: None)
+        hop = measure(Engine(), sequential=sequential, burst=burst, progress=out)
         hop.name = "engine, broker hop per step"
     out("")
     common.table([bare.row(), engine.row(), hop.row()], out)
+    traced: dict[str, float] = {}
+    if tracing_rounds:
+        from orchestrator.devtools.benchmarks import engine_tracing  # it imports this module
+
+        per_round = max(1, sequential // 4), max(1, burst // 4)
+        traced = engine_tracing.run(
+            rounds=tracing_rounds, sequential=per_round[0], burst=per_round[1], concurrency=concurrency, out=out
+        )
     ratio = engine.steps_per_s / bare.steps_per_s
     engine_p50 = common.percentile(engine.latencies_ms, 50)
     bare_p50 = common.percentile(bare.latencies_ms, 50)
@@ -152,6 +160,7 @@ def run(*, sequential: int, burst: int, concurrency: int, out: Callable[[str], A
                 "bare_p50_ms": bare_p50,
                 "bare_p99_ms": common.percentile(bare.latencies_ms, 99),
                 "hop_per_step_throughput_ratio": hop.steps_per_s / bare.steps_per_s,
+                **traced,
             },
         )
     )

@@ -19,6 +19,12 @@ class Command(BaseCommand):
         engine.add_argument("--sequential", type=int, default=200, help="Runs timed one at a time.")
         engine.add_argument("--burst", type=int, default=1000, help="Runs started at once.")
         engine.add_argument("--concurrency", type=int, default=2, help="Worker processes.")
+        engine.add_argument(
+            "--tracing-rounds",
+            type=int,
+            default=3,
+            help="Rounds of the tracing overhead measure (off, then on; a quarter of the runs each); 0 skips it.",
+        )
 
         relayer = sub.add_parser("relayer", help="Relayer path vs a bare web3.py send loop on anvil.")
         relayer.add_argument("--count", type=int, default=300, help="Transactions per case.")
@@ -55,6 +61,16 @@ class Command(BaseCommand):
         triggers.add_argument("--interval", type=int, default=30, help="Seconds between firings of one subscription.")
         triggers.add_argument("--registered", type=int, default=100_000, help="Registered, for the dispatch cost.")
         triggers.add_argument("--due", type=int, default=1000, help="Due among them, for the dispatch cost.")
+        triggers.add_argument(
+            "--prune-old",
+            type=int,
+            default=1_000_000,
+            help="Old firings retention prunes during the retention case (0: no such case).",
+        )
+        triggers.add_argument(
+            "--prune-subscriptions", type=int, default=1000, help="Subscriptions dispatched in the retention case."
+        )
+        triggers.add_argument("--prune-only", action="store_true", help="Only the retention case.")
 
         soak = sub.add_parser(
             "soak", help="`manage.py up` on the embedded default, used as people would for N minutes."
@@ -80,6 +96,7 @@ class Command(BaseCommand):
                 burst=options["burst"],
                 concurrency=options["concurrency"],
                 out=self.stdout.write,
+                tracing_rounds=options["tracing_rounds"],
             )
         elif name == "relayer":
             from orchestrator.devtools.benchmarks import relayer
@@ -110,6 +127,9 @@ class Command(BaseCommand):
                 registered=options["registered"],
                 due=options["due"],
                 out=self.stdout.write,
+                prune_old=options["prune_old"],
+                prune_subscriptions=options["prune_subscriptions"],
+                prune_only=options["prune_only"],
             )
         elif name == "soak":
             from orchestrator.devtools.benchmarks import soak
