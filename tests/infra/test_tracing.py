@@ -5,13 +5,17 @@ receiver running in this process (orchestrator/devtools/otlp_receiver.py)."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from opentelemetry import trace
 
@@ -53,6 +57,25 @@ def test_without_otel_variables_tracing_is_off_and_no_sdk_provider_is_installed(
         assert current is trace.INVALID_SPAN and not current.is_recording()
 
 
+def test_a_web_process_started_without_otel_variables_loads_no_tracing_sdk() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    probe = (
+        "import sys, weakref, orchestrator.wsgi\n"
+        "from celery import signals\n"
+        "from opentelemetry import trace\n"
+        "from orchestrator.infra import tracing\n"
+        "refs = [r[1] for r in signals.task_prerun.receivers]\n"
+        "handlers = [r() if isinstance(r, weakref.ReferenceType) else r for r in refs]\n"
+        "print(type(trace.get_tracer_provider()).__name__, 'opentelemetry.sdk.trace' in sys.modules,\n"
+        "      tracing._task_started in handlers)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ProxyTracerProvider", "False", "False"]
+
+
 def test_the_otel_variables_decide_whether_traces_are_exported() -> None:
     endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
     assert tracing.tracing_wanted(endpoint)
@@ -86,9 +109,10 @@ def receiver() -> Iterator[OtlpReceiver]:
     running.stop()
 
 
-def otel_env(receiver: OtlpReceiver) -> dict[str, str]:
-    # A short batch delay: the test waits for spans, not for the default five seconds.
-    return {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+def otel_env(receiver: OtlpReceiver, *, delay_ms: int = 200) -> dict[str, str]:
+    # The batch processor's delay: short, so a test need not wait the default five seconds; or
+    # longer than the test, so the spans arrive only if the processes flush as they stop.
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": str(delay_ms)}
 
 
 def named(spans: list[ReceivedSpan], name: str) -> list[ReceivedSpan]:
@@ -134,12 +158,15 @@ def test_one_trace_links_the_feed_request_the_flow_a_steps_and_the_relay_phases(
 ) -> None:
     chain = make_chain(anvils.start(), poll_interval=0.1)
     setup = bootstrapped_vault(chain)
-    workers.start(extra_env={**RELAY_ENV, **otel_env(receiver)})
+    # Nothing is exported before the processes stop: the pool children's worker_process_shutdown
+    # and gunicorn's worker exit must flush what they hold.
+    held = otel_env(receiver, delay_ms=600_000)
+    workers.start(extra_env={**RELAY_ENV, **held})
     port = free_port()
     web = processes.web_server(
         port=port,
         log_path=ARTIFACTS / "logs" / f"web-traces-{port}.log",
-        env={**worker_env, **otel_env(receiver)},
+        env={**worker_env, **held},
         workers=1,
         threads=4,
     )
@@ -164,8 +191,10 @@ def test_one_trace_links_the_feed_request_the_flow_a_steps_and_the_relay_phases(
             interval=0.2,
             message="Flow A's run to complete",
         )
+        assert receiver.snapshot() == []  # all held in the processes' batch processors
     finally:
-        web.stop()  # gunicorn's worker exits normally: what it buffered is exported
+        web.stop()
+        workers.stop_all()
 
     request_span = wait_until(
         lambda: next((s for s in receiver.snapshot() if s.kind == SERVER and "v1/feeds" in s.name), None),
