@@ -7,6 +7,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import models
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -86,6 +87,7 @@ class AlertAdmin(ReadOnlyAdmin):
     list_filter = ("state", "rule")
     search_fields = ("key", "summary")
     inlines = (DeliveryInline,)
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     @admin.display(description="state", ordering="state")
     def state_badge(self, alert: Alert) -> str:
