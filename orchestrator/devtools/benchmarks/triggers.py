@@ -14,11 +14,13 @@ times in the window (up to 5 s before the end) that never reached the executor. 
 hooks the executor received more than once, plus due times fired twice (the baseline's task
 counts the unique-key collisions it meets). Finally, the dispatcher's cost with 100,000
 subscriptions registered, of which 1,000 are due (and with 1,000 and 10,000 registered, to
-show it does not grow with the table)."""
+show it does not grow with the table). With --prune-old, the retention case (triggers_prune.py):
+dispatch lateness while retention prunes that many old firings, against none pruning."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections import Counter
@@ -31,6 +33,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 from eth_account import Account
@@ -40,7 +43,7 @@ from orchestrator.automations.services.configs import config_create, executor_re
 from orchestrator.automations.services.firings import intervals_dispatch
 from orchestrator.automations.typed_data import kernel_action_sign
 from orchestrator.devtools import processes
-from orchestrator.devtools.benchmarks import common
+from orchestrator.devtools.benchmarks import common, triggers_prune
 from orchestrator.devtools.benchmarks.executor import SkipExecutor
 from orchestrator.devtools.benchmarks.tasks import BASELINE_DUPLICATES_KEY
 from orchestrator.operations.schedules import ensure_periodic_tasks
@@ -60,6 +63,8 @@ class Case:
     duplicated: int = 0
     lateness_ms: list[float] | None = None
     seconds: float = 0.0
+    # (due time in seconds after the first due time, lateness ms) of every delivered firing.
+    samples: list[tuple[float, float]] | None = None
 
     def row(self) -> dict[str, Any]:
         late = self.lateness_ms or []
@@ -145,6 +150,9 @@ def _measure(
         )
     )
     late = [(first[rid] - when.timestamp()) * 1000 for rid, when in due.items() if rid in first]
+    case.samples = [
+        (when.timestamp() - began, (first[rid] - when.timestamp()) * 1000) for rid, when in due.items() if rid in first
+    ]
     case.expected = _expected(starts, interval, until)
     case.delivered = len(late)
     case.duplicated += sum(c - 1 for rid, c in counts.items() if rid in due and c > 1)
@@ -161,7 +169,10 @@ def _run_case(
     interval: int,
     executor: SkipExecutor,
     out: Callable[[str], Any],
+    alongside: Callable[[datetime, datetime], Any] | None = None,
 ) -> Case:
+    """One case. `alongside(first due time, end)`, if given, runs in a thread from the first due
+    time on (the pruner of bench triggers --prune-old); the case waits for it to return."""
     _clean()
     ensure_periodic_tasks()
     # Time to create the rows and start the worker and beat before the first due time.
@@ -180,8 +191,11 @@ def _run_case(
         beat.start().wait_ready(timeout=120)
         try:
             end = t0 + timedelta(seconds=duration)
+            companion = _start_alongside(alongside, t0, end)
             while timezone.now() < end:
                 time.sleep(1)
+            if companion is not None:
+                companion.join()
         finally:
             beat.stop()
         time.sleep(GRACE.total_seconds())  # let the last calls land
@@ -190,6 +204,24 @@ def _run_case(
     _measure(case, subs, starts, interval, end - GRACE, executor, t0.timestamp())
     PeriodicTask.objects.filter(name="automation dispatch").update(enabled=True)
     return case
+
+
+def _start_alongside(
+    alongside: Callable[[datetime, datetime], Any] | None, t0: datetime, end: datetime
+) -> threading.Thread | None:
+    if alongside is None:
+        return None
+
+    def run() -> None:
+        time.sleep(max((t0 - timezone.now()).total_seconds(), 0))
+        try:
+            alongside(t0, end)
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=run, name="bench-alongside", daemon=True)
+    thread.start()
+    return thread
 
 
 def _periodic_tasks(subs: list[Subscription], starts: list[datetime], interval: int) -> None:
@@ -234,6 +266,9 @@ def run(
     registered: int,
     due: int,
     out: Callable[[str], Any],
+    prune_old: int = 0,
+    prune_subscriptions: int = 1000,
+    prune_only: bool = False,
 ) -> None:
     common.require_real_services()
     logging.getLogger("orchestrator.automations").setLevel(logging.WARNING)  # one line per batch: noise here
@@ -245,11 +280,31 @@ def run(
     record = Path(settings.VAR_DIR) / f"bench-triggers-{uuid.uuid4().hex[:6]}.calls"
     out(f"executor: skip-only, asyncio, own process, port {port}; worker: 2 processes on 'triggers'")
     cases = []
+    prune_rows: list[dict[str, Any]] = []
+    prune_figures: dict[str, Any] = {}
     with SkipExecutor(port=port, hmac_key=hmac_key, record=record) as executor:
-        for n in sizes:
+        for n in [] if prune_only else sizes:
             for system in ("ours", "baseline"):
                 cases.append(_run_case(system, config, n, duration, interval, executor, out))
                 out("    " + "  ".join(f"{k}={common._fmt(v)}" for k, v in cases[-1].row().items()))
+        if prune_old:
+            prune_rows, prune_figures = triggers_prune.run_case(
+                run_case=_run_case,
+                config=config,
+                n=prune_subscriptions,
+                old=prune_old,
+                duration=duration,
+                interval=interval,
+                executor=executor,
+                out=out,
+            )
+    if prune_only:
+        _clean()
+        record.unlink(missing_ok=True)
+        out("")
+        common.table(prune_rows, out)
+        out(common.result_line("triggers_prune", prune_figures))
+        return
     out("dispatch cost (one dispatcher call, deliveries not sent):")
     costs = {size: _dispatch_cost(config, size, due) for size in sorted({due, 10 * due, registered})}
     _clean()
@@ -258,6 +313,9 @@ def run(
     common.table([c.row() for c in cases], out)
     out("")
     common.table([{"registered": k, "due": due, "dispatch ms": v} for k, v in costs.items()], out)
+    if prune_rows:
+        out("")
+        common.table(prune_rows, out)
     largest = max(sizes)
     ours = next(c for c in cases if c.system == "ours" and c.n == largest).row()
     base = next(c for c in cases if c.system == "baseline" and c.n == largest).row()
@@ -275,6 +333,7 @@ def run(
                 "baseline_missed": base["missed"],
                 "baseline_duplicated": base["duplicated"],
                 f"dispatch_ms_{registered}_registered_{due}_due": costs[registered],
+                **{f"prune_{k}": v for k, v in prune_figures.items()},
             },
         )
     )
