@@ -42,6 +42,7 @@ from orchestrator.operations.models import (
 
 logger = logging.getLogger("orchestrator.operations.alerts")
 
+
 class WebhookRefused(Exception):
     """The receiver answered with a status other than 2xx."""
 

@@ -66,6 +66,7 @@ def alerts_apply(*, rule: str, result: RuleResult, now: datetime, outcome: Evalu
     outcome = outcome or Evaluation()
     firing = {a.key: a for a in Alert.objects.filter(rule=rule, state=AlertState.FIRING)}
     seen: set[str] = set()
+    still: list[int] = []
     for condition in result.conditions:
         if condition.key in seen:
             continue
@@ -73,11 +74,14 @@ def alerts_apply(*, rule: str, result: RuleResult, now: datetime, outcome: Evalu
         alert = firing.get(condition.key)
         if alert is None:
             outcome.fired += alert_fire(condition=condition, now=now)
-            continue
-        changes: dict[str, object] = {"last_seen_at": now}
-        if (alert.summary, alert.link) != (condition.summary, condition.link):
-            changes.update(summary=condition.summary, link=condition.link)
-        Alert.objects.filter(pk=alert.pk, state=AlertState.FIRING).update(**changes)
+        elif (alert.summary, alert.link) != (condition.summary, condition.link):
+            # A new count or balance: the alert says so, nobody is told again.
+            Alert.objects.filter(pk=alert.pk, state=AlertState.FIRING).update(
+                summary=condition.summary, link=condition.link, last_seen_at=now
+            )
+        else:
+            still.append(alert.pk)
+    Alert.objects.filter(pk__in=still, state=AlertState.FIRING).update(last_seen_at=now)
     for key, alert in firing.items():
         if key not in seen and not _undecided(key, result.undecided):
             outcome.resolved += alert_resolve(alert=alert, now=now)
