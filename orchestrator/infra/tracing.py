@@ -97,9 +97,10 @@ def tracing_setup(*, role: str) -> bool:
     return True
 
 
-def tracing_flush(timeout_ms: int = 5000) -> None:
+def tracing_flush() -> None:
+    """Exports what is buffered now (a benchmark between its timed parts)."""
     if _provider is not None:
-        _provider.force_flush(timeout_ms)
+        _provider.force_flush()
 
 
 def tracing_shutdown() -> None:
@@ -109,7 +110,8 @@ def tracing_shutdown() -> None:
 
 
 def tracing_for_celery(app: Celery) -> None:
-    """Connects the per-process setup to the Celery worker's and beat's lifecycle signals."""
+    """Connects the per-process setup to the lifecycle signals of `app`'s workers and beat
+    (Celery's signals are global: the app only names whose they are)."""
     signals.worker_process_init.connect(_worker_child_started, weak=False)
     signals.worker_process_shutdown.connect(_worker_child_ending, weak=False)
     signals.worker_init.connect(_worker_started, weak=False)

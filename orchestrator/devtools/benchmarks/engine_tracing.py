@@ -8,12 +8,16 @@ process, a warming cache) falls on both alike."""
 
 from __future__ import annotations
 
+import os
+import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from orchestrator.devtools.benchmarks import common
 from orchestrator.devtools.benchmarks.engine import STEPS, Engine, Measure, measure
 from orchestrator.devtools.otlp_receiver import OtlpReceiver
+from orchestrator.infra import tracing
 
 
 def _env(receiver: OtlpReceiver, traced: bool) -> dict[str, str]:
@@ -25,6 +29,36 @@ def _env(receiver: OtlpReceiver, traced: bool) -> dict[str, str]:
         "OTEL_EXPORTER_OTLP_ENDPOINT": "",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{receiver.endpoint}/v1/traces" if traced else "",
     }
+
+
+def _span_cost_us(receiver: OtlpReceiver, *, batches: int = 10, per_batch: int = 1000) -> tuple[float, float]:
+    """What a step's span costs where it is made, without the noise of a whole run: the mean CPU
+    time of `tracing.span` with a step's attributes, off (no provider, the default here) and on
+    (this process's provider, exporting to the receiver). Each batch fits the batch processor's
+    queue and is flushed untimed, so no span is dropped. Last, since it turns tracing on here."""
+    attributes = tracing.step_attributes(
+        kind="engine.noop", run_id=uuid.uuid4(), step="s", attempt=1, compensating=False
+    )
+
+    def timed() -> float:
+        total = 0.0
+        for _ in range(batches):
+            started = time.thread_time()
+            for _ in range(per_batch):
+                with tracing.span("engine.noop/s", attributes=attributes):
+                    pass
+            total += time.thread_time() - started
+            if tracing.tracing_on():
+                tracing.tracing_flush()
+        return total / (batches * per_batch) * 1e6
+
+    off = timed()
+    os.environ.update(_env(receiver, True))
+    tracing.tracing_setup(role="bench")
+    try:
+        return off, timed()
+    finally:
+        tracing.tracing_shutdown()
 
 
 def run(*, rounds: int, sequential: int, burst: int, concurrency: int, out: Callable[[str], Any]) -> dict[str, float]:
@@ -52,6 +86,7 @@ def run(*, rounds: int, sequential: int, burst: int, concurrency: int, out: Call
                     f"  round {n + 1}, tracing {label}: p50 {common.percentile(taken.latencies_ms, 50):.2f} ms, "
                     f"{taken.steps_per_s:.0f} steps/s"
                 )
+        span_cost = _span_cost_us(receiver)
     finally:
         receiver.stop()
     rows: list[dict[str, Any]] = []
@@ -79,5 +114,8 @@ def run(*, rounds: int, sequential: int, burst: int, concurrency: int, out: Call
     overhead = figures["tracing_on_p50_ms"] / figures["tracing_off_p50_ms"] - 1
     throughput = figures["tracing_on_steps_per_s"] / figures["tracing_off_steps_per_s"]
     out(f"tracing overhead: p50 latency {overhead:+.1%}, throughput on/off {throughput:.2f}")
+    off_us, on_us = span_cost
+    out(f"one step's span in this process: {off_us:.2f} µs with tracing off, {on_us:.2f} µs on (CPU of its thread)")
+    figures |= {"tracing_span_off_us": off_us, "tracing_span_on_us": on_us}
     figures |= {"tracing_overhead": overhead, "tracing_throughput_ratio": throughput, "tracing_spans": exported[True]}
     return figures
