@@ -22,6 +22,7 @@ from orchestrator.infra.models import IdempotencyRecord
 from orchestrator.operations.audit import audit_entries_of
 from orchestrator.operations.retention import retention_prune
 from orchestrator.operations.schedules import fixed_schedule
+from tests.factories import UserFactory
 from tests.operations import retention_rows as rows
 from tests.operations.retention_rows import days_ago, ids
 
@@ -191,3 +192,13 @@ def test_the_jsonl_export_has_one_entry_per_line(world: dict[str, Any]) -> None:
 def test_beat_runs_the_pruner(settings: Any) -> None:
     task, every, queue = fixed_schedule()["retention prune"]
     assert (task, every, queue) == ("operations.retention_prune", settings.RETENTION_PRUNE_SECONDS, "workflows")
+
+
+def test_the_admin_export_offers_json_lines(world: dict[str, Any], client: Any) -> None:
+    client.force_login(UserFactory.create(superuser=True))
+    response = client.get("/admin/operations/audit/", {"since": days_ago(600).date().isoformat(), "format": "jsonl"})
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/x-ndjson"
+    assert response["Content-Disposition"].endswith('.jsonl"')
+    lines = b"".join(response.streaming_content).decode().splitlines()
+    assert len(lines) == WorkflowTransition.objects.count() + Approval.objects.count() + LogEntry.objects.count()
