@@ -66,10 +66,12 @@ class Pruned:
     deleted: dict[str, int] = field(default_factory=dict)
     exported_files: int = 0
     more_left: list[str] = field(default_factory=list)
+    not_reached: list[str] = field(default_factory=list)  # the run's time was up before them
     busy: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, int]:
-        return {**self.deleted, "audit_files": self.exported_files, "more_left": len(self.more_left)}
+        left = len(self.more_left) + len(self.not_reached)
+        return {**self.deleted, "audit_files": self.exported_files, "more_left": left}
 
 
 def _cutoff(days: int, now: datetime) -> datetime | None:
@@ -104,12 +106,18 @@ def retention_prune(
         cutoff = _cutoff(days, now)
         if cutoff is None:
             continue
+        if budget.spent(0):
+            result.not_reached.append(name)
+            continue
         result.deleted[name], finished = prune(cutoff)
         if not finished:
             result.more_left.append(name)
     audit_cutoff = _cutoff(settings.RETENTION_AUDIT_DAYS, now)
     if audit_cutoff is not None:
         for source in AUDIT_SOURCES:
+            if budget.spent(0):
+                result.not_reached.append(f"audit_{source.name}")
+                continue
             deleted, files, state = _audit(source, audit_cutoff, batch, budget, pause)
             result.deleted[f"audit_{source.name}"] = deleted
             result.exported_files += files
@@ -118,11 +126,12 @@ def retention_prune(
             elif state == "more":
                 result.more_left.append(f"audit_{source.name}")
     logger.info(
-        "retention: deleted %s; %d audit files written; %.1f s%s%s",
+        "retention: deleted %s; %d audit files written; %.1f s%s%s%s",
         " ".join(f"{k}={v}" for k, v in result.deleted.items()) or "nothing (every period is 0)",
         result.exported_files,
         time.monotonic() - began,
         f"; more left in {', '.join(result.more_left)}" if result.more_left else "",
+        f"; time was up before {', '.join(result.not_reached)}" if result.not_reached else "",
         f"; audit {', '.join(result.busy)} skipped: another pruner is exporting" if result.busy else "",
     )
     return result

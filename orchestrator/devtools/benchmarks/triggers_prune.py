@@ -1,13 +1,13 @@
 """`bench triggers`, the retention case: INTERVAL dispatch lateness while retention prunes a
-million old firings, against the same dispatch on the same table without pruning, back to back.
+million old firings, against the same dispatch on the same table without pruning, interleaved.
 
 The old firings (1,000,000 by default, `--prune-old`) are older than RETENTION_FIRINGS_DAYS and
 final (skipped), of a cancelled subscription of their own; one INSERT ... SELECT from
 generate_series per 100,000 writes them, then VACUUM ANALYZE, as an old table would be. Then the
-`ours` case of bench triggers runs twice with the same subscriptions and duration: first with the
-old rows in place and nothing pruning ("no pruning"), then with retention_prune (its settings'
-batch and pause) running from the first due time until it has deleted them ("pruning"). Both are
-compared over the firings due while the pruner ran, at the same offsets from the first due time."""
+`ours` case of bench triggers runs once, and beside it the pruner alternates: a run of
+retention_prune (its settings' batch and pause) cut to 10 s, then 10 s of rest, until the old
+firings are gone. The firings due in its pruning slots are compared with those due in its rest
+slots: the same subscriptions, workers, table and background load, only the pruner on or off."""
 
 from __future__ import annotations
 
@@ -42,10 +42,11 @@ FROM generate_series(%(first)s, %(last)s) g, LATERAL (SELECT %(newest)s - g * in
 
 @dataclass
 class PruneRun:
-    began: float = 0.0  # seconds after the first due time
-    ended: float = 0.0
+    """The pruner's slots, in seconds after the first due time: when it ran and when it rested."""
+
+    pruning: list[tuple[float, float]] = field(default_factory=list)
+    quiet: list[tuple[float, float]] = field(default_factory=list)
     pruned: int = 0
-    logs: list[str] = field(default_factory=list)
 
 
 def _old_subscription(config: AutomationConfig) -> Subscription:
@@ -84,19 +85,31 @@ def _insert_old(config: AutomationConfig, n: int, out: Callable[[str], Any]) -> 
     return seconds
 
 
-def _pruner(run: PruneRun, n: int) -> Callable[[datetime, datetime], None]:
+def _pruner(run: PruneRun, n: int, slot: float) -> Callable[[datetime, datetime], None]:
+    """Prunes for `slot` seconds, rests for `slot`, and so on until the old firings are gone: the
+    firings due while it rests are the same run's baseline, on the same table, workers and load."""
+
+    def offset(t0: datetime) -> float:
+        return (timezone.now() - t0).total_seconds()
+
     def prune(t0: datetime, end: datetime) -> None:
-        run.began = (timezone.now() - t0).total_seconds()
-        # One run for the whole backlog: the beat task's caps would spread it over hours.
-        result = retention_prune(max_rows=n + 1, max_seconds=3600)
-        run.ended = (timezone.now() - t0).total_seconds()
-        run.pruned = result.deleted.get("firings", 0)
+        while run.pruned < n and timezone.now() < end:
+            began = offset(t0)
+            # A run of the pruner as beat starts it, with only its time cut to the slot.
+            result = retention_prune(max_rows=n + 1, max_seconds=slot)
+            run.pruning.append((began, offset(t0)))
+            run.pruned += result.deleted.get("firings", 0)
+            if not result.deleted.get("firings"):
+                break
+            began = offset(t0)
+            time.sleep(slot)
+            run.quiet.append((began, offset(t0)))
 
     return prune
 
 
-def _window(samples: list[tuple[float, float]], began: float, ended: float) -> list[float]:
-    return [late for due, late in samples if began <= due <= ended]
+def _within(samples: list[tuple[float, float]], slots: list[tuple[float, float]], end: float) -> list[float]:
+    return [late for due, late in samples if due <= end and any(a <= due < b for a, b in slots)]
 
 
 def run_case(
@@ -109,37 +122,37 @@ def run_case(
     interval: int,
     executor: SkipExecutor,
     out: Callable[[str], Any],
+    slot: float = 10.0,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Both cases; returns their table rows and the RESULT figures."""
-    out(f"retention: dispatch of {n} subscriptions with {old} old firings in the table, without then with pruning")
-    insert_s = _insert_old(config, old, out)
-    quiet = run_case("ours", config, n, duration, interval, executor, out)
-    pruning = PruneRun()
-    busy = run_case("ours", config, n, duration, interval, executor, out, alongside=_pruner(pruning, old))
-    _drop_old()
-    end = duration - 5.0  # the cases measure firings due up to 5 s before their end
-    began, ended = pruning.began, min(pruning.ended, end)
-    base = _window(quiet.samples or [], began, ended)
-    pruned = _window(busy.samples or [], began, ended)
-    rows = []
-    for label, case, late in (("no pruning", quiet, base), ("pruning", busy, pruned)):
-        row = case.row()
-        rows.append(
-            {
-                "case": label,
-                "subscriptions": n,
-                "due in window": len(late),
-                "lateness p50 ms": common.percentile(late, 50),
-                "lateness p99 ms": common.percentile(late, 99),
-                "missed": row["missed"],
-                "duplicated": row["duplicated"],
-            }
-        )
-    p99_base, p99_pruning = rows[0]["lateness p99 ms"], rows[1]["lateness p99 ms"]
-    prune_s = pruning.ended - pruning.began
+    """The case; returns its table rows and the RESULT figures."""
     out(
-        f"  pruner: {pruning.pruned} firings deleted in {prune_s:.1f} s ({pruning.pruned / max(prune_s, 1e-9):.0f}/s); "
-        f"window compared: {began:.1f} s to {ended:.1f} s after the first due time"
+        f"retention: dispatch of {n} subscriptions while {old} old firings are pruned, "
+        f"{slot:.0f} s pruning and {slot:.0f} s not, in turn"
+    )
+    insert_s = _insert_old(config, old, out)
+    pruning = PruneRun()
+    case = run_case("ours", config, n, duration, interval, executor, out, alongside=_pruner(pruning, old, slot))
+    _drop_old()
+    end = duration - 5.0  # the case measures firings due up to 5 s before its end
+    quiet = _within(case.samples or [], pruning.quiet, end)
+    busy = _within(case.samples or [], pruning.pruning, end)
+    whole = case.row()
+    rows: list[dict[str, Any]] = [
+        {
+            "slots": label,
+            "seconds": sum(b - a for a, b in slots),
+            "due in them": len(late),
+            "lateness p50 ms": common.percentile(late, 50),
+            "lateness p99 ms": common.percentile(late, 99),
+        }
+        for label, slots, late in (("not pruning", pruning.quiet, quiet), ("pruning", pruning.pruning, busy))
+    ]
+    p99_base, p99_pruning = rows[0]["lateness p99 ms"], rows[1]["lateness p99 ms"]
+    prune_s = rows[1]["seconds"]
+    out(
+        f"  pruner: {pruning.pruned} firings deleted in {prune_s:.1f} s of pruning "
+        f"({pruning.pruned / max(prune_s, 1e-9):.0f}/s) over {len(pruning.pruning)} slots; "
+        f"the whole case: missed={whole['missed']} duplicated={whole['duplicated']}"
     )
     figures = {
         "n": n,
@@ -147,13 +160,14 @@ def run_case(
         "pruned": pruning.pruned,
         "prune_s": prune_s,
         "insert_s": insert_s,
-        "window_s": ended - began,
         "p99_lateness_ms": p99_pruning,
         "baseline_p99_lateness_ms": p99_base,
         "p99_ratio": p99_pruning / p99_base if p99_base else float("nan"),
         "p50_lateness_ms": rows[1]["lateness p50 ms"],
         "baseline_p50_lateness_ms": rows[0]["lateness p50 ms"],
-        "missed": rows[1]["missed"],
-        "duplicated": rows[1]["duplicated"],
+        "samples": len(busy),
+        "baseline_samples": len(quiet),
+        "missed": whole["missed"],
+        "duplicated": whole["duplicated"],
     }
     return rows, figures
