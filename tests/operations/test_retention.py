@@ -202,3 +202,11 @@ def test_the_admin_export_offers_json_lines(world: dict[str, Any], client: Any) 
     assert response["Content-Disposition"].endswith('.jsonl"')
     lines = b"".join(response.streaming_content).decode().splitlines()
     assert len(lines) == WorkflowTransition.objects.count() + Approval.objects.count() + LogEntry.objects.count()
+
+
+def test_the_command_runs_the_pruner_once(world: dict[str, Any], periods: Path) -> None:
+    out = io.StringIO()
+    call_command("retention", "prune", "--max-seconds", "60", stdout=out)
+    assert "firings: 4 deleted" in out.getvalue() and "audit_admin: 2 deleted" in out.getvalue()
+    assert "audit files written: 3" in out.getvalue() and "more left" not in out.getvalue()
+    assert ids(Firing) == world["before"]["firing"] - world["gone"]["firing"]
