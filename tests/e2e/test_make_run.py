@@ -84,6 +84,23 @@ def demo_outcomes(stack: Stack, summary: Summary) -> None:
         assert state and state["transaction"] == entry["outputTxHash"], entry
     safe_demo_outcomes(stack, summary)
     module_demo_outcomes(stack)
+    operations_outcomes(stack)
+
+
+def operations_outcomes(stack: Stack) -> None:
+    """What an operator points Prometheus at: the engine's dalp.ddwf instruments beside the
+    orchestrator_* metrics, with the worker registered and the demo's rebalances counted."""
+    assert re.search(r"Alerts +http://\S+/admin/operations/alert/", stack.text), stack.text[-3000:]
+    metrics = httpx.get(f"{stack.base_url}/metrics", timeout=10, trust_env=False).text
+    assert re.search(r'^dalp_ddwf_endpoint_registrations_total\{outcome="ok"\} [1-9]', metrics, re.M), metrics[:3000]
+    rebalances = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("dalp_ddwf_workflow_completed_total{")
+        and 'workflow_type="vault.rebalance"' in line
+        and 'outcome="success"' in line
+    ]
+    assert rebalances and rebalances[0] >= 1, [line for line in metrics.splitlines() if "dalp_ddwf" in line]
 
 
 def module_demo_outcomes(stack: Stack) -> None:

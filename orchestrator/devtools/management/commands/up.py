@@ -34,6 +34,7 @@ from orchestrator.devtools.devstack.supervisor import Supervisor
 from orchestrator.devtools.processes import ManagedProcess, ProcessFailed
 from orchestrator.infra.config import env_int
 from orchestrator.infra.dbpool import pools_close
+from orchestrator.infra.tracing import tracing_wanted
 
 HOST = "127.0.0.1"
 STEPS = 11
@@ -353,6 +354,9 @@ class Command(BaseCommand):
             ("Policy module", f"{approvers.module_vault}: {web}/admin/vaults/executionintent/"),
             ("Executor", f"example executor subscription {running.executor}"),
             ("Operations", f"{web}/admin/operations/"),
+            ("Alerts", f"{web}/admin/operations/alert/ (add a channel: {web}/admin/operations/notificationchannel/)"),
+            ("Metrics", f"{web}/metrics (Prometheus: orchestrator_*, dalp_ddwf_*; rules in deploy/prometheus/)"),
+            ("Traces", _traces_note()),
             ("Database", running.database),
             ("Broker", running.broker),
             ("Logs", f"{var_dir / 'log'}/ ({', '.join(path.name for path in running.logs)}, up.log)"),
@@ -365,3 +369,10 @@ class Command(BaseCommand):
         for label, value in rows:
             self.stdout.write(f"  {label:<14}{value}")
         self.stdout.write(rule)
+
+
+def _traces_note() -> str:
+    if tracing_wanted(os.environ):
+        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        return f"exported over OTLP to {endpoint}"
+    return "off (set OTEL_EXPORTER_OTLP_ENDPOINT to export them; docs/operations.md, Traces)"
