@@ -9,7 +9,8 @@ from django.core.management.base import BaseCommand, CommandParser
 
 class Command(BaseCommand):
     help = (
-        "Run a benchmark (engine, relayer, flow-a, flow-b, triggers: on PostgreSQL and Redis, `make bench` sets them; "
+        "Run a benchmark (engine, relayer, flow-a, flow-b, triggers, logs: on PostgreSQL and Redis, "
+        "`make bench` sets them; "
         "soak: starts `manage.py up` on the embedded default itself)."
     )
 
@@ -72,6 +73,22 @@ class Command(BaseCommand):
         )
         triggers.add_argument("--prune-only", action="store_true", help="Only the retention case.")
 
+        logs = sub.add_parser(
+            "logs", help="GET /v1/{sub_id}/logs over HTTP: one subscription with 1,000,000 firings, 100 with 10,000."
+        )
+        logs.add_argument("--big", type=int, default=1_000_000, help="Firings of the subscription read.")
+        logs.add_argument("--others", type=int, default=100, help="Other subscriptions in the table.")
+        logs.add_argument("--per-other", type=int, default=10_000, help="Firings of each other subscription.")
+        logs.add_argument("--requests", type=int, default=400, help="Timed requests per case.")
+        logs.add_argument("--rate", type=float, default=20.0, help="Requests per second (paced).")
+        logs.add_argument("--deep", type=int, default=500_000, help="The deep offset case's offset.")
+        logs.add_argument(
+            "--keep", action="store_true", help="Keep the firings for the next run (reused if sizes match)."
+        )
+        logs.add_argument(
+            "--explain", action="store_true", help="Print EXPLAIN (ANALYZE, BUFFERS) of the page queries."
+        )
+
         soak = sub.add_parser(
             "soak", help="`manage.py up` on the embedded default, used as people would for N minutes."
         )
@@ -130,6 +147,20 @@ class Command(BaseCommand):
                 prune_old=options["prune_old"],
                 prune_subscriptions=options["prune_subscriptions"],
                 prune_only=options["prune_only"],
+            )
+        elif name == "logs":
+            from orchestrator.devtools.benchmarks import logs
+
+            logs.run(
+                big=options["big"],
+                others=options["others"],
+                per_other=options["per_other"],
+                requests=options["requests"],
+                rate=options["rate"],
+                deep=options["deep"],
+                keep=options["keep"],
+                explain_plans=options["explain"],
+                out=self.stdout.write,
             )
         elif name == "soak":
             from orchestrator.devtools.benchmarks import soak
