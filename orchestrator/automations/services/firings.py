@@ -8,7 +8,9 @@ windows are not replayed one by one, and the cadence keeps its phase.
 Exactly once: the dispatcher locks due subscription rows (SKIP LOCKED, so two beats share the
 work instead of waiting), creates their firings and moves next_run_at in one transaction. Each
 firing has a unique key (subscription + due time); a second beat or a retried dispatch that
-somehow raced would hit the constraint and roll back, never fire twice."""
+somehow raced would meet the constraint and fire nothing for that due time, never twice
+(interval_batch.py: the dispatch batch in four statements). A dispatcher killed mid-batch rolls
+back: its rows are unlocked, their next_run_at unchanged, and the next tick fires them."""
 
 from __future__ import annotations
 
@@ -23,11 +25,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from orchestrator.automations.models import AutomationConfig, Firing, SourceType, Subscription, SubscriptionStatus
+from orchestrator.automations.models import AutomationConfig, Firing, Subscription
 from orchestrator.automations.services.configs import config_hmac_key
+from orchestrator.automations.services.interval_batch import interval_batch_fire
 from orchestrator.automations.typed_data import hmac_hex
 from orchestrator.automations.wire import rfc3339, subscription_json
-from orchestrator.infra.bulk import rows_update
 from orchestrator.infra.observability import new_correlation_id
 
 logger = logging.getLogger("orchestrator.automations")
@@ -173,40 +175,27 @@ def intervals_dispatch(*, deliver: Deliver, now: datetime | None = None, max_bat
 
 
 def _dispatch_batch(*, deliver: Deliver, now: datetime) -> int:
-    keys = HmacKeys()
     # Claimed a little ahead and sent when due: a firing is not late by the beat tick's period.
     horizon = now + timedelta(seconds=settings.AUTOMATION_LOOKAHEAD_SECONDS)
+    token = uuid.uuid4()
     with transaction.atomic():
-        due = list(
-            Subscription.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("config__executor", "config__executor_key")
-            .filter(status=SubscriptionStatus.ACTIVE, next_run_at__lte=horizon, config__source_type=SourceType.INTERVAL)
-            .order_by("next_run_at")[: settings.AUTOMATION_DISPATCH_BATCH]
+        # Tuples and arrays, not model instances: four statements a batch (interval_batch.py).
+        fired = interval_batch_fire(
+            now=now,
+            horizon=horizon,
+            limit=settings.AUTOMATION_DISPATCH_BATCH,
+            lease_token=token,
+            lease_until=_handoff_until(now),
+            next_due=next_due,
         )
-        if not due:
+        if not fired.ids:
             return 0
-        firings = []
-        for sub in due:
-            when = sub.next_run_at
-            assert when is not None  # the filter above
-            firings.append(
-                firing_new(
-                    subscription=sub,
-                    trigger_type=SourceType.INTERVAL,
-                    trigger_data=rfc3339(when),
-                    key=f"{sub.id}:interval:{rfc3339(when)}",
-                    due_at=when,
-                    hmac_key=keys(sub.config),
-                    now=now,
-                )
-            )
-            sub.next_run_at = next_due(when, sub.config.interval_seconds or 1, now)
-        handoff = handoff_prepare(firings, now)
-        Firing.objects.bulk_create(firings)
-        rows_update(Subscription, due, ["next_run_at", "execution_count", "prev_execution_at", "prev_execution_id"])
+        handoff = Handoff(
+            str(token), [(str(i), max(when, now)) for i, when in zip(fired.ids, fired.due_at, strict=True)]
+        )
         deliver_after_commit(handoff, deliver)
-    logger.info("fired %d interval subscriptions", len(firings))
-    return len(firings)
+    logger.info("fired %d interval subscriptions", len(fired.ids))
+    return len(fired.ids)
 
 
 def firings_handoff_stale(*, deliver: Deliver, now: datetime | None = None, limit: int = 1000) -> int:
