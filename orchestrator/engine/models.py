@@ -50,6 +50,14 @@ class WorkflowRun(models.Model):
     dispatched_at = models.DateTimeField(null=True, blank=True)
     # A step that runs outside a transaction holds this lease instead of the row lock.
     lease_until = models.DateTimeField(null=True, blank=True)
+    # Who holds the lease (docs/engine.md, "Leases and dead workers"): the PostgreSQL session
+    # of the claiming worker holds advisory lock (LEASE_LOCK_CLASS, lease_lock) until the step is
+    # recorded. PostgreSQL drops it when that session ends, so a free lock under a live lease
+    # means its worker died, provided the server is still the one it was taken on
+    # (lease_server: pg_postmaster_start_time() then). lease_owner is "<host>:<pid>", for people.
+    lease_lock = models.IntegerField(null=True, blank=True)
+    lease_server = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=200, blank=True)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

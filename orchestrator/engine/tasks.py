@@ -19,4 +19,4 @@ def workflow_step(run_id: str, index: int) -> str:
 def workflow_sweep() -> dict[str, int]:
     heartbeat(BEAT)  # beat sends this every few seconds: /readyz knows beat is alive
     result = services.workflow_sweep()
-    return {"due": result.due, "stalled": result.stalled}
+    return {"due": result.due, "stalled": result.stalled, "orphaned": result.orphaned}

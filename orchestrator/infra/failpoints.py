@@ -2,8 +2,9 @@
 
 `failpoint("relay.after_sign")` does nothing unless FAILPOINTS names it (never set in
 production). When it is named, the first process to reach it records that it fired (a file
-created with O_EXCL, so exactly one process fires it) and kills itself with SIGKILL, as the
-OOM killer would: no exception handler, no cleanup, no acknowledgement."""
+created with O_EXCL, so exactly one process fires it, holding its pid) and kills itself with
+SIGKILL, as the OOM killer would: no exception handler, no cleanup, no acknowledgement.
+Removing the file arms it again (bench recovery kills at its points in turn that way)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ def failpoint(name: str) -> None:
     marker = Path(settings.FAILPOINTS_DIR) / name
     marker.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return
+    # Which process died there, for whoever looks for what it left (bench recovery).
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
     os.kill(os.getpid(), signal.SIGKILL)

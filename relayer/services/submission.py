@@ -81,6 +81,7 @@ def relay_prepare(ctx: StepContext) -> dict[str, int]:
     if not txs:
         return {"simulated": 0, "failed": len(late)}
     chain = txs[0].chain
+    failpoint("relay.simulate")  # tests: a worker killed holding the simulate step's lease
     try:
         simulated = batch_simulate(chain.rpc_url, txs)
         for signer in {tx.signer_id: tx.signer for tx in txs}.values():

@@ -83,6 +83,20 @@ registry.register(
 )
 
 
+# A lease far longer than any test: a run that moves on after its worker died was taken back
+# because the worker is gone, not because its time ran out.
+registry.register(
+    Workflow(
+        kind="test.long_lease",
+        steps=(
+            Step("first", effect_step, retry=FAST_RETRY),
+            Step("call", keyed_effect_step, retry=FAST_RETRY, atomic=False, timeout=600.0),
+            Step("last", effect_step, retry=FAST_RETRY),
+        ),
+    )
+)
+
+
 def refuse(ctx: StepContext) -> None:
     raise Blocked("policy says no")
 

@@ -33,6 +33,9 @@ RUN_STATE_FIELDS = [
     "due_at",
     "dispatched_at",
     "lease_until",
+    "lease_lock",
+    "lease_server",
+    "lease_owner",
     "finished_at",
     "updated_at",
 ]
@@ -113,5 +116,7 @@ def park(
     run.dispatched_at = None
     if ends:
         run.lease_until = None
+        run.lease_lock = run.lease_server = None
+        run.lease_owner = ""
         run.finished_at = now or timezone.now()
     writes.save(run)

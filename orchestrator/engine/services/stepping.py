@@ -22,6 +22,12 @@ from orchestrator.engine.definition import Step, StepContext, Workflow, registry
 from orchestrator.engine.errors import TerminalError
 from orchestrator.engine.models import ACTIVE_PHASES, WAITING_PHASES, Phase, StepRun, StepStatus, WorkflowRun
 from orchestrator.engine.services.batch import Carry, StepBatch
+from orchestrator.engine.services.leases import (
+    lease_lock_release,
+    lease_lock_take,
+    lease_locks_guard,
+    lease_owner_name,
+)
 from orchestrator.engine.services.recording import (
     call_step,
     describe,
@@ -62,6 +68,7 @@ class _Claim:
     index: int
     journal: StepRun
     lease_until: datetime
+    lease_lock: int
     context: StepContext
     compensate: bool
 
@@ -124,7 +131,7 @@ def _step_once(run_id: uuid.UUID, index: int, carry: Carry | None) -> str:
 
 
 def _execute_or_claim(run_id: uuid.UUID, index: int, carry: Carry | None) -> str | _Claim:
-    with transaction.atomic():
+    with lease_locks_guard(), transaction.atomic():
         run = WorkflowRun.objects.select_for_update().filter(pk=run_id).first()
         if run is None:
             return "missing"
@@ -240,17 +247,25 @@ def _execute_atomic(
 def _claim_lease(run: WorkflowRun, step: Step, context: StepContext, compensating: bool, batch: StepBatch) -> _Claim:
     now = timezone.now()
     if run.lease_until is not None:
-        # An earlier attempt's lease ran out: it is superseded. If its worker is still alive,
-        # it finds the lease changed and drops its outcome.
+        # An earlier attempt's lease ran out, or the sweep found its holder dead: it is
+        # superseded. If its worker is still alive, it finds the lease changed and drops its outcome.
         StepRun.objects.filter(run=run, status=StepStatus.RUNNING).update(
             status=StepStatus.FAILED, error="lease expired; superseded by a later attempt", finished_at=now
         )
     journal = journal_entry(run, step, context, compensating, now)
     batch.save_journal(run, journal)  # inserted with the rest; its record updates it by id
     run.lease_until = now + timedelta(seconds=step.timeout)
+    # Held by this connection until the outcome is recorded: while it is, the worker is alive.
+    run.lease_lock, run.lease_server = lease_lock_take()
+    run.lease_owner = lease_owner_name()
     batch.save(run)
     return _Claim(
-        index=run.current_step, journal=journal, lease_until=run.lease_until, context=context, compensate=compensating
+        index=run.current_step,
+        journal=journal,
+        lease_until=run.lease_until,
+        lease_lock=run.lease_lock,
+        context=context,
+        compensate=compensating,
     )
 
 
@@ -264,25 +279,32 @@ def _execute_leased(run_id: uuid.UUID, claim: _Claim, carry: Carry | None) -> st
             outcome = _Outcome(result=call_step(workflow_step, claim.context, claim.compensate))
         except Exception as exc:
             outcome = _Outcome(error=exc)
-        while True:
-            steps_left = carry.steps_left if carry else 0
-            try:
-                return _record_leased(run_id, claim, workflow, workflow_step, outcome, carry)
-            except _CarriedStepRaised as carried:
-                # The outcome is in hand: recorded again, without the step that raised.
-                assert carry is not None
-                carry.rewind(steps_left, stop_before=carried.index)
+        try:
+            while True:
+                steps_left = carry.steps_left if carry else 0
+                try:
+                    return _record_leased(run_id, claim, workflow, workflow_step, outcome, carry)
+                except _CarriedStepRaised as carried:
+                    # The outcome is in hand: recorded again, without the step that raised.
+                    assert carry is not None
+                    carry.rewind(steps_left, stop_before=carried.index)
+        finally:
+            # After the record's commit (a next step claimed there holds a lock of its own), or
+            # after it failed: then the sweep takes the run back at once, as from a dead worker.
+            lease_lock_release(claim.lease_lock)
 
 
 def _record_leased(
     run_id: uuid.UUID, claim: _Claim, workflow: Workflow, step: Step, outcome: _Outcome, carry: Carry | None
 ) -> str | _Claim:
-    with transaction.atomic():
+    with lease_locks_guard(), transaction.atomic():
         run = WorkflowRun.objects.select_for_update().get(pk=run_id)
-        if run.lease_until != claim.lease_until or run.current_step != claim.index:
-            # Our lease expired and another attempt took over; its outcome stands.
+        if (run.lease_until, run.lease_lock, run.current_step) != (claim.lease_until, claim.lease_lock, claim.index):
+            # Our lease expired (or the sweep took it for dead) and another attempt took over;
+            # its outcome stands.
             return "superseded"
-        run.lease_until = None
+        run.lease_until = run.lease_lock = run.lease_server = None
+        run.lease_owner = ""
         journal = claim.journal
         with StepBatch.holding_writes(run, carry) as batch:
             if outcome.error is None:

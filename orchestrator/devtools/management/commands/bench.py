@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 class Command(BaseCommand):
     help = (
-        "Run a benchmark (engine, relayer, flow-a, flow-b, triggers, logs: on PostgreSQL and Redis, "
+        "Run a benchmark (engine, relayer, recovery, flow-a, flow-b, triggers, logs: on PostgreSQL and Redis, "
         "`make bench` sets them; "
         "soak: starts `manage.py up` on the embedded default itself)."
     )
@@ -89,6 +89,15 @@ class Command(BaseCommand):
             "--explain", action="store_true", help="Print EXPLAIN (ANALYZE, BUFFERS) of the page queries."
         )
 
+        recovery = sub.add_parser(
+            "recovery", help="Relays while a pool process is SIGKILLed mid-batch every few seconds: time to run again."
+        )
+        recovery.add_argument("--count", type=int, default=300, help="Relays requested during the fault run.")
+        recovery.add_argument("--seconds", type=float, default=60.0, help="Over how long they are requested.")
+        recovery.add_argument("--workers", type=int, default=2, help="Celery workers.")
+        recovery.add_argument("--concurrency", type=int, default=2, help="Processes per worker.")
+        recovery.add_argument("--every", default="2,4", help="Seconds between kills: min,max (uniform).")
+
         soak = sub.add_parser(
             "soak", help="`manage.py up` on the embedded default, used as people would for N minutes."
         )
@@ -160,6 +169,18 @@ class Command(BaseCommand):
                 deep=options["deep"],
                 keep=options["keep"],
                 explain_plans=options["explain"],
+                out=self.stdout.write,
+            )
+        elif name == "recovery":
+            from orchestrator.devtools.benchmarks import recovery
+
+            low, high = (float(x) for x in options["every"].split(","))
+            recovery.run(
+                count=options["count"],
+                seconds=options["seconds"],
+                workers=options["workers"],
+                concurrency=options["concurrency"],
+                every=(low, high),
                 out=self.stdout.write,
             )
         elif name == "soak":

@@ -58,7 +58,7 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(f"Discarded {run.id}; it is now failed."))
         elif action == "sweep":
             result = workflow_sweep()
-            self.stdout.write(f"due={result.due} stalled={result.stalled}")
+            self.stdout.write(f"due={result.due} stalled={result.stalled} orphaned={result.orphaned}")
 
     def _run(self, raw: str) -> WorkflowRun:
         try:
