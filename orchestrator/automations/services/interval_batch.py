@@ -48,7 +48,7 @@ CONFIGS = AutomationConfig._meta.db_table
 FIRINGS = Firing._meta.db_table
 
 # The columns firing_new reads, in this order (DueRow).
-_CLAIM = f"""
+CLAIM = f"""
 SELECT s.id, s.config_id, s.next_run_at, s.execution_count, s.prev_execution_at, s.prev_execution_id,
        s.chain_id, s.sub_account_address, s.module_address, s.status, s.token_inputs, s.token_limits,
        s.metadata, s.fee_token, s.fee_amount, s.commit_hash, s.created_at
@@ -173,7 +173,7 @@ def interval_batch_fire(
     now)`). Call inside a transaction: the claim's row locks hold until it commits."""
     raw = connection.connection  # Django's cursor binds client-side; this one binds server-side
     with psycopg.Cursor(raw) as cursor:
-        cursor.execute(_CLAIM, (SubscriptionStatus.ACTIVE.value, horizon, SourceType.INTERVAL.value, limit))
+        cursor.execute(CLAIM, (SubscriptionStatus.ACTIVE.value, horizon, SourceType.INTERVAL.value, limit))
         rows = [DueRow(*r) for r in cursor.fetchall()]
         if not rows:
             return Fired([], [])

@@ -12,10 +12,11 @@ Both use the same worker (2 processes on `triggers`) and the same executor.
 Lateness is the time the executor received the hook minus the firing's due time. Missed: due
 times in the window (up to 5 s before the end) that never reached the executor. Duplicated:
 hooks the executor received more than once, plus due times fired twice (the baseline's task
-counts the unique-key collisions it meets). Finally, the dispatcher's cost with 100,000
-subscriptions registered, of which 1,000 are due (and with 1,000 and 10,000 registered, to
-show it does not grow with the table). With --prune-old, the retention case (triggers_prune.py):
-dispatch lateness while retention prunes that many old firings, against none pruning."""
+counts the unique-key collisions it meets). Finally, the dispatcher's cost with 1,000,000
+subscriptions registered, of which 1,000 are due (and with 1,000, 10,000 and 100,000
+registered, to show it does not grow with the table): triggers_dispatch.py. With --prune-old,
+the retention case (triggers_prune.py): dispatch lateness while retention prunes that many old
+firings, against none pruning."""
 
 from __future__ import annotations
 
@@ -40,10 +41,9 @@ from eth_account import Account
 
 from orchestrator.automations.models import AutomationConfig, Firing, Subscription
 from orchestrator.automations.services.configs import config_create, executor_register
-from orchestrator.automations.services.firings import intervals_dispatch
 from orchestrator.automations.typed_data import kernel_action_sign
 from orchestrator.devtools import processes
-from orchestrator.devtools.benchmarks import common, triggers_prune
+from orchestrator.devtools.benchmarks import common, triggers_dispatch, triggers_prune
 from orchestrator.devtools.benchmarks.executor import SkipExecutor
 from orchestrator.devtools.benchmarks.tasks import BASELINE_DUPLICATES_KEY
 from orchestrator.operations.schedules import ensure_periodic_tasks
@@ -102,8 +102,7 @@ def _clean() -> None:
     """Removes what earlier runs left: the bench's firings, subscriptions and periodic tasks."""
     PeriodicTask.objects.filter(name__startswith=BASELINE_PREFIX).delete()
     PeriodicTasks.update_changed()
-    Firing.objects.filter(subscription__owner__username=BENCH_USER).delete()
-    Subscription.objects.filter(owner__username=BENCH_USER).delete()
+    triggers_dispatch.rows_delete(BENCH_USER)
 
 
 def _subscriptions(config: AutomationConfig, n: int, starts: list[datetime], scheduled: bool) -> list[Subscription]:
@@ -245,19 +244,6 @@ def _periodic_tasks(subs: list[Subscription], starts: list[datetime], interval: 
     PeriodicTasks.update_changed()
 
 
-def _dispatch_cost(config: AutomationConfig, registered: int, due: int) -> float:
-    """Milliseconds to dispatch `due` subscriptions among `registered` (deliveries not sent)."""
-    _clean()
-    now = timezone.now()
-    starts = [now - timedelta(seconds=1)] * due + [now + timedelta(hours=1)] * (registered - due)
-    _subscriptions(config, registered, starts, scheduled=True)
-    began = time.perf_counter()
-    fired = intervals_dispatch(deliver=lambda ids, token, eta: None)
-    elapsed = (time.perf_counter() - began) * 1000
-    assert fired == due, f"dispatched {fired}, expected {due}"
-    return elapsed
-
-
 def run(
     *,
     sizes: list[int],
@@ -269,6 +255,8 @@ def run(
     prune_old: int = 0,
     prune_subscriptions: int = 1000,
     prune_only: bool = False,
+    profile: bool = False,
+    dispatch_only: bool = False,
 ) -> None:
     common.require_real_services()
     logging.getLogger("orchestrator.automations").setLevel(logging.WARNING)  # one line per batch: noise here
@@ -283,11 +271,11 @@ def run(
     prune_rows: list[dict[str, Any]] = []
     prune_figures: dict[str, Any] = {}
     with SkipExecutor(port=port, hmac_key=hmac_key, record=record) as executor:
-        for n in [] if prune_only else sizes:
+        for n in [] if prune_only or dispatch_only else sizes:
             for system in ("ours", "baseline"):
                 cases.append(_run_case(system, config, n, duration, interval, executor, out))
                 out("    " + "  ".join(f"{k}={common._fmt(v)}" for k, v in cases[-1].row().items()))
-        if prune_old:
+        if prune_old and not dispatch_only:
             prune_rows, prune_figures = triggers_prune.run_case(
                 run_case=_run_case,
                 config=config,
@@ -305,14 +293,32 @@ def run(
         common.table(prune_rows, out)
         out(common.result_line("triggers_prune", prune_figures))
         return
-    out("dispatch cost (one dispatcher call, deliveries not sent):")
-    costs = {size: _dispatch_cost(config, size, due) for size in sorted({due, 10 * due, registered})}
+    out(
+        "dispatch cost (one dispatcher call, its delivery messages sent to the broker; "
+        f"median of {triggers_dispatch.RUNS}):"
+    )
+    costs = {
+        size: triggers_dispatch.dispatch_cost(
+            config=config,
+            owner_username=BENCH_USER,
+            registered=size,
+            due=due,
+            profile=profile and size == registered,
+            out=out,
+        )
+        for size in sorted({due, 10 * due, 100 * due, registered})
+    }
     _clean()
     record.unlink(missing_ok=True)
-    out("")
-    common.table([c.row() for c in cases], out)
+    if cases:
+        out("")
+        common.table([c.row() for c in cases], out)
     out("")
     common.table([{"registered": k, "due": due, "dispatch ms": v} for k, v in costs.items()], out)
+    dispatch_figures = {f"dispatch_ms_{k}_registered_{due}_due": v for k, v in costs.items()}
+    if dispatch_only:
+        out(common.result_line("triggers", dispatch_figures))
+        return
     if prune_rows:
         out("")
         common.table(prune_rows, out)
@@ -332,7 +338,7 @@ def run(
                 "baseline_p99_lateness_ms": base["lateness p99 ms"],
                 "baseline_missed": base["missed"],
                 "baseline_duplicated": base["duplicated"],
-                f"dispatch_ms_{registered}_registered_{due}_due": costs[registered],
+                **dispatch_figures,
                 **{f"prune_{k}": v for k, v in prune_figures.items()},
             },
         )

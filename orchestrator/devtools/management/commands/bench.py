@@ -60,7 +60,7 @@ class Command(BaseCommand):
             "--duration", type=int, default=180, help="Seconds per case (at least 180 for the issue)."
         )
         triggers.add_argument("--interval", type=int, default=30, help="Seconds between firings of one subscription.")
-        triggers.add_argument("--registered", type=int, default=100_000, help="Registered, for the dispatch cost.")
+        triggers.add_argument("--registered", type=int, default=1_000_000, help="Registered, for the dispatch cost.")
         triggers.add_argument("--due", type=int, default=1000, help="Due among them, for the dispatch cost.")
         triggers.add_argument(
             "--prune-old",
@@ -72,6 +72,10 @@ class Command(BaseCommand):
             "--prune-subscriptions", type=int, default=1000, help="Subscriptions dispatched in the retention case."
         )
         triggers.add_argument("--prune-only", action="store_true", help="Only the retention case.")
+        triggers.add_argument("--dispatch-only", action="store_true", help="Only the dispatch cost.")
+        triggers.add_argument(
+            "--profile", action="store_true", help="cProfile and EXPLAIN ANALYZE of the largest dispatch cost."
+        )
 
         logs = sub.add_parser(
             "logs", help="GET /v1/{sub_id}/logs over HTTP: one subscription with 1,000,000 firings, 100 with 10,000."
@@ -156,6 +160,8 @@ class Command(BaseCommand):
                 prune_old=options["prune_old"],
                 prune_subscriptions=options["prune_subscriptions"],
                 prune_only=options["prune_only"],
+                dispatch_only=options["dispatch_only"],
+                profile=options["profile"],
             )
         elif name == "logs":
             from orchestrator.devtools.benchmarks import logs
