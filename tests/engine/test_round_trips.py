@@ -101,7 +101,9 @@ def test_a_leased_step_is_claimed_and_recorded_with_its_neighbours(sent: Sent) -
     run = _started(sent, "test.leased")
     outcome, queries, messages = _cost(sent, lambda: step_execute(run_id=run.id, index=0))
     assert (outcome, messages) == ("done", 0)
-    assert queries == 18
+    # Two of them are the lease's lock, taken in the claim and given back after the record
+    # (docs/engine.md, "Leases and dead workers").
+    assert queries == 20
     assert WorkflowRun.objects.get(pk=run.id).phase == Phase.COMPLETED
 
 
@@ -157,7 +159,7 @@ def test_the_sweep_sends_what_is_due(sent: Sent) -> None:
     WorkflowRun.objects.filter(pk=run.id).update(dispatched_at=None)
     result, queries, messages = _cost(sent, lambda: workflow_sweep(stall_seconds=60))
     assert (result.due, messages) == (1, 1)
-    assert queries == 4
+    assert queries == 5  # one of them looks for live leases whose worker died (none here)
     assert sent.messages == [(STEP_TASK, [str(run.id), 0], None)]
 
 

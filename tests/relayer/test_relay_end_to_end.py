@@ -4,6 +4,7 @@ PostgreSQL and Redis, including crashes, a node that is down, stuck transactions
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from django.db.models import Count
 from web3 import Web3
 
 from orchestrator.engine.models import WorkflowRun
-from orchestrator.engine.services import workflow_replay
+from orchestrator.engine.services import workflow_replay, workflow_sweep
 from relayer.keys import key_manager
 from relayer.models import Broadcast, BroadcastKind, Chain, RelayTransaction, SigningKey, TxPhase
 from relayer.services.monitor import nonce_gaps_fill
@@ -172,6 +173,31 @@ def test_a_worker_killed_at_each_step_gives_exactly_one_transaction(
     wait_until(lambda: (tmp_path / point).exists(), timeout=30, message=f"the worker to die at {point}")
     assert worker.alive  # the pool process died with SIGKILL; the worker replaced it
     done = settled(tx.id, sweep=True, timeout=60)
+    assert nonce_on_chain(anvil, signer.address) == 1
+    assert done.nonce == 0 and done.receipt_status == 1
+    assert Broadcast.objects.filter(transaction=done).count() == 1
+
+
+@pytest.mark.parametrize("point", ["relay.simulate", "relay.before_broadcast", "relay.after_receipt"])
+def test_a_worker_killed_holding_a_relay_step_lease_is_taken_over_within_seconds_and_sends_once(
+    workers: Workers, anvil: str, tmp_path: Path, point: str
+) -> None:
+    # A lease (600 s) and a stall rule (an hour) far longer than the test: the run goes on
+    # because the sweep sees its holder's lock gone (docs/engine.md, "Leases and dead workers").
+    env = {**RELAY_ENV, "RELAYER_STEP_LEASE_SECONDS": "600", "FAILPOINTS": point, "FAILPOINTS_DIR": str(tmp_path)}
+    workers.start(extra_env=env)
+    chain = make_chain(anvil)
+    signer = funded_signer(anvil)
+    tx = send(signer, chain)
+    wait_until(lambda: (tmp_path / point).exists(), timeout=30, message=f"the worker to die at {point}")
+    killed = time.monotonic()
+
+    def swept_and_done() -> RelayTransaction | None:
+        workflow_sweep(stall_seconds=3600)
+        return RelayTransaction.objects.filter(pk=tx.id, phase=TxPhase.COMPLETED).first()
+
+    done = wait_until(swept_and_done, timeout=15, interval=0.5, message="the relay to confirm after the kill")
+    assert time.monotonic() - killed < 15
     assert nonce_on_chain(anvil, signer.address) == 1
     assert done.nonce == 0 and done.receipt_status == 1
     assert Broadcast.objects.filter(transaction=done).count() == 1
