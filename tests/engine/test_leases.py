@@ -90,7 +90,7 @@ def test_a_slow_worker_keeps_its_lease_while_the_sweep_runs(workers: Workers) ->
 
 def _leased_run(*, lease_lock: int, lease_server: object) -> WorkflowRun:
     now = timezone.now()
-    return WorkflowRunFactory(
+    return WorkflowRunFactory.create(
         kind="test.long_lease",
         current_step=1,
         step_name="call",
@@ -117,7 +117,8 @@ def test_a_lease_whose_lock_no_session_holds_is_taken_back_and_one_still_held_is
             cursor.execute("SELECT pg_advisory_unlock(%s, 12)", [LEASE_LOCK_CLASS])
     taken = WorkflowRun.objects.get(pk=orphan.pk)
     assert taken.lease_lock is None and taken.lease_until is not None and taken.lease_until <= timezone.now()
-    assert taken.dispatched_at is not None and taken.dispatched_at > orphan.dispatched_at
+    assert orphan.dispatched_at is not None and taken.dispatched_at is not None
+    assert taken.dispatched_at > orphan.dispatched_at
     assert WorkflowRun.objects.get(pk=alive.pk).lease_lock == 12
 
 
