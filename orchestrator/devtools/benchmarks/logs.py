@@ -3,10 +3,12 @@
 One subscription with 1,000,000 firings and 100 others with 10,000 each (logs_fill.py). gunicorn
 as production runs it (processes.web_server: 2 gthread workers, 8 threads each) answers one
 client with a token, paced at a steady rate (20 requests/s by default, so the server is never
-queueing and a request's time is its own): for each case, warm-up requests, then `--requests`
-timed ones, from the time the request is sent to the time the whole answer is read. The cases:
-the first page, offset=10000, and a deep offset (500,000 by default), each with the default
-limit of 10, and the first page with limit=100. Each case's page is checked once against the
+queueing and a request's time is its own): the cases in turn, request by request, so that the
+machine's other work meets them alike, warm-up rounds first, then `--requests` timed ones per
+case, from the time the request is sent to the time the whole answer is read. The cases:
+/healthz (no view, no database: the floor of every request here), the first page,
+offset=10000, and a deep offset (500,000 by default), each with the default limit of 10, and the
+first page with limit=100. Each case's page is checked once against the
 plain `ORDER BY created_at DESC, id DESC OFFSET .. LIMIT ..` it must equal.
 
 Then where a request's time goes, in this process (medians): the token lookup, the subscription
@@ -46,15 +48,15 @@ ORDER BY created_at DESC, id DESC OFFSET %(offset)s LIMIT %(limit)s
 @dataclass
 class Case:
     name: str
-    offset: int
-    limit: int
+    offset: int | None  # None: /healthz, the floor of any request (gunicorn, middleware, client)
+    limit: int | None
     latencies: list[float]
 
     def row(self) -> dict[str, Any]:
         return {
             "case": self.name,
-            "offset": self.offset,
-            "limit": self.limit,
+            "offset": "-" if self.offset is None else self.offset,
+            "limit": "-" if self.limit is None else self.limit,
             "requests": len(self.latencies),
             "p50 ms": common.percentile(self.latencies, 50),
             "p90 ms": common.percentile(self.latencies, 90),
@@ -69,18 +71,21 @@ def _plain_ids(sub: Subscription, offset: int, limit: int) -> list[str]:
         return [str(row[0]) for row in cursor.fetchall()]
 
 
-def _timed(client: httpx.Client, path: str, *, count: int, rate: float) -> list[float]:
-    """`count` GETs of `path`, one every 1/rate s (a late one is sent at once, not skipped)."""
-    latencies = []
+def _timed(client: httpx.Client, paths: list[str], *, rounds: int, rate: float) -> list[list[float]]:
+    """`rounds` rounds of GETs of `paths` in turn, one request every 1/rate s (a late one is sent
+    at once, not skipped): the latencies of each path. In turn, so that whatever else the
+    machine does meets every case alike."""
+    latencies: list[list[float]] = [[] for _ in paths]
     start = time.perf_counter()
-    for i in range(count):
+    for i in range(rounds * len(paths)):
         pause = start + i / rate - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
+        path = paths[i % len(paths)]
         began = time.perf_counter()
         response = client.get(path)
         response.read()
-        latencies.append((time.perf_counter() - began) * 1000)
+        latencies[i % len(paths)].append((time.perf_counter() - began) * 1000)
         if response.status_code != 200:
             raise RuntimeError(f"GET {path}: {response.status_code} {response.text[:300]}")
     return latencies
@@ -90,7 +95,7 @@ def _http_cases(
     base_url: str, fill: logs_fill.Fill, cases: list[tuple[str, int, int]], *, requests: int, rate: float
 ) -> list[Case]:
     sub = fill.big
-    results = []
+    paths = ["/healthz"]
     with httpx.Client(
         base_url=base_url, headers={"Authorization": f"Token {fill.token}"}, timeout=30, trust_env=False
     ) as client:
@@ -100,9 +105,13 @@ def _http_cases(
             expected = _plain_ids(sub, offset, limit)
             if [e["id"] for e in answer] != expected:
                 raise RuntimeError(f"{name}: the page differs from ORDER BY .. OFFSET {offset} LIMIT {limit}")
-            _timed(client, path, count=WARMUP, rate=rate)
-            results.append(Case(name, offset, limit, _timed(client, path, count=requests, rate=rate)))
-    return results
+            paths.append(path)
+        _timed(client, paths, rounds=WARMUP, rate=rate)
+        latencies = _timed(client, paths, rounds=requests, rate=rate)
+    floor = Case("/healthz (floor)", None, None, latencies[0])
+    return [floor] + [
+        Case(name, offset, limit, ms) for (name, offset, limit), ms in zip(cases, latencies[1:], strict=True)
+    ]
 
 
 def _median_ms(fn: Callable[[], Any], rounds: int) -> float:
@@ -126,7 +135,10 @@ def _breakdown(fill: logs_fill.Fill, offset: int, rounds: int) -> list[dict[str,
     owner = sub.owner
     parts = {
         "token lookup": lambda: auth.authenticate_credentials(fill.token),
-        "subscription lookup": lambda: (
+        "subscription lookup (the view's)": lambda: (
+            Subscription.objects.only("id", "chain_id", "sub_account_address").filter(pk=sub.pk, owner=owner).first()
+        ),
+        "  with its config and executor": lambda: (
             Subscription.objects.select_related("config__executor").filter(pk=sub.pk, owner=owner).first()
         ),
         "page query": lambda: subscription_logs(subscription=sub, offset=offset, limit=10),
@@ -171,7 +183,10 @@ def run(
     port = common.free_port()
     log = Path(settings.VAR_DIR) / "log" / f"bench-logs-{uuid.uuid4().hex[:6]}.log"
     web = processes.web_server(port=port, log_path=log)
-    out(f"web: gunicorn on port {port} (2 gthread workers x 8 threads); {rate:g} requests/s, {requests} per case")
+    out(
+        f"web: gunicorn on port {port} (2 gthread workers x 8 threads); "
+        f"{rate:g} requests/s, the cases in turn, {requests} per case"
+    )
     web.start().wait_ready(timeout=60)
     try:
         results = _http_cases(f"http://127.0.0.1:{port}", fill, cases, requests=requests, rate=rate)
@@ -188,7 +203,7 @@ def run(
     common.table(parts, out)
     for line in plans:
         out(line)
-    first, tenk, deepest = (c.row() for c in results[:3])
+    floor, first, tenk, deepest, hundred = (c.row() for c in results)
     out(
         common.result_line(
             "logs",
@@ -201,7 +216,9 @@ def run(
                 "deep_offset": deep,
                 "deep_offset_p50_ms": deepest["p50 ms"],
                 "deep_offset_p99_ms": deepest["p99 ms"],
-                "limit_100_p99_ms": results[3].row()["p99 ms"],
+                "limit_100_p99_ms": hundred["p99 ms"],
+                "healthz_p50_ms": floor["p50 ms"],
+                "healthz_p99_ms": floor["p99 ms"],
                 "firings": big + others * per_other,
                 "requests_per_case": requests,
                 "rate": rate,
