@@ -148,3 +148,12 @@ def test_a_batch_that_dies_before_commit_leaves_its_subscriptions_due(server: Ex
     assert not Firing.objects.exists()
     assert set(Subscription.objects.values_list("next_run_at", flat=True)) == {due}
     assert intervals_dispatch(deliver=lambda ids, token, eta: None) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_outside_a_transaction_is_refused() -> None:
+    now = timezone.now()
+    with pytest.raises(RuntimeError, match=r"inside transaction\.atomic"):
+        interval_batch_fire(
+            now=now, horizon=now, limit=10, lease_token=uuid.uuid4(), lease_until=now, next_due=next_due
+        )

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -178,11 +179,13 @@ def interval_batch_fire(
     limit: int,
     lease_token: uuid.UUID,
     lease_until: datetime,
-    next_due: Any,
+    next_due: Callable[[datetime, int, datetime], datetime],
 ) -> Fired:
     """Claims up to `limit` INTERVAL subscriptions due by `horizon`, writes their firings (handed
     to `lease_token` until `lease_until`) and their next due times (`next_due(due, interval,
     now)`). Call inside a transaction: the claim's row locks hold until it commits."""
+    if not connection.in_atomic_block:  # the row locks would go at once, and exactly once with them
+        raise RuntimeError("interval_batch_fire must run inside transaction.atomic()")
     raw = connection.connection  # Django's cursor binds client-side; this one binds server-side
     with psycopg.Cursor(raw) as cursor:
         # Binary results: psycopg's C loaders, not Django's Python one for timestamptz.
