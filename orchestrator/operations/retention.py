@@ -154,27 +154,34 @@ def _firings(cutoff: datetime, batch: int, budget: Budget, pause: float) -> tupl
     time; each batch starts below the oldest row the previous one looked at."""
     deleted, progress = 0, _Progress("firings")
     for status in FIRING_OUTCOMES:
-        bound = cutoff
+        # A keyset on (created_at, id): firings share timestamps (a dispatch batch creates a
+        # thousand in one statement), and a bound on created_at alone skipped the rest of a
+        # timestamp a batch cut through.
+        bound, bound_id = cutoff, LAST_UUID
         while True:
             if budget.spent(deleted):
                 return deleted, False
             with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(FIRINGS_SQL, {"status": status, "bound": bound, "batch": batch})
-                seen, oldest, gone = cursor.fetchone()
+                cursor.execute(FIRINGS_SQL, {"status": status, "bound": bound, "bound_id": bound_id, "batch": batch})
+                seen, gone, oldest, oldest_id = cursor.fetchone()
             deleted += gone
             progress(deleted)
             if seen < batch:
                 break
-            bound = oldest
+            bound, bound_id = oldest, oldest_id
             time.sleep(pause)
     return deleted, True
 
 
+LAST_UUID = "ffffffff-ffff-ffff-ffff-ffffffffffff"  # above every id: the first batch starts at the cutoff
+
 FIRINGS_SQL = f"""
 WITH win AS (
     SELECT id, created_at FROM automations_firing
-    WHERE status = %(status)s AND created_at < %(bound)s
-    ORDER BY created_at DESC LIMIT %(batch)s
+    -- PostgreSQL starts the scan of firing_status_idx (status, created_at DESC) at created_at <=
+    -- bound, which it derives from the row comparison, and filters the ids of the bound's tie.
+    WHERE status = %(status)s AND (created_at, id) < (%(bound)s, %(bound_id)s::uuid)
+    ORDER BY created_at DESC, id DESC LIMIT %(batch)s
 ), victims AS (
     SELECT f.id FROM automations_firing f
     JOIN win ON win.id = f.id
@@ -186,7 +193,8 @@ WITH win AS (
 ), gone AS (
     DELETE FROM automations_firing WHERE id IN (SELECT id FROM victims) RETURNING 1
 )
-SELECT (SELECT count(*) FROM win), (SELECT min(created_at) FROM win), (SELECT count(*) FROM gone)
+SELECT (SELECT count(*) FROM win), (SELECT count(*) FROM gone), last.created_at, last.id
+FROM (SELECT 1) one LEFT JOIN (SELECT created_at, id FROM win ORDER BY created_at, id LIMIT 1) last ON true
 """  # noqa: S608 (constants: the final phases)
 
 

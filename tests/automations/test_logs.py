@@ -87,9 +87,9 @@ def test_pages_count_only_the_rows_retention_left(settings: Any) -> None:
     settings.RETENTION_STEP_JOURNAL_DAYS = settings.RETENTION_IDEMPOTENCY_DAYS = settings.RETENTION_AUDIT_DAYS = 0
     sub = rows.subscription()
     _firings(sub, stamps=5, per_stamp=2)  # young: kept
-    # Old and final: deleted. No ties among them: retention's walk (operations/retention.py) steps
-    # below the oldest created_at of each batch and so leaves a tie cut by a batch for its next run.
-    _firings(sub, stamps=12, per_stamp=1, age_days=100)
+    # Old and final: deleted, in one run, though batches of 5 cut through groups of 3 equal
+    # timestamps (the walk's keyset is (created_at, id); on created_at alone it left 2 of 12).
+    _firings(sub, stamps=4, per_stamp=3, age_days=100)
     _firings(sub, stamps=2, per_stamp=2, age_days=101, status="pending")  # old, still pending: kept
     assert retention_prune(batch=5, pause=0).deleted["firings"] == 12
     assert Firing.objects.filter(subscription=sub).count() == 14
