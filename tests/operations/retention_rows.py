@@ -14,12 +14,11 @@ from django.utils import timezone
 
 from approvals.models import Approval, ProposalStatus, RebalanceProposal
 from approvals.services import proposal_approve, proposal_create
-from orchestrator.automations.models import AutomationConfig, Executor, Firing, Subscription
+from orchestrator.automations.models import Firing, Subscription
 from orchestrator.engine.models import Phase, WorkflowRun, WorkflowTransition
 from orchestrator.infra.models import IdempotencyRecord
 from tests.factories import (
     ProtocolFactory,
-    SigningKeyFactory,
     StepRunFactory,
     UserFactory,
     VaultFactory,
@@ -28,6 +27,7 @@ from tests.factories import (
     WorkflowTransitionFactory,
 )
 from tests.support.audit import audit_rewritable
+from tests.support.automations import bare_subscription
 
 
 def days_ago(days: float) -> datetime:
@@ -35,19 +35,7 @@ def days_ago(days: float) -> datetime:
 
 
 def subscription() -> Subscription:
-    owner = UserFactory.create()
-    executor = Executor.objects.create(address="0x" + "11" * 20, name="retention", owner=owner)
-    config = AutomationConfig.objects.create(
-        executor=executor,
-        source_type="INTERVAL",
-        interval_seconds=30,
-        base_url="http://127.0.0.1:9",
-        hmac_version=1,
-        hmac_nonce=b"",
-        hmac_ciphertext=b"",
-        verifying_key=SigningKeyFactory.create(purpose="operator"),
-    )
-    return Subscription.objects.create(config=config, chain_id=31337, sub_account_address="0x" + "22" * 20, owner=owner)
+    return bare_subscription("retention")
 
 
 def firing(sub: Subscription, *, age_days: float, status: str = "skipped", **fields: Any) -> Firing:

@@ -14,7 +14,7 @@ from django.db import connection
 from django.utils import timezone
 
 from approvals.models import ProposalStatus, RebalanceProposal
-from orchestrator.automations.models import AutomationConfig, Executor, Firing, Subscription
+from orchestrator.automations.models import Firing, Subscription
 from orchestrator.engine.models import Phase, WorkflowRun
 from orchestrator.engine.services import workflow_discard
 from orchestrator.operations.alerting.evaluation import alert_fire, alerts_apply
@@ -46,6 +46,7 @@ from tests.factories import (
     VaultPolicyFactory,
     WorkflowRunFactory,
 )
+from tests.support.automations import bare_subscription
 from tests.support.runs import make_run
 
 
@@ -91,19 +92,7 @@ def test_stalled_runs_are_one_alert_that_clears_when_none_is_left() -> None:
 
 
 def subscription() -> Subscription:
-    owner = UserFactory.create()
-    executor = Executor.objects.create(address="0x" + "11" * 20, name="alerts", owner=owner)
-    config = AutomationConfig.objects.create(
-        executor=executor,
-        source_type="INTERVAL",
-        interval_seconds=30,
-        base_url="http://127.0.0.1:9",
-        hmac_version=1,
-        hmac_nonce=b"",
-        hmac_ciphertext=b"",
-        verifying_key=SigningKeyFactory.create(purpose="validator"),
-    )
-    return Subscription.objects.create(config=config, chain_id=31337, sub_account_address="0x" + "22" * 20, owner=owner)
+    return bare_subscription("alerts")
 
 
 def a_firing(sub: Subscription, *, due_ago: float, sent_ago: float | None, status: str = "skipped") -> Firing:

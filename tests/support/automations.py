@@ -137,3 +137,24 @@ def fund(rpc_url: str, *addresses: str, eth: int = 10) -> None:
     w3 = Web3(Web3.HTTPProvider(rpc_url))
     for address in addresses:
         w3.provider.make_request("anvil_setBalance", [address, hex(eth * 10**18)])
+
+
+def bare_subscription(name: str = "bare") -> Any:
+    """An INTERVAL subscription written straight to the tables, with a config nobody can call
+    (its hook URL leads nowhere, its HMAC key is empty): for tests of what reads firings."""
+    from orchestrator.automations.models import AutomationConfig, Executor, Subscription
+    from tests.factories import SigningKeyFactory, UserFactory
+
+    owner = UserFactory.create()
+    executor = Executor.objects.create(address="0x" + "11" * 20, name=name, owner=owner)
+    config = AutomationConfig.objects.create(
+        executor=executor,
+        source_type="INTERVAL",
+        interval_seconds=30,
+        base_url="http://127.0.0.1:9",
+        hmac_version=1,
+        hmac_nonce=b"",
+        hmac_ciphertext=b"",
+        verifying_key=SigningKeyFactory.create(purpose="validator"),
+    )
+    return Subscription.objects.create(config=config, chain_id=31337, sub_account_address="0x" + "22" * 20, owner=owner)
