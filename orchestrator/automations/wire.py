@@ -59,23 +59,96 @@ def config_json(config: AutomationConfig) -> dict[str, Any]:
 
 
 def subscription_json(sub: Subscription) -> dict[str, Any]:
+    return subscription_wire(
+        id=sub.id,
+        registry_id=sub.config.executor.registry_id,
+        chain_id=sub.chain_id,
+        sub_account_address=sub.sub_account_address,
+        status=sub.status,
+        duration=sub.config.interval_seconds or 0,
+        token_inputs=sub.token_inputs,
+        token_limits=sub.token_limits,
+        metadata=sub.metadata,
+        fee_token=sub.fee_token,
+        fee_amount=sub.fee_amount,
+        commit_hash=sub.commit_hash,
+        created_at=sub.created_at,
+        module_address=sub.module_address,
+        validator=validator_address() if sub.module_address else None,
+    )
+
+
+def subscription_wire(
+    *,
+    id: Any,
+    registry_id: Any,
+    chain_id: int,
+    sub_account_address: str,
+    status: int,
+    duration: int,
+    token_inputs: Any,
+    token_limits: Any,
+    metadata: Any,
+    fee_token: str,
+    fee_amount: str,
+    commit_hash: str,
+    created_at: datetime,
+    module_address: str,
+    validator: str | None,
+) -> dict[str, Any]:
+    """The subscription object from plain values: the API's, and the dispatcher's from the
+    tuples it claims (services/interval_batch.py), so both send one wire format."""
     return {
-        "id": str(sub.id),
-        "registryId": str(sub.config.executor.registry_id),
-        "chainId": sub.chain_id,
-        "subAccountAddress": sub.sub_account_address,
-        "status": sub.status,
-        "duration": sub.config.interval_seconds or 0,
-        "tokenInputs": sub.token_inputs,
-        "tokenLimits": sub.token_limits,
-        "metadata": sub.metadata,
-        "feeToken": sub.fee_token,
-        "feeAmount": sub.fee_amount,
-        "commitHash": sub.commit_hash,
-        "createdAt": rfc3339(sub.created_at),
-        "executionPath": "module" if sub.module_address else "direct",
-        "moduleAddress": sub.module_address or None,
-        "validatorAddress": validator_address() if sub.module_address else None,
+        "id": str(id),
+        "registryId": str(registry_id),
+        "chainId": chain_id,
+        "subAccountAddress": sub_account_address,
+        "status": status,
+        "duration": duration,
+        "tokenInputs": token_inputs,
+        "tokenLimits": token_limits,
+        "metadata": metadata,
+        "feeToken": fee_token,
+        "feeAmount": fee_amount,
+        "commitHash": commit_hash,
+        "createdAt": rfc3339(created_at),
+        "executionPath": "module" if module_address else "direct",
+        "moduleAddress": module_address or None,
+        "validatorAddress": validator if module_address else None,
+    }
+
+
+def trigger_body(
+    *,
+    execution_count: int,
+    prev_execution_at: datetime | None,
+    prev_execution_id: str,
+    executor_address: str,
+    executor_id: str,
+    sub_account_address: str,
+    chain_id: int,
+    subscription: dict[str, Any],
+    request_id: str,
+    signature: str,
+    trigger: dict[str, Any],
+) -> dict[str, Any]:
+    """The /kernel/trigger body (docs/api.md), for firing_new and the INTERVAL dispatch batch."""
+    return {
+        "context": {
+            "executionCount": execution_count,
+            "prevExecutionAt": rfc3339(prev_execution_at) if prev_execution_at else None,
+            "prevExecutionID": prev_execution_id or None,
+        },
+        "params": {
+            "executorAddress": executor_address,
+            "subAccountAddress": sub_account_address,
+            "executorID": executor_id,
+            "chainID": chain_id,
+            "subscription": subscription,
+        },
+        "requestID": request_id,
+        "signature": signature,
+        "trigger": trigger,
     }
 
 

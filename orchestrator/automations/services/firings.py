@@ -29,7 +29,7 @@ from orchestrator.automations.models import AutomationConfig, Firing, Subscripti
 from orchestrator.automations.services.configs import config_hmac_key
 from orchestrator.automations.services.interval_batch import interval_batch_fire
 from orchestrator.automations.typed_data import hmac_hex
-from orchestrator.automations.wire import rfc3339, subscription_json
+from orchestrator.automations.wire import subscription_json, trigger_body
 from orchestrator.infra.observability import new_correlation_id
 
 logger = logging.getLogger("orchestrator.automations")
@@ -79,23 +79,19 @@ def firing_new(
     moved on: the caller saves both in one transaction."""
     config = subscription.config
     request_id = request_id_new(due_at)
-    body = {
-        "context": {
-            "executionCount": subscription.execution_count,
-            "prevExecutionAt": rfc3339(subscription.prev_execution_at) if subscription.prev_execution_at else None,
-            "prevExecutionID": subscription.prev_execution_id or None,
-        },
-        "params": {
-            "executorAddress": config.executor_key.address if config.executor_key else config.executor.address,
-            "subAccountAddress": subscription.sub_account_address,
-            "executorID": str(config.executor.registry_id),
-            "chainID": subscription.chain_id,
-            "subscription": subscription_json(subscription),
-        },
-        "requestID": request_id,
-        "signature": hmac_hex(hmac_key, request_id),
-        "trigger": {"type": trigger_type, "data": trigger_data},
-    }
+    body = trigger_body(
+        execution_count=subscription.execution_count,
+        prev_execution_at=subscription.prev_execution_at,
+        prev_execution_id=subscription.prev_execution_id,
+        executor_address=config.executor_key.address if config.executor_key else config.executor.address,
+        executor_id=str(config.executor.registry_id),
+        sub_account_address=subscription.sub_account_address,
+        chain_id=subscription.chain_id,
+        subscription=subscription_json(subscription),
+        request_id=request_id,
+        signature=hmac_hex(hmac_key, request_id),
+        trigger={"type": trigger_type, "data": trigger_data},
+    )
     subscription.execution_count += 1
     subscription.prev_execution_at, subscription.prev_execution_id = now, request_id
     return Firing(

@@ -4,7 +4,7 @@ Through the ORM a firing cost 1.35 ms (docs/benchmarks.md, "Triggers"): a model 
 subscription and per firing, Django 5.2's bulk INSERT quoting its UNNEST arrays client-side with
 regular expressions, and a bulk update that rebuilt every value. Here the rows go by as tuples:
 - claim: one SELECT ... FOR UPDATE OF subscription SKIP LOCKED, the due rows as tuples;
-- build: each /kernel/trigger body (the same dict `firing_new` builds: a test compares them), its
+- build: each /kernel/trigger body (wire.trigger_body and wire.subscription_wire, as `firing_new`), its
   requestID, HMAC signature and correlation id, in Python (the HMAC key never leaves it);
 - insert: one INSERT ... SELECT FROM unnest(arrays), the arrays bound server-side in binary;
 - move on: one UPDATE ... FROM unnest(arrays) of next_run_at and the execution context.
@@ -40,7 +40,7 @@ from orchestrator.automations.models import (
 from orchestrator.automations.selectors import validator_address
 from orchestrator.automations.services.configs import config_hmac_key
 from orchestrator.automations.typed_data import hmac_hex
-from orchestrator.automations.wire import rfc3339
+from orchestrator.automations.wire import rfc3339, subscription_wire, trigger_body
 
 logger = logging.getLogger("orchestrator.automations")
 
@@ -151,25 +151,24 @@ class _Json:
 
 
 def subscription_body(row: DueRow, config: ConfigFacts, validator: str | None, parse: _Json) -> dict[str, Any]:
-    """wire.subscription_json of the claimed row (a test holds the two equal)."""
-    return {
-        "id": str(row.id),
-        "registryId": config.executor_id,
-        "chainId": row.chain_id,
-        "subAccountAddress": row.sub_account_address,
-        "status": row.status,
-        "duration": config.interval_seconds,
-        "tokenInputs": parse(row.token_inputs),
-        "tokenLimits": parse(row.token_limits),
-        "metadata": parse(row.metadata),
-        "feeToken": row.fee_token,
-        "feeAmount": row.fee_amount,
-        "commitHash": row.commit_hash,
-        "createdAt": rfc3339(row.created_at),
-        "executionPath": "module" if row.module_address else "direct",
-        "moduleAddress": row.module_address or None,
-        "validatorAddress": validator if row.module_address else None,
-    }
+    """wire.subscription_json of the claimed row."""
+    return subscription_wire(
+        id=row.id,
+        registry_id=config.executor_id,
+        chain_id=row.chain_id,
+        sub_account_address=row.sub_account_address,
+        status=row.status,
+        duration=config.interval_seconds,
+        token_inputs=parse(row.token_inputs),
+        token_limits=parse(row.token_limits),
+        metadata=parse(row.metadata),
+        fee_token=row.fee_token,
+        fee_amount=row.fee_amount,
+        commit_hash=row.commit_hash,
+        created_at=row.created_at,
+        module_address=row.module_address,
+        validator=validator,
+    )
 
 
 def interval_batch_fire(
@@ -203,23 +202,19 @@ def interval_batch_fire(
             when = row.next_run_at
             data = rfc3339(when)
             request_id = f"{request_uuids[i]}-{when.strftime('%Y-%m-%dT%H:%M:%SZ')}"
-            body = {
-                "context": {
-                    "executionCount": row.execution_count,
-                    "prevExecutionAt": rfc3339(row.prev_execution_at) if row.prev_execution_at else None,
-                    "prevExecutionID": row.prev_execution_id or None,
-                },
-                "params": {
-                    "executorAddress": config.executor_address,
-                    "subAccountAddress": row.sub_account_address,
-                    "executorID": config.executor_id,
-                    "chainID": row.chain_id,
-                    "subscription": subscription_body(row, config, validator, parse),
-                },
-                "requestID": request_id,
-                "signature": hmac_hex(config.hmac_key, request_id),
-                "trigger": {"type": SourceType.INTERVAL.value, "data": data},
-            }
+            body = trigger_body(
+                execution_count=row.execution_count,
+                prev_execution_at=row.prev_execution_at,
+                prev_execution_id=row.prev_execution_id,
+                executor_address=config.executor_address,
+                executor_id=config.executor_id,
+                sub_account_address=row.sub_account_address,
+                chain_id=row.chain_id,
+                subscription=subscription_body(row, config, validator, parse),
+                request_id=request_id,
+                signature=hmac_hex(config.hmac_key, request_id),
+                trigger={"type": SourceType.INTERVAL.value, "data": data},
+            )
             keys.append(f"{row.id}:interval:{data}")
             request_ids.append(request_id)
             bodies.append(json.dumps(body))
