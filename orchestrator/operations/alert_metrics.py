@@ -42,7 +42,8 @@ class ChainReading:
     chain_id: int
     name: str
     head: int | None
-    balances: dict[str, int]
+    balances: dict[str, int]  # the relayer keys' balances that were read, by address
+    error: str = ""  # why `head` is None
 
 
 def _read_chain(*, chain_id: int, name: str, rpc_url: str, addresses: list[str], timeout: float) -> ChainReading:
@@ -51,10 +52,10 @@ def _read_chain(*, chain_id: int, name: str, rpc_url: str, addresses: list[str],
         head, *balances = rpc_batch(rpc_url, calls, timeout=timeout)
     except RpcUnavailable as exc:
         logger.warning("metrics: chain %s RPC unavailable: %s", chain_id, exc)
-        return ChainReading(chain_id, name, None, {})
+        return ChainReading(chain_id, name, None, {}, str(exc)[:300])
     if head.error is not None or not isinstance(head.result, str):
         logger.warning("metrics: chain %s answered eth_blockNumber with %s", chain_id, head.error)
-        return ChainReading(chain_id, name, None, {})
+        return ChainReading(chain_id, name, None, {}, f"answered {head.error or head.result!r}"[:300])
     read = {
         address: int(answer.result, 16)
         for address, answer in zip(addresses, balances, strict=True)
@@ -65,7 +66,8 @@ def _read_chain(*, chain_id: int, name: str, rpc_url: str, addresses: list[str],
 
 def chains_read(*, timeout: float) -> list[ChainReading]:
     """Every enabled chain's head and relayer balances, read in parallel; a chain that has not
-    answered within `timeout` seconds counts as down. Never raises for a chain's failure."""
+    answered within `timeout` seconds counts as down. Never raises for a chain's failure.
+    The scrape's gauges and beat's alert rules (alerting/rules.py) both read chains this way."""
     chains = list(Chain.objects.filter(enabled=True).values_list("chain_id", "name", "rpc_url"))
     addresses = list(
         SigningKey.objects.filter(purpose=KeyPurpose.RELAYER).order_by("address").values_list("address", flat=True)
@@ -90,9 +92,11 @@ def chains_read(*, timeout: float) -> list[ChainReading]:
         else:
             if future.done() and not future.cancelled():
                 logger.warning("metrics: reading chain %s failed: %r", chain_id, future.exception())
+                error = repr(future.exception())[:300]
             else:
                 logger.warning("metrics: chain %s did not answer within %s s", chain_id, timeout)
-            readings.append(ChainReading(chain_id, name, None, {}))
+                error = f"no answer within {timeout} s"
+            readings.append(ChainReading(chain_id, name, None, {}, error))
     return readings
 
 

@@ -12,16 +12,13 @@ subject in `undecided`: its alert stays as it is, neither fired nor resolved."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TypeVar
 
-import httpx
 from django.conf import settings
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, Q
 from django.urls import reverse
@@ -29,9 +26,9 @@ from django.urls import reverse
 from approvals.models import Decision, ProposalStatus, RebalanceProposal
 from orchestrator.automations.models import Firing, FiringStatus
 from orchestrator.engine.selectors import runs_dead_lettered, runs_stalled
+from orchestrator.operations.alert_metrics import ChainReading, chains_read
 from orchestrator.operations.models import AlertRule
-from relayer.models import Chain, SigningKey
-from relayer.rpc import as_address, web3_for
+from relayer.models import KeyPurpose, SigningKey
 
 logger = logging.getLogger("orchestrator.operations.alerts")
 T = TypeVar("T")
@@ -136,63 +133,42 @@ def proposals_expiring(now: datetime) -> RuleResult:
     return result
 
 
-def rpc_answers(rpc_url: str) -> str:
-    """'' when the node answers eth_blockNumber within ALERTS_RPC_TIMEOUT_SECONDS, else why not."""
-    body = {"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}
-    try:
-        # trust_env=False: a proxy set for outbound traffic must not stand between us and the node.
-        answer = httpx.post(rpc_url, json=body, timeout=settings.ALERTS_RPC_TIMEOUT_SECONDS, trust_env=False)
-        result = answer.json().get("result") if answer.status_code == 200 else None
-    except (httpx.HTTPError, json.JSONDecodeError, AttributeError) as exc:
-        return f"{exc.__class__.__name__}: {exc}"[:300]
-    if not isinstance(result, str) or not result.startswith("0x"):
-        return f"HTTP {answer.status_code}, no block number in the answer"
-    return ""
+def chains_probe() -> list[ChainReading]:
+    """Every enabled chain's head and relayer balances, one JSON-RPC batch per chain, in parallel
+    (the same read as the scrape's gauges), bounded by ALERTS_RPC_TIMEOUT_SECONDS."""
+    return chains_read(timeout=settings.ALERTS_RPC_TIMEOUT_SECONDS)
 
 
-def chains_probe() -> dict[Chain, str]:
-    """Every enabled chain and what went wrong calling it ('' when it answered), in parallel so
-    that one node hanging until the timeout does not hold up the others."""
-    chains = list(Chain.objects.filter(enabled=True))
-    if not chains:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(8, len(chains))) as pool:
-        return dict(zip(chains, pool.map(lambda c: rpc_answers(c.rpc_url), chains), strict=True))
-
-
-def rpc_down(probes: dict[Chain, str]) -> RuleResult:
+def rpc_down(readings: list[ChainReading]) -> RuleResult:
     result = RuleResult()
-    for chain, error in probes.items():
-        if error:
+    for chain in readings:
+        if chain.head is None:
             result.conditions.append(
                 Condition(
                     AlertRule.RPC_DOWN,
                     str(chain.chain_id),
-                    f"{chain.name} ({chain.chain_id}): RPC {chain.rpc_url} did not answer eth_blockNumber: {error}",
+                    f"{chain.name} ({chain.chain_id}): RPC did not answer eth_blockNumber: {chain.error}",
                     absolute(reverse("admin:relayer_chain_change", args=[chain.chain_id])),
                 )
             )
     return result
 
 
-def signers_low(probes: dict[Chain, str]) -> RuleResult:
+def signers_low(readings: list[ChainReading]) -> RuleResult:
     """Relayer keys under RELAYER_LOW_BALANCE_WEI on the chains that answered. On a chain that
     did not, or a balance that could not be read, the signer's alert stays as it was: an
     unreachable chain is rpc_down's alert, not this one's."""
     result = RuleResult()
-    keys = list(SigningKey.objects.filter(purpose="relayer"))
+    keys = list(SigningKey.objects.filter(purpose=KeyPurpose.RELAYER))
     threshold = settings.RELAYER_LOW_BALANCE_WEI
-    for chain, error in probes.items():
-        if error:
+    for chain in readings:
+        if chain.head is None:
             result.undecided.add(f"{chain.chain_id}:")
             continue
-        w3 = web3_for(chain.rpc_url)
         for key in keys:
             subject = f"{chain.chain_id}:{key.address.lower()}"
-            try:
-                balance = int(w3.eth.get_balance(as_address(key.address)))
-            except Exception as exc:  # any failure leaves the subject undecided, never resolved
-                logger.warning("alerts: balance of %s unreadable: %s", subject, exc)
+            balance = chain.balances.get(key.address)
+            if balance is None:  # unread (the key came after the read, or its answer was an error)
                 result.undecided.add(subject)
                 continue
             if balance < threshold:
