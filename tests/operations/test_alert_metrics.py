@@ -17,6 +17,7 @@ from approvals.models import ProposalStatus
 from approvals.services import proposal_approve, proposal_create, proposal_reject
 from orchestrator.automations.models import Firing, Subscription
 from orchestrator.automations.services.firings import intervals_dispatch
+from relayer.models import Chain
 from relayer.rpc import rpc_batch
 from tests.conftest import free_port
 from tests.factories import ChainFactory, NodeChainFactory, SigningKeyFactory
@@ -68,6 +69,9 @@ def test_balances_head_and_threshold_come_from_the_chain(anvil: str, settings: A
 
 def test_a_dead_and_a_silent_rpc_are_down_within_the_timeout(black_hole: str, settings: Any) -> None:
     settings.ALERTS_RPC_TIMEOUT_SECONDS = 1.0
+    # Only this test's chains: a chain seeded elsewhere may point at a node that happens to be up
+    # (CI saw one answer while a `make run` on the same machine had anvil on its port).
+    Chain.objects.update(enabled=False)
     ChainFactory.create(chain_id=776, name="refused", rpc_url=f"http://127.0.0.1:{free_port()}")
     ChainFactory.create(chain_id=777, name="silent", rpc_url=black_hole)
     ChainFactory.create(chain_id=778, name="disabled", rpc_url=black_hole, enabled=False)
