@@ -16,10 +16,11 @@ from typing import Any
 
 from eth_abi import encode as abi_encode
 from eth_account import Account
-from eth_account.messages import SignableMessage, encode_typed_data
+from eth_account.messages import SignableMessage
 from eth_utils import keccak
 from web3 import Web3
 
+from orchestrator.infra.eip712 import typed_data_signable
 from relayer.keys import key_manager
 from relayer.models import SigningKey
 from relayer.rpc import as_address
@@ -95,7 +96,7 @@ class ModuleIntent:
         return {"types": types, "primaryType": "ExecutionIntent", "domain": domain, "message": message}
 
     def signable(self) -> SignableMessage:
-        return encode_typed_data(domain_data=self.domain(), message_types=INTENT_TYPES, message_data=self.message())
+        return typed_data_signable(domain=self.domain(), types=INTENT_TYPES, message=self.message())
 
     def digest(self) -> bytes:
         """What the module's intentDigest returns for this intent."""

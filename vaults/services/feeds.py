@@ -27,9 +27,10 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from eth_account.messages import SignableMessage, encode_typed_data
+from eth_account.messages import SignableMessage
 from eth_utils import is_address, to_checksum_address
 
+from orchestrator.infra.eip712 import typed_data_signable
 from orchestrator.infra.errors import DomainError
 from orchestrator.infra.schema import json_whole_number
 from orchestrator.infra.signatures import MalformedSignature, signature_recover
@@ -85,7 +86,7 @@ class ParsedFeed:
         return {"oracle": self.oracle, "timestamp": int(self.timestamp.timestamp()), "entries": self.entries}
 
     def signable(self) -> SignableMessage:
-        return encode_typed_data(domain_data=FEED_DOMAIN, message_types=FEED_TYPES, message_data=self.typed_message())
+        return typed_data_signable(domain=FEED_DOMAIN, types=FEED_TYPES, message=self.typed_message())
 
     def digest(self) -> str:
         return typed_data_hash(self.signable())

@@ -18,8 +18,8 @@ from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from django.utils import timezone
-from eth_account.messages import encode_typed_data
 
+from orchestrator.infra.eip712 import typed_data_signable
 from orchestrator.infra.errors import DomainError
 from relayer.keys import key_manager
 from relayer.models import RelayTransaction, TxPhase
@@ -192,7 +192,7 @@ def intent_emit(
         intent.signature = intent_sign_with_key(module_intent, key=locked.operator)
     else:
         domain, message = intent_domain(locked), intent_message(intent, policy_version=policy.version)
-        signable = encode_typed_data(domain_data=domain, message_types=INTENT_TYPES, message_data=message)
+        signable = typed_data_signable(domain=domain, types=INTENT_TYPES, message=message)
         intent.digest = typed_data_hash(signable)
         intent.signature = key_manager().sign_typed_data(
             key=locked.operator, domain=domain, types=INTENT_TYPES, message=message
