@@ -7,7 +7,9 @@ named and disarmed (their marker files exist); the bench arms one by removing it
 first pool process to reach that point writes its pid there and SIGKILLs itself, as the OOM
 killer would. Its worker forks a new pool process; nothing else restarts anything. Beat runs
 as in production (the sweep every WORKFLOW_SWEEP_SECONDS, the relayer monitor), with the
-production stall rule and relay leases unless the environment says otherwise.
+production stall rule and relay leases unless the environment says otherwise. The workers
+reach the node through a proxy that, once during the fault run, holds every RPC call for
+`--rpc-stall` seconds (stall_proxy.py), as a node that hangs and comes back.
 
 A kill in a leased step (simulate, broadcast, confirm) or in sign (atomic, but recorded in the
 transaction of simulate's record, so simulate's lease stands) leaves a lease whose holder is
@@ -35,6 +37,7 @@ from web3.types import Wei
 
 from orchestrator.devtools import processes
 from orchestrator.devtools.benchmarks import common
+from orchestrator.devtools.benchmarks.stall_proxy import StallProxy
 from orchestrator.engine.models import StepRun, WorkflowRun
 from orchestrator.operations.schedules import ensure_periodic_tasks
 from relayer.keys import key_manager
@@ -167,15 +170,19 @@ def run(
     concurrency: int,
     every: tuple[float, float],
     out: Callable[[str], Any],
+    rpc_stall: tuple[float, float] = (20.0, 15.0),
 ) -> None:
+    """`rpc_stall`: (seconds into the fault run, seconds) the node's RPC hangs; 0 s for none."""
     common.require_real_services()
     port = common.free_port()
     log_dir = Path(settings.VAR_DIR) / "log"
     node = processes.anvil(port=port, log_path=log_dir / f"bench-anvil-{port}.log")
     node.start().wait_ready(timeout=30)
     url = f"http://127.0.0.1:{port}"
-    w3 = Web3(Web3.HTTPProvider(url))
-    chain = _chain(url, w3)
+    w3 = Web3(Web3.HTTPProvider(url))  # the bench's own reads go to the node directly
+    proxy = StallProxy(url).__enter__()
+    chain = _chain(proxy.url, w3)
+    stall_at, stall_for = rpc_stall
     signers = _signers(w3, 4)
     folder = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     for point in POINTS:
@@ -191,6 +198,11 @@ def run(
         f"sweep every {settings.WORKFLOW_SWEEP_SECONDS:g} s, stall rule {settings.WORKFLOW_STALL_SECONDS:g} s, "
         f"relay step lease {settings.RELAYER_STEP_LEASE_SECONDS:g} s"
     )
+    if stall_for > 0:
+        out(
+            f"the node's RPC hangs for {stall_for:g} s at {stall_at:g} s into the fault run (the workers' proxy)"
+        )
+    stall = threading.Timer(stall_at, proxy.stall, args=(stall_for,)) if stall_for > 0 else None
     chaos = Chaos(folder, every, out)
     try:
         with ExitStack() as stack:
@@ -202,6 +214,8 @@ def run(
             _settle(_request(chain, signers, 8, 1.0), timeout=120)  # warm up
             before = _nonces(w3, signers)
             chaos.thread.start()
+            if stall is not None:
+                stall.start()
             started = time.monotonic()
             ids = _request(chain, signers, count, seconds)
             chaos.stop.set()
@@ -210,6 +224,9 @@ def run(
             elapsed = time.monotonic() - started
             sent = _nonces(w3, signers) - before
     finally:
+        if stall is not None:
+            stall.cancel()
+        proxy.__exit__()
         node.stop()
     for kill in chaos.kills:
         _again(kill)
@@ -232,6 +249,8 @@ def run(
         f"max {max(confirmed, default=float('nan')):.2f} s"
     )
     out(f"transactions on chain: {sent} for {count} relays (nonces used by the signers)")
+    if stall_for > 0:
+        out(f"RPC stall: {stall_for:g} s at {stall_at:g} s; {proxy.held} calls held by it")
     out("target: kill -> step again p99 <= 15 s; every relay confirmed once")
     out(
         common.result_line(
@@ -247,6 +266,8 @@ def run(
                 "on_chain": sent,
                 "confirm_p50_s": common.percentile(confirmed, 50),
                 "confirm_p99_s": common.percentile(confirmed, 99),
+                "rpc_stall_s": stall_for,
+                "rpc_calls_held": proxy.held,
             },
         )
     )
