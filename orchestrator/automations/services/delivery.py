@@ -9,19 +9,21 @@ recorded twice, and its task is relayed at most once (the relay's key is the fir
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
+import psycopg
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from orchestrator.automations.models import ConfigStatus, Firing, FiringStatus, SubscriptionStatus
+from orchestrator.automations.models import AutomationConfig, ConfigStatus, Firing, FiringStatus, SubscriptionStatus
 from orchestrator.automations.services.answers import Verdict, answer_review
 from orchestrator.automations.services.destinations import Destination, DestinationRefused, destination_pin
 from orchestrator.automations.services.firings import HmacKeys
@@ -101,6 +103,25 @@ def firings_deliver(*, firing_ids: list[str], token: str) -> DeliveryResult:
     return result
 
 
+# What a delivery reads of a firing and its subscription: the hook's body and the record's
+# inputs, not the whole rows (every timestamptz column costs a Python loader call, every jsonb a
+# parse). The configs are read once per batch, not once per firing.
+TAKEN = (
+    "id",
+    "request_id",
+    "request",
+    "due_at",
+    "attempts",
+    "sent_at",
+    "correlation_id",
+    "lease_token",
+    "subscription__status",
+    "subscription__config",
+    "subscription__chain_id",
+    "subscription__sub_account_address",
+)
+
+
 def _take(firing_ids: list[str], token: str, lease: uuid.UUID) -> list[Firing]:
     """Takes the handed-over firings (or ones whose lease ran out) under a new lease. Firings of
     a subscription cancelled meanwhile are closed instead: cancel stops triggers at once."""
@@ -108,21 +129,23 @@ def _take(firing_ids: list[str], token: str, lease: uuid.UUID) -> list[Firing]:
     with transaction.atomic():
         rows = list(
             Firing.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related(
-                "subscription__config__executor",
-                "subscription__config__executor_key",
-                "subscription__config__verifying_key",
-            )
+            .select_related("subscription")
+            .only(*TAKEN)
             .filter(pk__in=firing_ids, next_attempt_at__isnull=False)
             .filter(Q(lease_token=token) | Q(lease_until__lt=now))
         )
-        stopped = [
-            f
+        configs = AutomationConfig.objects.select_related("executor", "executor_key", "verifying_key").in_bulk(
+            {f.subscription.config_id for f in rows}
+        )
+        for firing in rows:
+            firing.subscription.config = configs[firing.subscription.config_id]
+        stopped = {
+            f.pk
             for f in rows
             if f.subscription.status != SubscriptionStatus.ACTIVE or f.subscription.config.status != ConfigStatus.ACTIVE
-        ]
-        live = [f for f in rows if f not in stopped]
-        Firing.objects.filter(pk__in=[f.pk for f in stopped]).update(
+        }
+        live = [f for f in rows if f.pk not in stopped]
+        Firing.objects.filter(pk__in=stopped).update(
             status=FiringStatus.SKIPPED,
             reason="subscription cancelled before the hook was sent",
             next_attempt_at=None,
@@ -188,8 +211,43 @@ class _Records:
         self.retried.append(firing)
 
     def write(self) -> None:
-        for firings, fields in ((self.closed, CLOSED), (self.retried, RETRIED)):
-            rows_update(Firing, firings, fields, only_if={"lease_token": self.lease})
+        _closed_write(self.closed, self.lease)
+        rows_update(Firing, self.retried, RETRIED, only_if={"lease_token": self.lease})
+
+
+# The CLOSED fields of a batch in one statement of fixed text, its values bound as arrays on the
+# server: rows_update's VALUES list is a long query text of 900 parameters, which psycopg's
+# client-side binding parses again for every batch (under cProfile, rows_update was 15% of a
+# delivery's CPU, most of it that parsing).
+_CLOSE = f"""
+UPDATE {Firing._meta.db_table} f SET status = u.status, reason = u.reason, response = u.response::jsonb,
+    answered_at = u.answered_at, hook_ms = u.hook_ms, next_attempt_at = NULL, lease_token = NULL, lease_until = NULL
+FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::int[])
+    AS u(id, status, reason, response, answered_at, hook_ms)
+WHERE f.id = u.id AND f.lease_token = %b"""  # noqa: S608 (the table name from the model; values are parameters)
+
+
+def _closed_write(firings: list[Firing], lease: uuid.UUID) -> int:
+    """rows_update(Firing, firings, CLOSED, only_if={"lease_token": lease}), as arrays. The
+    fields _closed sets to None are NULL in the statement; a None response is SQL NULL, as the
+    JSONField writes it."""
+    if not firings:
+        return 0
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(
+            _CLOSE,
+            (
+                [f.pk for f in firings],
+                [str(f.status) for f in firings],  # the value: psycopg would write an Enum's name
+                [f.reason for f in firings],
+                [None if f.response is None else json.dumps(f.response) for f in firings],
+                [f.answered_at for f in firings],
+                [f.hook_ms for f in firings],
+                lease,
+            ),
+        )
+        return int(cursor.rowcount)
 
 
 def _record(firing: Firing, records: _Records, hook: HookResult, hmac_key: str) -> str:
