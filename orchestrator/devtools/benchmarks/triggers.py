@@ -16,7 +16,9 @@ counts the unique-key collisions it meets). Finally, the dispatcher's cost with 
 subscriptions registered, of which 1,000 are due (and with 1,000, 10,000 and 100,000
 registered, to show it does not grow with the table): triggers_dispatch.py. With --prune-old,
 the retention case (triggers_prune.py): dispatch lateness while retention prunes that many old
-firings, against none pruning."""
+firings, against none pruning. With --scale, only the scale case (triggers_scale.py): N
+subscriptions, sent, missed, duplicated, lateness and CPU seconds per 1,000 firings per process
+kind; with --profile too, first a profile of delivery (triggers_delivery.py)."""
 
 from __future__ import annotations
 
@@ -43,7 +45,13 @@ from orchestrator.automations.models import AutomationConfig, Firing, Subscripti
 from orchestrator.automations.services.configs import config_create, executor_register
 from orchestrator.automations.typed_data import kernel_action_sign
 from orchestrator.devtools import processes
-from orchestrator.devtools.benchmarks import common, triggers_dispatch, triggers_prune
+from orchestrator.devtools.benchmarks import (
+    common,
+    triggers_delivery,
+    triggers_dispatch,
+    triggers_prune,
+    triggers_scale,
+)
 from orchestrator.devtools.benchmarks.executor import SkipExecutor
 from orchestrator.devtools.benchmarks.tasks import BASELINE_DUPLICATES_KEY
 from orchestrator.operations.schedules import ensure_periodic_tasks
@@ -257,6 +265,7 @@ def run(
     prune_only: bool = False,
     profile: bool = False,
     dispatch_only: bool = False,
+    scale: list[int] | None = None,
 ) -> None:
     common.require_real_services()
     logging.getLogger("orchestrator.automations").setLevel(logging.WARNING)  # one line per batch: noise here
@@ -270,6 +279,29 @@ def run(
     cases = []
     prune_rows: list[dict[str, Any]] = []
     prune_figures: dict[str, Any] = {}
+    if scale:
+        with SkipExecutor(port=port, hmac_key=hmac_key, record=record) as executor:
+            if profile:
+                triggers_delivery.delivery_profile(config=config, owner_username=BENCH_USER, due=2000, out=out)
+
+            def measure(n: int, starts: list[datetime], end: datetime) -> Case:
+                return _measure(Case("ours", n), [], starts, interval, end - GRACE, executor, starts[0].timestamp())
+
+            triggers_scale.run(
+                config=config,
+                owner_username=BENCH_USER,
+                sizes=scale,
+                duration=duration,
+                interval=interval,
+                executor=executor,
+                env=LOCAL,
+                clean=_clean,
+                measure=measure,
+                out=out,
+            )
+        _clean()
+        record.unlink(missing_ok=True)
+        return
     with SkipExecutor(port=port, hmac_key=hmac_key, record=record) as executor:
         for n in [] if prune_only or dispatch_only else sizes:
             for system in ("ours", "baseline"):

@@ -74,6 +74,11 @@ class Command(BaseCommand):
         triggers.add_argument("--prune-only", action="store_true", help="Only the retention case.")
         triggers.add_argument("--dispatch-only", action="store_true", help="Only the dispatch cost.")
         triggers.add_argument(
+            "--scale",
+            default="",
+            help="Only the scale case: comma-separated subscription counts (e.g. 50000), CPU per process kind.",
+        )
+        triggers.add_argument(
             "--profile", action="store_true", help="cProfile and EXPLAIN ANALYZE of the largest dispatch cost."
         )
 
@@ -162,6 +167,7 @@ class Command(BaseCommand):
                 prune_only=options["prune_only"],
                 dispatch_only=options["dispatch_only"],
                 profile=options["profile"],
+                scale=[int(n) for n in options["scale"].split(",") if n],
             )
         elif name == "logs":
             from orchestrator.devtools.benchmarks import logs
