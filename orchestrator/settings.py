@@ -221,6 +221,11 @@ WORKFLOW_MAX_COUNTDOWN_SECONDS = env_float("WORKFLOW_MAX_COUNTDOWN_SECONDS", 60.
 # long workflow from holding a worker while other runs wait.
 WORKFLOW_INLINE_STEPS = env_int("WORKFLOW_INLINE_STEPS", 16, minimum=0)
 WORKFLOW_INLINE_SECONDS = env_float("WORKFLOW_INLINE_SECONDS", 2.0, minimum=0)
+# A step's message is acknowledged when its delivery ends, and sent again at once when the pool
+# process running it dies (docs/engine.md, "Dead workers in atomic steps"). A step whose
+# deliveries keep coming back (one that kills its process every time) has each further one
+# after this many counted as a failed attempt, so its retry policy dead-letters it.
+WORKFLOW_MAX_REDELIVERIES = env_int("WORKFLOW_MAX_REDELIVERIES", 2, minimum=0)
 # /readyz fails when beat's last heartbeat (sent with every sweep) is older than this.
 BEAT_HEARTBEAT_MAX_AGE_SECONDS = env_float("BEAT_HEARTBEAT_MAX_AGE_SECONDS", 60.0, minimum=1)
 # Every worker writes its heartbeat row this often; /metrics counts a worker alive for 3 periods.

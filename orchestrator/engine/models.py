@@ -58,6 +58,10 @@ class WorkflowRun(models.Model):
     lease_lock = models.IntegerField(null=True, blank=True)
     lease_server = models.DateTimeField(null=True, blank=True)
     lease_owner = models.CharField(max_length=200, blank=True)
+    # Deliveries of the current step that came back unacknowledged (their worker process died
+    # during them, or the worker stopped holding them); reset when a step is recorded. Past
+    # WORKFLOW_MAX_REDELIVERIES each counts as a failed attempt (docs/engine.md).
+    redeliveries = models.PositiveSmallIntegerField(default=0)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

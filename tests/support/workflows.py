@@ -2,10 +2,14 @@
 
 Inputs steer them: `fail` maps a step name to how many times it raises RetryableError before
 it succeeds; `terminal_at` names a step that raises TerminalError; `hold` names a step that
-announces itself (Redis key `entered:<run>:<step>`) and waits for `release:<run>`."""
+announces itself (Redis key `entered:<run>:<step>`) and waits for `release:<run>`; `kill_at`
+names a step whose process SIGKILLs itself, `kills` times in all (default 1), as the OOM killer
+would: mid-step, before its transaction commits."""
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 from orchestrator.engine import (
@@ -25,6 +29,9 @@ FAST_RETRY = RetryPolicy(max_attempts=4, base_delay=0.2, max_delay=0.5)
 
 
 def _behave(ctx: StepContext) -> None:
+    if ctx.input.get("kill_at") == ctx.step and control.count(f"kills:{ctx.run_id}") < int(ctx.input.get("kills", 1)):
+        control.bump(f"kills:{ctx.run_id}")  # outside the database: the kill rolls nothing of it back
+        os.kill(os.getpid(), signal.SIGKILL)
     if ctx.input.get("hold") == ctx.step:
         control.signal(f"entered:{ctx.run_id}:{ctx.step}:{ctx.attempt}")
         if not control.wait_for_signal(f"release:{ctx.run_id}", timeout=60):

@@ -36,6 +36,7 @@ RUN_STATE_FIELDS = [
     "lease_lock",
     "lease_server",
     "lease_owner",
+    "redeliveries",
     "finished_at",
     "updated_at",
 ]

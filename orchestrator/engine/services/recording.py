@@ -36,6 +36,7 @@ def record_success(
     now = timezone.now()
     journal.finished_at = now
     run.attempts = 0
+    run.redeliveries = 0
     if not compensating:
         run.error = ""  # a compensating run keeps the error that made it fail
     if isinstance(result, Wait):
@@ -106,6 +107,7 @@ def record_failure(
     journal.finished_at = timezone.now()
     journal.error = describe(exc)
     run.error = f"{step.name}: {describe(exc)}"
+    run.redeliveries = 0
     terminal = isinstance(exc, TerminalError)
     if not terminal:
         run.attempts += 1

@@ -19,7 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from orchestrator.engine.definition import Step, StepContext, Workflow, registry
-from orchestrator.engine.errors import TerminalError
+from orchestrator.engine.errors import RetryableError, TerminalError
 from orchestrator.engine.models import ACTIVE_PHASES, WAITING_PHASES, Phase, StepRun, StepStatus, WorkflowRun
 from orchestrator.engine.services.batch import Carry, StepBatch
 from orchestrator.engine.services.leases import (
@@ -43,7 +43,7 @@ from orchestrator.infra.observability import correlation
 logger = logging.getLogger("orchestrator.engine")
 
 
-def step_execute(*, run_id: uuid.UUID, index: int, inline_steps: int | None = None) -> str:
+def step_execute(*, run_id: uuid.UUID, index: int, inline_steps: int | None = None, redelivered: bool = False) -> str:
     """Executes the run's current step (or compensation) if `index` is still current.
 
     When that step leaves the next one due at once, up to `inline_steps` (default
@@ -51,9 +51,19 @@ def step_execute(*, run_id: uuid.UUID, index: int, inline_steps: int | None = No
     lock exactly as if its message had arrived, instead of a broker round trip per step. The
     run's dispatched_at is set for each, so a worker dying mid-way is recovered by the sweep
     like a lost message. Returns the last step's outcome word: done, retry, waiting, failed,
-    dead-letter, or why nothing ran (missing, stale, early, busy, finished, superseded)."""
+    dead-letter, or why nothing ran (missing, stale, early, busy, finished, superseded).
+
+    `redelivered`: this message came back unacknowledged, so the delivery before it died (see
+    _redelivery_counted)."""
     budget = settings.WORKFLOW_INLINE_STEPS if inline_steps is None else inline_steps
     give_up_at = time.monotonic() + settings.WORKFLOW_INLINE_SECONDS
+    if redelivered:
+        if _redelivery_counted(run_id, index) > settings.WORKFLOW_MAX_REDELIVERIES:
+            return _record_dead_deliveries(run_id, index)
+        # The delivery that died may have carried several steps in one transaction: this one
+        # runs its step alone, so that if it dies again, the death is counted against the step
+        # that caused it (the next step gets a message of its own).
+        budget = 0
     while True:
         carry = Carry(run_id, steps_left=budget, give_up_at=give_up_at)
         outcome = _step_once(run_id, index, carry if carry.may_continue() else None)
@@ -213,6 +223,47 @@ def _journal_raised(run_id: uuid.UUID, index: int, raised: _StepRaised, carry: C
             journal = journal_entry(run, step, raised.context, compensating, raised.started)
             # Writes go at once here; the carry still keeps a compensation due at once.
             return record_failure(run, workflow, step, journal, raised.exc, compensating, StepBatch(run, carry))
+
+
+def _redelivery_counted(run_id: uuid.UUID, index: int) -> int:
+    """Counts a delivery of the run's current step that came back unacknowledged: its worker
+    process died during it (or stopped while holding it). Committed on its own, before the step
+    runs again, so that a step which kills its process every time still counts up. Returns the
+    count since the run's last recorded step (0 when `index` is no longer current)."""
+    with transaction.atomic():
+        counted = (
+            WorkflowRun.objects.select_for_update()
+            .filter(pk=run_id, current_step=index, phase__in=[*ACTIVE_PHASES, *WAITING_PHASES])
+            .values_list("redeliveries", flat=True)
+            .first()
+        )
+        if counted is None:
+            return 0
+        WorkflowRun.objects.filter(pk=run_id).update(redeliveries=counted + 1)
+    return counted + 1
+
+
+def _record_dead_deliveries(run_id: uuid.UUID, index: int) -> str:
+    """The step's deliveries keep dying with their process: each one past the allowance is
+    recorded as a failed attempt, without running the step, so its retry policy spaces the next
+    ones out and dead-letters it in the end, instead of a pool process dying per delivery."""
+    with transaction.atomic():
+        run = WorkflowRun.objects.select_for_update().filter(pk=run_id).first()
+        if run is None or _why_not_runnable(run, index):
+            return "stale"
+        with correlation(run.correlation_id):
+            workflow = registry.get(run.kind)
+            compensating = run.phase == Phase.COMPENSATING
+            step = target_step(workflow, run)
+            if step is None:
+                return "stale"
+            context = step_context(run, step)
+            journal = journal_entry(run, step, context, compensating, timezone.now())
+            died = RetryableError(
+                f"its worker process died during the step {run.redeliveries} times in a row (killed, out of "
+                "memory or over CELERY_TASK_TIME_LIMIT); it runs again when its retry is due"
+            )
+            return record_failure(run, workflow, step, journal, died, compensating, StepBatch(run, None))
 
 
 def _why_not_runnable(run: WorkflowRun, index: int) -> str:
