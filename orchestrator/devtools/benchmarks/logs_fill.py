@@ -6,8 +6,9 @@ together, so the heap interleaves them as a live table would (a page's rows are 
 on disk just because the bench wrote them so). The big subscription fires every second, two
 firings to a timestamp (ties that only the id orders); the others' firings are spread evenly
 over the same span. Each carries a /kernel/trigger body and a skip answer of the usual size.
-Then VACUUM ANALYZE, as an old table would be. A fill that matches the sizes asked for is kept
-between runs with --keep and used again."""
+Then VACUUM ANALYZE, as an old table would be (autovacuum's work in production). A fill that
+matches the sizes asked for is kept between runs with --keep and used again, vacuumed again
+first."""
 
 from __future__ import annotations
 
@@ -121,7 +122,16 @@ def fill(*, big: int, others: int, per_other: int, out: Callable[[str], Any]) ->
     token = api_token_issue(user=owner)
     kept = _kept(big, others, per_other)
     if kept is not None:
-        out(f"  the kept fill of an earlier run: {big} + {others} x {per_other} firings")
+        # What autovacuum does for a live table: the visibility map says all-visible again (the
+        # keyset walk stays index-only) after whatever an earlier run or a test left. Quick when
+        # nothing changed: all-visible pages are skipped.
+        began = time.perf_counter()
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE automations_firing")
+        out(
+            f"  the kept fill of an earlier run: {big} + {others} x {per_other} firings "
+            f"(VACUUM ANALYZE {time.perf_counter() - began:.1f} s)"
+        )
         return Fill(big=kept[0], others=kept[1], token=token, seconds=0.0)
     clean()
     config = _config()
