@@ -14,6 +14,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from orchestrator.infra.observability import current_correlation_id
+
 
 def failpoint(name: str) -> None:
     if name not in settings.FAILPOINTS:
@@ -24,7 +26,8 @@ def failpoint(name: str) -> None:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return
-    # Which process died there, for whoever looks for what it left (bench recovery).
-    os.write(fd, str(os.getpid()).encode())
+    # Which process died there, and in which correlation (the run it was executing), for
+    # whoever looks for what it left (bench recovery): "<pid> <correlation id>".
+    os.write(fd, f"{os.getpid()} {current_correlation_id()}".encode())
     os.close(fd)
     os.kill(os.getpid(), signal.SIGKILL)

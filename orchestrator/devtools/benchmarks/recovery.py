@@ -53,6 +53,7 @@ class Kill:
     point: str
     pid: int
     at: float  # epoch seconds, when the process marked the point (just before its SIGKILL)
+    correlation_id: str = ""  # of the run it was executing
     run_id: uuid.UUID | None = None  # the run whose live lease it held
     again_at: float | None = None  # the run's next journal row after the kill
 
@@ -89,8 +90,8 @@ class Chaos:
         deadline = time.monotonic() + 20
         while not self.stop.is_set() and time.monotonic() < deadline:
             if marker.exists() and marker.stat().st_size:
-                pid = int(marker.read_text())
-                kill = Kill(point, pid, marker.stat().st_mtime)
+                pid, _, correlation_id = marker.read_text().partition(" ")
+                kill = Kill(point, int(pid), marker.stat().st_mtime, correlation_id=correlation_id)
                 # The dead process's live lease: the sweep leaves lease_owner until a new claim.
                 held = WorkflowRun.objects.filter(
                     lease_owner__endswith=f":{pid}", lease_until__gte=datetime.fromtimestamp(kill.at, tz=UTC)
@@ -146,16 +147,19 @@ def _settle(ids: list[uuid.UUID], timeout: float) -> None:
 
 
 def _again(kill: Kill) -> None:
-    if kill.run_id is None:
+    """The killed run's next journal row. With no lease (a kill in an atomic step), the run is
+    the one executing under the correlation id the process had when it died."""
+    if kill.run_id is None and kill.correlation_id in ("", "-"):
         return
     after = datetime.fromtimestamp(kill.at, tz=UTC)
-    first = (
-        StepRun.objects.filter(run_id=kill.run_id, started_at__gt=after)
-        .order_by("started_at")
-        .values_list("started_at", flat=True)
-        .first()
-    )
-    kill.again_at = first.timestamp() if first else None
+    rows = StepRun.objects.filter(started_at__gt=after)
+    if kill.run_id is not None:
+        rows = rows.filter(run_id=kill.run_id)
+    else:
+        rows = rows.filter(run__correlation_id=kill.correlation_id)
+    first = rows.order_by("started_at").values_list("started_at", "run_id").first()
+    if first is not None:
+        kill.again_at, kill.run_id = first[0].timestamp(), kill.run_id or first[1]
 
 
 def _nonces(w3: Web3, signers: list[SigningKey]) -> int:
@@ -199,9 +203,7 @@ def run(
         f"relay step lease {settings.RELAYER_STEP_LEASE_SECONDS:g} s"
     )
     if stall_for > 0:
-        out(
-            f"the node's RPC hangs for {stall_for:g} s at {stall_at:g} s into the fault run (the workers' proxy)"
-        )
+        out(f"the node's RPC hangs for {stall_for:g} s at {stall_at:g} s into the fault run (the workers' proxy)")
     stall = threading.Timer(stall_at, proxy.stall, args=(stall_for,)) if stall_for > 0 else None
     chaos = Chaos(folder, every, out)
     try:
@@ -230,7 +232,7 @@ def run(
         node.stop()
     for kill in chaos.kills:
         _again(kill)
-        where = f"run {kill.run_id}" if kill.run_id else "no live lease"
+        where = f"run {kill.run_id}" if kill.run_id else "no run found"
         took = f"{kill.recovery:.2f} s" if kill.recovery is not None else "-"
         out(f"  kill pid {kill.pid} at {kill.point:<26} {where}: step again after {took}")
     recoveries = [k.recovery for k in chaos.kills if k.recovery is not None]
@@ -239,7 +241,7 @@ def run(
     failed = rows.exclude(phase=TxPhase.COMPLETED).count()
     out("")
     out(
-        f"kills: {len(chaos.kills)} ({len(recoveries)} holding a lease, measured); kill -> step again: "
+        f"kills: {len(chaos.kills)} ({len(recoveries)} in a run, measured); kill -> step again: "
         f"p50 {common.percentile(recoveries, 50):.2f} s, p99 {common.percentile(recoveries, 99):.2f} s, "
         f"max {max(recoveries, default=float('nan')):.2f} s"
     )

@@ -30,11 +30,14 @@ class StallProxy:
                 answer = proxy._session().post(
                     proxy.upstream, data=body, headers={"Content-Type": "application/json"}, timeout=60
                 )
-                self.send_response(answer.status_code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer.content)))
-                self.end_headers()
-                self.wfile.write(answer.content)
+                try:
+                    self.send_response(answer.status_code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(answer.content)))
+                    self.end_headers()
+                    self.wfile.write(answer.content)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the caller timed out during the stall and left
 
             def log_message(self, *args: Any) -> None:  # one line per call would drown the bench's
                 pass
