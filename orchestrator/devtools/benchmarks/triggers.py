@@ -274,13 +274,14 @@ def run(
     _clean()
     AutomationConfig.objects.filter(executor__owner__username=BENCH_USER).update(status="deleted")
     config, hmac_key = _config(f"http://127.0.0.1:{port}")
+    verifying = config.verifying_key.address if config.verifying_key else ""
     record = Path(settings.VAR_DIR) / f"bench-triggers-{uuid.uuid4().hex[:6]}.calls"
     out(f"executor: skip-only, asyncio, own process, port {port}; worker: 2 processes on 'triggers'")
     cases = []
     prune_rows: list[dict[str, Any]] = []
     prune_figures: dict[str, Any] = {}
     if scale:
-        with SkipExecutor(port=port, hmac_key=hmac_key, record=record) as executor:
+        with SkipExecutor(port=port, hmac_key=hmac_key, record=record, verifying_address=verifying) as executor:
             if profile:
                 triggers_delivery.delivery_profile(config=config, owner_username=BENCH_USER, due=2000, out=out)
 
@@ -302,7 +303,7 @@ def run(
         _clean()
         record.unlink(missing_ok=True)
         return
-    with SkipExecutor(port=port, hmac_key=hmac_key, record=record) as executor:
+    with SkipExecutor(port=port, hmac_key=hmac_key, record=record, verifying_address=verifying) as executor:
         for n in [] if prune_only or dispatch_only else sizes:
             for system in ("ours", "baseline"):
                 cases.append(_run_case(system, config, n, duration, interval, executor, out))
