@@ -109,13 +109,9 @@ def module_refusal(
     *, seen: ModuleSeen, intent: vpm.ModuleIntent, operator: str, asset: str, committed_hash: str, version: int
 ) -> str | None:
     """Why the module would refuse this intent signed by `operator`, in the words of the rule
-    it would revert with; or why we refuse it although the module would not (it holds another
-    policy than the active version's). None when it may be sent."""
-    if committed_hash.lower() != seen.policyHash.lower():
-        return (
-            f"PolicyNotCommitted: the module holds policy {seen.policyHash}, not v{version}'s "
-            f"({committed_hash or 'never committed'}); the Safe's owners must commit v{version} first"
-        )
+    it would revert with; or, when the module would take it but holds another policy than the
+    active version's, why we refuse it (PolicyNotCommitted, our rule alone: the owners have not
+    committed the version the plan was made under). None when it may be sent."""
     refused = intent_refusal(
         seen.state(chain_id=intent.chain_id),
         intent,
@@ -123,7 +119,14 @@ def module_refusal(
         now=seen.blockTime,
         limits=seen.limits(asset),
     )
-    return None if refused is None else vpm.module_error_of(refused)
+    if refused is not None:
+        return vpm.module_error_of(refused)
+    if committed_hash.lower() != seen.policyHash.lower():
+        return (
+            f"PolicyNotCommitted: the module holds policy {seen.policyHash}, not v{version}'s "
+            f"({committed_hash or 'never committed'}); the Safe's owners must commit v{version} first"
+        )
+    return None
 
 
 def module_intent_json(intent: vpm.ModuleIntent) -> dict[str, Any]:
