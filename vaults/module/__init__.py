@@ -32,8 +32,12 @@ Safe, a spender outside the policy), limits counting increaseAllowance, transfer
 and that for every refusal of an intent or a request the off-chain check names the same error
 with the same arguments; tests/vaults/test_flow_a_module.py Flow A through it end to end (one
 transaction, refusals named off chain first, a failing last deposit moving nothing, one
-transaction when a worker is killed around the broadcast). The README lists these properties
-and what they do not cover.
+transaction when a worker is killed around the broadcast) and tests/vaults/test_flow_a_module_refusals.py
+its refusals on the real Flow A path (a replayed nonce, a passed deadline, a call outside the
+policy, a relayer key calling a setter: each refused with the revert's name before anything is
+broadcast); tests/automations/test_module_subaccount.py and test_module_route_refusals.py the
+same for automation firings through the module. The README lists these properties and what
+they do not cover.
 
 - contract: deploying (development), the Safe's calls that enable and configure it, its state.
 - intents: ModuleIntent, its typed data, signing (eth_account or key manager), calldata.
