@@ -33,10 +33,11 @@ from django.db import transaction
 from django.utils import timezone
 from eth_account import Account
 from eth_account.datastructures import SignedTransaction
-from eth_account.messages import SignableMessage, encode_defunct, encode_typed_data
+from eth_account.messages import SignableMessage, encode_defunct
 from eth_account.types import TransactionDictType
 from eth_utils import keccak
 
+from orchestrator.infra.eip712 import typed_data_signable
 from orchestrator.infra.errors import DomainError
 from orchestrator.infra.sealing import SealedSecret as SealedSecret
 from orchestrator.infra.sealing import resealers
@@ -215,7 +216,7 @@ class LocalKeyManager:
     def sign_typed_data(
         self, *, key: SigningKey, domain: dict[str, Any], types: dict[str, Any], message: dict[str, Any]
     ) -> str:
-        signable = encode_typed_data(domain_data=domain, message_types=types, message_data=message)
+        signable = typed_data_signable(domain=domain, types=types, message=message)
         return self._signature(key, signable)
 
     def sign_message(self, *, key: SigningKey, text: str) -> str:

@@ -9,8 +9,8 @@ per type set (type hashes, each field's encoder) and a message costs its keccaks
 Same semantics as eth_account 0.13 for the values those type sets carry: uint/int as int or
 decimal or 0x-hex string, address as hex, bool, string, bytes and bytesN as bytes or 0x-hex,
 structs, and one-dimensional arrays of any of them. A type set with anything else (nested
-arrays, fixed-size arrays) is refused at compile time with TypeNotCompiled; callers keep
-eth_account for those. tests/infra/test_eip712.py compares both on random messages.
+arrays, fixed-size arrays) is not compiled (TypeNotCompiled) and is hashed by eth_account.
+tests/infra/test_eip712.py compares both on random messages.
 
 Pure Python (no Django): the executor side imports orchestrator.infra.signatures, and may this."""
 
@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
-from eth_account.messages import SignableMessage
+from eth_account.messages import SignableMessage, encode_typed_data
 from eth_utils import keccak
 
 Encoder = Callable[[Any], bytes]  # a field's value -> its 32-byte word in the struct's encoding
@@ -231,6 +231,9 @@ def typed_data_signable(
     *, domain: Mapping[str, Any], types: Mapping[str, Any], message: Mapping[str, Any]
 ) -> SignableMessage:
     """What encode_typed_data(domain_data=, message_types=, message_data=) returns."""
-    compiled = _compiled_for(types)
+    try:
+        compiled = _compiled_for(types)
+    except TypeNotCompiled:
+        return encode_typed_data(domain_data=dict(domain), message_types=dict(types), message_data=dict(message))
     struct_hash = compiled.hash_struct(compiled.primary, message)
     return SignableMessage(version=b"\x01", header=domain_separator(domain), body=struct_hash)

@@ -103,7 +103,10 @@ def test_values_out_of_their_type_are_refused(kind: str, value: Any, error: str)
         typed_data_signable(domain={"name": "n"}, types=types, message={"x": value})
 
 
-def test_types_it_does_not_compile_are_refused() -> None:
+def test_types_it_does_not_compile_are_hashed_by_eth_account() -> None:
+    types = {"T": [{"name": "x", "type": "uint8[2]"}, {"name": "y", "type": "string[][]"}]}
+    message = {"x": [1, 2], "y": [["a"], []]}
     with pytest.raises(TypeNotCompiled):
-        types = {"T": [{"name": "x", "type": "uint8[2]"}]}
-        typed_data_signable(domain={"name": "n"}, types=types, message={"x": [1, 2]})
+        primary_type(types)
+    expected = encode_typed_data(domain_data={"name": "n"}, message_types=types, message_data=message)
+    assert typed_data_signable(domain={"name": "n"}, types=types, message=message) == expected
