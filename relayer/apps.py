@@ -14,8 +14,10 @@ class RelayerConfig(AppConfig):
     def ready(self) -> None:
         from orchestrator.infra.sealing import sealer_register
         from relayer.keys import MasterKeySealer
+        from relayer.profiling import profiling_connect
 
         post_migrate.connect(_seed_chain, sender=self)
         # Infrastructure stores secrets too (idempotent answers) but may not import the relayer:
         # it seals them with whatever is registered here.
         sealer_register(MasterKeySealer())
+        profiling_connect()  # only with RELAYER_PROFILE_DIR set (bench relayer --profile)

@@ -127,9 +127,12 @@ class TxPhase(models.TextChoices):
 
 class RelayTransaction(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    idempotency_key = models.CharField(max_length=255, unique=True)
+    # Unique by a constraint in Meta, as the other indexes below: every index is written on every
+    # update of a row (a relay is updated six times), so those no query uses are left out.
+    idempotency_key = models.CharField(max_length=255)
     signer = models.ForeignKey(SigningKey, on_delete=models.PROTECT, related_name="transactions")
-    chain = models.ForeignKey(Chain, on_delete=models.PROTECT, related_name="transactions")
+    # Lookups by chain use relay_signer_nonce_idx, which starts with it.
+    chain = models.ForeignKey(Chain, on_delete=models.PROTECT, related_name="transactions", db_index=False)
     to = models.CharField(max_length=42)
     value = wei_field(default=0)
     data = models.TextField(default="0x", blank=True)
@@ -137,9 +140,9 @@ class RelayTransaction(models.Model):
     max_fee_per_gas = wei_field(null=True, blank=True)
     max_priority_fee_per_gas = wei_field(null=True, blank=True)
     nonce = models.PositiveBigIntegerField(null=True, blank=True)
-    phase = models.CharField(max_length=12, choices=TxPhase.choices, default=TxPhase.PENDING, db_index=True)
+    phase = models.CharField(max_length=12, choices=TxPhase.choices, default=TxPhase.PENDING)
     # The transaction currently expected to mine (the latest broadcast); every one is in attempts.
-    tx_hash = models.CharField(max_length=66, blank=True, db_index=True)
+    tx_hash = models.CharField(max_length=66, blank=True)
     raw_tx = models.TextField(blank=True)
     bumps = models.PositiveIntegerField(default=0)
     last_broadcast_at = models.DateTimeField(null=True, blank=True)
@@ -151,7 +154,7 @@ class RelayTransaction(models.Model):
     error = models.TextField(blank=True)
     # Never signed after this (an intent's deadline): a late request fails instead of sending.
     not_after = models.DateTimeField(null=True, blank=True)
-    correlation_id = models.CharField(max_length=64, db_index=True)
+    correlation_id = models.CharField(max_length=64)
     # What asked for it: a kind ("intent", "automation", ...) and that object's id.
     requested_by_kind = models.CharField(max_length=50, blank=True)
     requested_by_id = models.CharField(max_length=100, blank=True)
@@ -172,7 +175,12 @@ class RelayTransaction(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # Plain btrees, without the varchar_pattern_ops twin a db_index CharField gets (for LIKE
+        # 'x%', which no query here makes).
         indexes = [
+            models.Index(fields=["phase"], name="relay_phase_idx"),
+            models.Index(fields=["tx_hash"], name="relay_tx_hash_idx"),
+            models.Index(fields=["correlation_id"], name="relay_correlation_idx"),
             models.Index(fields=["chain", "signer", "nonce"], name="relay_signer_nonce_idx"),
             models.Index(fields=["requested_by_kind", "requested_by_id"], name="relay_requested_by_idx"),
             # A lane kick looks for its chain's requests that no batch has taken yet.
@@ -183,6 +191,7 @@ class RelayTransaction(models.Model):
             ),
         ]
         constraints = [
+            models.UniqueConstraint(fields=["idempotency_key"], name="relay_idempotency_key_unique"),
             # Two requests never hold the same nonce for one signer on one chain.
             models.UniqueConstraint(
                 fields=["chain", "signer", "nonce"],

@@ -40,7 +40,8 @@ from orchestrator.engine.services import step_execute, workflow_start
 from orchestrator.infra.bulk import rows_update
 from orchestrator.infra.observability import correlation
 from relayer.models import RelayTransaction, TxPhase
-from relayer.services.lanes import LANE_TASK, lane_kick, lane_kick_started
+from relayer.services.lanes import LANE_TASK, lane_kick, lane_kick_holding, lane_kick_started
+from relayer.services.requesters import requester_runs_note
 from relayer.services.requests import FINISH_LISTENERS, RELAY_WORKFLOW
 
 logger = logging.getLogger("relayer")
@@ -54,7 +55,7 @@ def relay_batch_form(*, chain_id: int) -> WorkflowRun | None:
     SKIP LOCKED lets two kicks of one lane run at once: each takes rows the other has not, so
     no request is in two batches. Returns the run, or None when nothing was waiting or the
     lane is busy (its batch at work kicks again when it has signed)."""
-    lane_kick_started(chain_id=chain_id)
+    lane_kick_holding(chain_id=chain_id)
     limit = settings.RELAYER_BATCH_SIZE
     unsigned = RelayTransaction.objects.filter(
         chain_id=chain_id, phase__in=(TxPhase.PENDING, TxPhase.SUBMITTING), nonce__isnull=True
@@ -69,7 +70,8 @@ def relay_batch_form(*, chain_id: int) -> WorkflowRun | None:
         workflow_run__created_at__gt=timezone.now() - timedelta(seconds=settings.RELAYER_LANE_HOLD_SECONDS),
     )
     if at_work.exclude(workflow_run__input__has_key="split").exists():
-        return None
+        return None  # the flag stays set: that batch kicks the lane when it has signed
+    lane_kick_started(chain_id=chain_id)
     with transaction.atomic():
         taken = list(
             RelayTransaction.objects.select_for_update(skip_locked=True)
@@ -83,11 +85,15 @@ def relay_batch_form(*, chain_id: int) -> WorkflowRun | None:
         ids = [tx_id for tx_id, _ in rows]
         # A batch of one carries its request's correlation id, so a lone relay reads as one
         # story in the logs; a bigger batch gets its own and logs which requests it holds.
+        # The rows locked above are what makes a request join one batch only, so the run's key
+        # need not: a fresh one is inserted without the savepoint that guards a reused key (a
+        # request held back once and batched again would otherwise find its first batch's run).
         run, _ = workflow_start(
             kind=RELAY_WORKFLOW,
             input={"chain": chain_id, "size": len(ids)},
-            idempotency_key=f"relay-batch:{ids[0]}",
+            idempotency_key=f"relay-batch:{ids[0]}:{uuid.uuid4().hex[:12]}",
             correlation_id=rows[0][1] if len(rows) == 1 else None,
+            new_key=True,
         )
         RelayTransaction.objects.filter(pk__in=ids).update(workflow_run=run, updated_at=timezone.now())
         if len(taken) == limit:
@@ -190,10 +196,17 @@ def batch_open(run_id: uuid.UUID) -> QuerySet[RelayTransaction]:
     )
 
 
-def relays_finish(txs: Iterable[RelayTransaction], *, phase: str, fields: Iterable[str] = ()) -> int:
+def relays_finish(
+    txs: Iterable[RelayTransaction], *, phase: str, fields: Iterable[str] = (), note_requesters: bool = False
+) -> int:
     """Writes each request's final phase (and its `error` and any other `fields` already set on
-    it) in one statement, and tells whoever asked for each after commit. Returns how many."""
+    it) in one statement, and tells whoever asked for each after commit. Returns how many.
+
+    `note_requesters`: `fields` change the hash a requesting run shows (a receipt's mined hash,
+    written with the final phase): it is noted in the same transaction, before anyone is told."""
     txs = list(txs)
+    if not txs:
+        return 0
     now = timezone.now()
     for tx in txs:
         tx.phase = phase
@@ -203,6 +216,8 @@ def relays_finish(txs: Iterable[RelayTransaction], *, phase: str, fields: Iterab
         tx.error = "" if phase == TxPhase.COMPLETED else tx.error.replace("\x00", "")
     with transaction.atomic():
         rows_update(RelayTransaction, txs, ["phase", "error", "updated_at", *fields])
+        if note_requesters:
+            requester_runs_note(txs)
         told = set()
         for tx in txs:
             listener = FINISH_LISTENERS.get(tx.requested_by_kind)

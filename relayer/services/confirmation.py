@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Prefetch
 from django.utils import timezone
 
 from orchestrator.engine import StepContext, TerminalError, Wait
@@ -26,23 +28,37 @@ from relayer.rpc import (
     suggested_fees,
     web3_for,
 )
-from relayer.services.batches import batch_open, relay_fail, relays_finish
+from relayer.services.batches import OPEN_PHASES, batch_open, relay_fail, relays_finish
 from relayer.services.requesters import requester_runs_note
 from relayer.services.submission import record_broadcast, send_stored, sign_for
 
 logger = logging.getLogger("relayer")
 
+RECEIPT_FIELDS = ["block_number", "block_hash", "mined_hash", "receipt_status", "gas_used"]
+
 
 def relay_confirm(ctx: StepContext) -> dict[str, int] | Wait:
-    """Looks up the receipts of every broadcast of the batch's open requests in one JSON-RPC
-    batch (and, for a depth above 1, the head and the blocks that hold them). Requests confirmed
+    """Looks up the receipts of every broadcast of the batch's open requests that may have one
+    (_worth_a_look) in one JSON-RPC batch (and, for a depth above 1, the head and the blocks
+    that hold them). Requests confirmed
     deep enough complete (or fail, if they reverted on chain); the rest are looked at again
     after the chain's poll interval, replaced when stuck, and re-sent when a reorg dropped them."""
-    txs = list(batch_open(ctx.run_id).filter(nonce__isnull=False).prefetch_related("broadcasts"))
-    if not txs:
+    look = _worth_a_look(ctx.run_id)
+    if look is None:
         return {"confirmed": 0}
-    chain = txs[0].chain
+    # Without the signed bytes, which nothing here reads (a re-send or a bump loads its row again).
+    txs = list(
+        batch_open(ctx.run_id)
+        .filter(pk__in=look.ids)
+        .defer("raw_tx", "data")
+        .prefetch_related(Prefetch("broadcasts", queryset=Broadcast.objects.defer("raw_tx")))
+        if look.ids
+        else []
+    )
     now = timezone.now()
+    if not txs:
+        return Wait(phase=Phase.CONFIRMING, resume_at=now + timedelta(seconds=look.poll_interval))
+    chain = txs[0].chain
     hashes = [
         (tx, b)
         for tx in txs
@@ -61,7 +77,7 @@ def relay_confirm(ctx: StepContext) -> dict[str, int] | Wait:
         if answer.result is not None and tx.pk not in receipts:
             receipts[tx.pk] = (broadcast, answer.result)  # the newest broadcast that mined
     deep = _canonical_blocks(chain, head, [int(r["blockNumber"], 16) for _, r in receipts.values()])
-    seen, done, reverted, waiting = [], [], [], 0
+    seen, done, reverted, waiting = [], [], [], look.unmined
     for tx in txs:
         found = receipts.get(tx.pk)
         if found is None:
@@ -88,16 +104,66 @@ def relay_confirm(ctx: StepContext) -> dict[str, int] | Wait:
             # Mined and reverted: the nonce is spent, so there is no gap to fill; the request failed.
             tx.error = f"transaction {broadcast.tx_hash} reverted on chain in block {block_number}"
             reverted.append(tx)
-    rows_update(
-        RelayTransaction, seen, ["block_number", "block_hash", "mined_hash", "receipt_status", "gas_used", "updated_at"]
-    )
-    requester_runs_note(seen)
+    # A receipt seen at the depth needed (always, at depth 1) is written with the final phase,
+    # in one statement; one still short of it is written now, and finishes on a later look.
+    finished = {tx.pk for tx in done + reverted}
+    short_of_depth = [tx for tx in seen if tx.pk not in finished]
+    rows_update(RelayTransaction, short_of_depth, [*RECEIPT_FIELDS, "updated_at"])
+    requester_runs_note(short_of_depth)
     failpoint("relay.after_receipt")
-    relays_finish(done, phase=TxPhase.COMPLETED, fields=["confirmed_at"])
-    relays_finish(reverted, phase=TxPhase.FAILED, fields=["confirmed_at"])
+    fields = ["confirmed_at", *RECEIPT_FIELDS]
+    relays_finish(done, phase=TxPhase.COMPLETED, fields=fields, note_requesters=True)
+    relays_finish(reverted, phase=TxPhase.FAILED, fields=fields, note_requesters=True)
     if waiting:
         return Wait(phase=Phase.CONFIRMING, resume_at=now + timedelta(seconds=chain.poll_interval))
     return {"confirmed": len(done), "reverted": len(reverted)}
+
+
+@dataclass(frozen=True)
+class _Look:
+    ids: list[uuid.UUID]  # the open requests worth looking up
+    unmined: int  # the others: not mined yet, by their signer's nonce on chain
+    poll_interval: float
+
+
+def _worth_a_look(run_id: uuid.UUID) -> _Look | None:
+    """Which of the batch's open, signed requests may have a receipt, or need a bump or a
+    re-send: those whose nonce the chain has passed (by each signer's transaction count), those
+    seen before (a depth above 1, or a reorg), and those broadcast long enough ago to be stuck.
+    The others cannot have mined and are left as they are, so a batch polled while its node
+    mines it (anvil under load: a few transactions a poll) loads and looks up each request
+    about once, not on every poll. None when no request is open."""
+    rows = list(
+        RelayTransaction.objects.filter(workflow_run_id=run_id, phase__in=OPEN_PHASES, nonce__isnull=False).values_list(
+            "id",
+            "signer__address",
+            "nonce",
+            "block_hash",
+            "last_broadcast_at",
+            "chain__rpc_url",
+            "chain__stuck_after",
+            "chain__poll_interval",
+        )
+    )
+    if not rows:
+        return None
+    rpc_url, stuck_after, poll_interval = rows[0][5], rows[0][6], rows[0][7]
+    signers = sorted({row[1] for row in rows})
+    answers = rpc_batch(rpc_url, [("eth_getTransactionCount", [address, "latest"]) for address in signers])
+    if any(a.error is not None for a in answers):
+        raise RpcUnavailable(f"RPC refused a nonce lookup: {next(a.message for a in answers if a.error)}")
+    passed = {address: int(a.result, 16) for address, a in zip(signers, answers, strict=True)}
+    now = timezone.now()
+    ids = [
+        pk
+        for pk, address, nonce, block_hash, broadcast_at, *_ in rows
+        if nonce is None
+        or nonce < passed[address]
+        or block_hash
+        or broadcast_at is None
+        or (now - broadcast_at).total_seconds() > stuck_after
+    ]
+    return _Look(ids=ids, unmined=len(rows) - len(ids), poll_interval=poll_interval)
 
 
 def _canonical_blocks(chain: Chain, head: int | None, numbers: list[int]) -> dict[int, str]:

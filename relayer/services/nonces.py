@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from django.db import IntegrityError, transaction
+from collections.abc import Mapping
 
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from orchestrator.infra.bulk import rows_update
 from relayer.models import Chain, NonceCursor, SigningKey
 from relayer.rpc import as_address, web3_for
 
@@ -29,15 +33,26 @@ def nonce_cursor_ensure(*, signer: SigningKey, chain: Chain) -> None:
         pass  # another worker created it first
 
 
-def nonce_allocate(*, signer: SigningKey, chain: Chain, count: int = 1) -> int:
-    """Takes the next `count` consecutive nonces and returns the first. Must run inside the
-    transaction that stores what uses them: if that transaction rolls back, they were never
-    taken. Raises NonceCursor.DoesNotExist if nonce_cursor_ensure has not run."""
-    cursor = NonceCursor.objects.select_for_update().get(signer=signer, chain=chain)
-    nonce = cursor.next_nonce
-    cursor.next_nonce = nonce + count
-    cursor.save(update_fields=["next_nonce", "updated_at"])
-    return nonce
+def nonces_allocate(*, chain: Chain, counts: Mapping[int, int]) -> dict[int, int]:
+    """Takes the next `counts[signer_id]` consecutive nonces of each signer and returns each
+    signer's first. Must run inside the transaction that stores what uses them: if that
+    transaction rolls back, they were never taken. The cursors are locked in signer order (two
+    batches sharing signers cannot deadlock) by one statement and moved by another, whatever
+    the number of signers (a lock and a write per signer were two round trips each). Raises
+    NonceCursor.DoesNotExist if nonce_cursor_ensure has not run for one of them."""
+    cursors = list(
+        NonceCursor.objects.select_for_update().filter(chain=chain, signer_id__in=list(counts)).order_by("signer_id")
+    )
+    if len(cursors) != len(counts):
+        missing = set(counts) - {cursor.signer_id for cursor in cursors}
+        raise NonceCursor.DoesNotExist(f"no nonce cursor on chain {chain.pk} for signer(s) {sorted(missing)}")
+    firsts, now = {}, timezone.now()
+    for cursor in cursors:
+        firsts[cursor.signer_id] = cursor.next_nonce
+        cursor.next_nonce += counts[cursor.signer_id]
+        cursor.updated_at = now
+    rows_update(NonceCursor, cursors, ["next_nonce", "updated_at"])
+    return firsts
 
 
 def nonce_resync(*, signer: SigningKey, chain: Chain) -> int:

@@ -8,6 +8,7 @@ trip per step for the whole batch, instead of per transaction."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -104,17 +105,22 @@ def relay_request(
         "after_id": after.pk if after is not None else None,
     }
     ambient = current_correlation_id()
+    row = RelayTransaction(
+        idempotency_key=idempotency_key,
+        requested_by_kind=requested_by[0],
+        requested_by_id=str(requested_by[1]),
+        correlation_id=correlation_id or (ambient if ambient != "-" else new_correlation_id()),
+        not_after=not_after,
+        requester_run_id=requester_run_id,
+        **wanted,
+    )
     try:
-        with transaction.atomic():
-            tx = RelayTransaction.objects.create(
-                idempotency_key=idempotency_key,
-                requested_by_kind=requested_by[0],
-                requested_by_id=str(requested_by[1]),
-                correlation_id=correlation_id or (ambient if ambient != "-" else new_correlation_id()),
-                not_after=not_after,
-                requester_run_id=requester_run_id,
-                **wanted,
-            )
+        # Inside a caller's transaction, a savepoint keeps a reused key from breaking it. Outside
+        # one, the INSERT commits on its own (autocommit), as durably, without the BEGIN and
+        # COMMIT round trips of a transaction around one statement.
+        with transaction.atomic() if transaction.get_connection().in_atomic_block else nullcontext():
+            row.save(force_insert=True)
+        tx = row
     except IntegrityError:
         existing = RelayTransaction.objects.get(idempotency_key=idempotency_key)
         seen = {k: getattr(existing, k) for k in wanted}

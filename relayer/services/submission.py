@@ -36,7 +36,7 @@ from relayer.rpc import (
 )
 from relayer.services.batches import batch_open, followers_of, relay_batch_split, relay_fail, relays_finish
 from relayer.services.lanes import lane_kick
-from relayer.services.nonces import nonce_allocate, nonce_cursor_ensure, nonce_resync
+from relayer.services.nonces import nonce_cursor_ensure, nonce_resync, nonces_allocate
 from relayer.services.requesters import requester_runs_note
 from relayer.services.simulation import batch_simulate
 
@@ -186,11 +186,14 @@ def relay_sign(ctx: StepContext) -> dict[str, int]:
     for tx in txs:
         by_signer.setdefault(tx.signer_id, []).append(tx)
     broadcasts = []
-    # Cursors are locked in signer order, so two batches sharing signers cannot deadlock.
+    firsts = (
+        nonces_allocate(chain=txs[0].chain, counts={signer_id: len(group) for signer_id, group in by_signer.items()})
+        if txs
+        else {}
+    )
     for signer_id in sorted(by_signer):
         group = by_signer[signer_id]
-        signer, chain = group[0].signer, group[0].chain
-        first = nonce_allocate(signer=signer, chain=chain, count=len(group))
+        signer, first = group[0].signer, firsts[signer_id]
         fees = [Fees(int(tx.max_fee_per_gas or 0), int(tx.max_priority_fee_per_gas or 0)) for tx in group]
         signed = key_manager().sign_transactions(
             key=signer,

@@ -53,6 +53,25 @@ def test_a_batch_freeing_its_lane_kicks_it_only_if_a_request_is_waiting() -> Non
 
 
 @pytest.mark.django_db
+def test_a_kick_that_finds_the_lane_busy_leaves_the_next_requests_to_the_batch_at_work() -> None:
+    queues_purge()
+    chain = make_chain(closed_url())
+    signer = key_manager().create_key(purpose="relayer")
+    try:
+        lanes.lane_kick_holding(chain_id=chain.pk)  # a kick looked, and found a batch still to sign
+        relay_request(signer=signer, chain=chain, to=RECEIVER, idempotency_key="k-1")
+        lanes._send(chain.pk)  # that request's own kick (the test's transaction never commits)
+        assert queue_depth("relay") == 0  # the batch at work kicks for it once it has signed
+        lanes._send_if_waiting(chain.pk)  # it has: the lane is free, and the request waits
+        assert queue_depth("relay") == 1
+        lanes._send(chain.pk)  # a later request: the kick just sent has not started, it sees it
+        assert queue_depth("relay") == 1
+    finally:
+        lanes.lane_kick_started(chain_id=chain.pk)
+        queues_purge()
+
+
+@pytest.mark.django_db
 def test_the_orphan_check_kicks_one_lane_per_chain_however_many_requests_wait() -> None:
     # The model orders by -created_at; under that ordering DISTINCT chain_id was one row per
     # request, and the monitor sent 26 kicks for one chain.

@@ -2,13 +2,21 @@
 sign with a serialized nonce, broadcast, confirm), from one signer and from ten, against a
 bare web3.py loop that signs and sends the same transactions with local nonces (the floor).
 
-Everything runs against one anvil started here (automine), in one run."""
+Everything runs against one anvil started here (automine), in one run. With --repeat N the
+cases run N rounds, bare loop and relayer in turn (bare, relayer, bare+receipt for one signer,
+then for ten), so a swing in the machine's speed (other processes on its two cores) hits the
+bare loop and the relayer alike; the ratios are then each round's, summed up by their median
+and their worst."""
 
 from __future__ import annotations
 
+import cProfile
+import statistics
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +27,10 @@ from web3 import Web3
 
 from orchestrator.devtools import processes
 from orchestrator.devtools.benchmarks import common
+from orchestrator.devtools.benchmarks.relayer_cpu import KINDS, cpu_by_kind, print_profiles, profiled
 from relayer.keys import key_manager
 from relayer.models import Chain, RelayTransaction, SigningKey, TxPhase
+from relayer.profiling import ENV as PROFILE_ENV
 from relayer.services.requests import relay_request
 
 SINK = "0x000000000000000000000000000000000000bEEF"
@@ -28,7 +38,7 @@ SINK = "0x000000000000000000000000000000000000bEEF"
 
 def _fund(w3: Web3, addresses: list[str]) -> None:
     funder = w3.eth.accounts[0]
-    hashes = [w3.eth.send_transaction({"from": funder, "to": a, "value": w3.to_wei(100, "ether")}) for a in addresses]
+    hashes = [w3.eth.send_transaction({"from": funder, "to": a, "value": w3.to_wei(10, "ether")}) for a in addresses]
     for h in hashes:
         w3.eth.wait_for_transaction_receipt(h, timeout=30)
 
@@ -67,23 +77,30 @@ def bare_loop(w3: Web3, *, signers: int, count: int, wait_each: bool = False) ->
     return count / (time.perf_counter() - started)
 
 
-def relayer_path(chain: Chain, w3: Web3, *, signers: int, count: int) -> float:
+def relayer_path(
+    chain: Chain, w3: Web3, *, signers: int, count: int, profiler: cProfile.Profile | None = None
+) -> float:
     """Requests `count` relays round-robin over fresh relayer keys and waits until all are
-    confirmed. Returns transactions per second, from the first request to the last confirmation."""
+    confirmed. Returns transactions per second, from the first request to the last confirmation.
+    Then counts them on chain: every key's nonce and the sink's balance must have moved by
+    exactly what was requested, or it raises."""
     keys = [key_manager().create_key(purpose="relayer", label="bench") for _ in range(signers)]
     _fund(w3, [k.address for k in keys])
+    sink = Web3.to_checksum_address(SINK)
+    sink_before = w3.eth.get_balance(sink)
     started = time.perf_counter()
-    ids = [
-        relay_request(
-            signer=keys[i % signers],
-            chain=chain,
-            to=SINK,
-            value=1,
-            idempotency_key=f"bench-{uuid.uuid4().hex}",
-            requested_by=("bench", str(i)),
-        ).id
-        for i in range(count)
-    ]
+    with profiled(profiler is not None, profiler or cProfile.Profile()):
+        ids = [
+            relay_request(
+                signer=keys[i % signers],
+                chain=chain,
+                to=SINK,
+                value=1,
+                idempotency_key=f"bench-{uuid.uuid4().hex}",
+                requested_by=("bench", str(i)),
+            ).id
+            for i in range(count)
+        ]
 
     def done() -> bool:
         return RelayTransaction.objects.filter(pk__in=ids, phase=TxPhase.COMPLETED).count() == count
@@ -96,10 +113,24 @@ def relayer_path(chain: Chain, w3: Web3, *, signers: int, count: int) -> float:
         raise RuntimeError(f"{broken()} relays failed; see the admin")
     elapsed = time.perf_counter() - started
     SigningKey.objects.filter(pk__in=[k.pk for k in keys]).update(label="bench (used)")
+    sent = sum(int(w3.eth.get_transaction_count(Web3.to_checksum_address(k.address), "latest")) for k in keys)
+    paid = w3.eth.get_balance(sink) - sink_before
+    if sent != count or paid != count:
+        raise RuntimeError(f"on chain: {sent} transactions from the relayer keys and {paid} wei paid, for {count}")
     return count / elapsed
 
 
-def run(*, count: int, concurrency: int, out: Callable[[str], Any]) -> None:
+def _case(
+    label: str, measure: Callable[[], float], out: Callable[[str], Any], cpu: dict[str, dict[str, float]], count: int
+) -> float:
+    with cpu_by_kind() as used:
+        rate = measure()
+    cpu[label] = {kind: 1000 * seconds / count for kind, seconds in used.items()}
+    out(f"  {label}: {rate:.1f} tx/s")
+    return rate
+
+
+def run(*, count: int, concurrency: int, out: Callable[[str], Any], repeat: int = 1, profile: bool = False) -> None:
     common.require_real_services()
     port = common.free_port()
     node = processes.anvil(port=port, log_path=Path(settings.VAR_DIR) / "log" / f"bench-anvil-{port}.log")
@@ -116,49 +147,110 @@ def run(*, count: int, concurrency: int, out: Callable[[str], Any]) -> None:
             "stuck_after": 30,
         },
     )
-    out(f"bench relayer: {count} transfers per case on anvil (automine) at {url}")
+    profile_dir = Path(tempfile.mkdtemp(prefix="bench-relayer-profile-")) if profile else None
+    bench_profile = cProfile.Profile() if profile else None
+    out(f"bench relayer: {count} transfers per case on anvil (automine) at {url}, {repeat} round(s)")
     out(f"relayer: one worker on all queues, prefork concurrency={concurrency}, confirmation depth 1")
-    rows = []
+    rows: list[dict[str, Any]] = []
+    cpu: dict[str, dict[str, float]] = {}
     try:
-        with common.worker(name="relayer", concurrency=concurrency):
+        env = {PROFILE_ENV: str(profile_dir)} if profile_dir else None
+        with common.worker(name="relayer", concurrency=concurrency, env=env):
             relayer_path(chain, w3, signers=1, count=20)  # warm up imports, connections, caches
-            for signers in (1, 10):
-                bare = bare_loop(w3, signers=signers, count=count)
-                out(f"  bare loop, fire and forget, {signers} signer(s): {bare:.1f} tx/s")
-                waited = bare_loop(w3, signers=signers, count=count, wait_each=True)
-                out(f"  bare loop, waiting for each receipt, {signers} signer(s): {waited:.1f} tx/s")
-                relayed = relayer_path(chain, w3, signers=signers, count=count)
-                out(f"  relayer, confirmed, {signers} signer(s): {relayed:.1f} tx/s")
-                rows.append(
-                    {
-                        "signers": signers,
-                        "bare tx/s": bare,
-                        "bare+receipt tx/s": waited,
-                        "relayer tx/s": relayed,
-                        "ratio": relayed / bare,
-                        "ratio vs bare+receipt": relayed / waited,
-                    }
-                )
+            for round_no in range(1, repeat + 1):
+                for signers in (1, 10):
+                    out(f"round {round_no}, {signers} signer(s):")
+                    bare = _case(
+                        "bare loop, fire and forget",
+                        partial(bare_loop, w3, signers=signers, count=count),
+                        out,
+                        cpu,
+                        count,
+                    )
+                    relayed = _case(
+                        "relayer, confirmed",
+                        partial(relayer_path, chain, w3, signers=signers, count=count, profiler=bench_profile),
+                        out,
+                        cpu,
+                        count,
+                    )
+                    waited = _case(
+                        "bare loop, waiting for each receipt",
+                        partial(bare_loop, w3, signers=signers, count=count, wait_each=True),
+                        out,
+                        cpu,
+                        count,
+                    )
+                    out("    CPU ms per transaction: " + _cpu_line(cpu))
+                    rows.append(
+                        {
+                            "round": round_no,
+                            "signers": signers,
+                            "bare tx/s": bare,
+                            "bare+receipt tx/s": waited,
+                            "relayer tx/s": relayed,
+                            "ratio": relayed / bare,
+                            "ratio vs bare+receipt": relayed / waited,
+                        }
+                    )
     finally:
         node.stop()
     out("")
     common.table(rows, out)
     out("")
-    out("target: relayer >= 0.5 x the bare loop for 1 and for 10 signers")
+    summary = _summary(rows)
+    common.table(summary, out)
+    out("")
+    out("target: relayer >= 0.9 x the bare fire-and-forget loop for 1 and for 10 signers, in every round")
     out("ratio: against the fire-and-forget loop (the floor); the relayer also waits for every receipt,")
     out("so 'ratio vs bare+receipt' compares it with a loop that does the same.")
+    if profile_dir is not None and bench_profile is not None:
+        out("")
+        print_profiles(profile_dir, bench_profile, out)
+    one, ten = summary
     out(
         common.result_line(
             "relayer",
             {
-                "one_signer_ratio": rows[0]["ratio"],
-                "ten_signers_ratio": rows[1]["ratio"],
-                "ten_signers_tx_per_s": rows[1]["relayer tx/s"],
-                "one_signer_tx_per_s": rows[0]["relayer tx/s"],
-                "bare_one_signer_tx_per_s": rows[0]["bare tx/s"],
-                "bare_ten_signers_tx_per_s": rows[1]["bare tx/s"],
-                "one_signer_ratio_vs_receipt_loop": rows[0]["ratio vs bare+receipt"],
-                "ten_signers_ratio_vs_receipt_loop": rows[1]["ratio vs bare+receipt"],
+                "one_signer_ratio": one["ratio median"],
+                "ten_signers_ratio": ten["ratio median"],
+                "ten_signers_tx_per_s": ten["relayer tx/s median"],
+                "one_signer_tx_per_s": one["relayer tx/s median"],
+                "bare_one_signer_tx_per_s": one["bare tx/s median"],
+                "bare_ten_signers_tx_per_s": ten["bare tx/s median"],
+                "one_signer_ratio_vs_receipt_loop": one["vs bare+receipt median"],
+                "ten_signers_ratio_vs_receipt_loop": ten["vs bare+receipt median"],
+                "one_signer_ratio_median": one["ratio median"],
+                "one_signer_ratio_worst": one["ratio worst"],
+                "ten_signers_ratio_median": ten["ratio median"],
+                "ten_signers_ratio_worst": ten["ratio worst"],
+                "rounds": repeat,
             },
         )
     )
+
+
+def _cpu_line(cpu: dict[str, dict[str, float]]) -> str:
+    return "; ".join(
+        f"{label.split(',')[0]}{' (receipts)' if 'receipt' in label else ''}: "
+        + " ".join(f"{kind} {used[kind]:.1f}" for kind in KINDS)
+        for label, used in cpu.items()
+    )
+
+
+def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for signers in (1, 10):
+        mine = [r for r in rows if r["signers"] == signers]
+        out.append(
+            {
+                "signers": signers,
+                "rounds": len(mine),
+                "bare tx/s median": statistics.median(r["bare tx/s"] for r in mine),
+                "relayer tx/s median": statistics.median(r["relayer tx/s"] for r in mine),
+                "ratio median": statistics.median(r["ratio"] for r in mine),
+                "ratio worst": min(r["ratio"] for r in mine),
+                "vs bare+receipt median": statistics.median(r["ratio vs bare+receipt"] for r in mine),
+            }
+        )
+    return out

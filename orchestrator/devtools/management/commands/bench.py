@@ -30,6 +30,12 @@ class Command(BaseCommand):
         relayer = sub.add_parser("relayer", help="Relayer path vs a bare web3.py send loop on anvil.")
         relayer.add_argument("--count", type=int, default=300, help="Transactions per case.")
         relayer.add_argument("--concurrency", type=int, default=4, help="Worker processes.")
+        relayer.add_argument(
+            "--repeat", type=int, default=1, help="Rounds, bare loop and relayer in turn; median and worst ratio."
+        )
+        relayer.add_argument(
+            "--profile", action="store_true", help="cProfile the relay worker's tasks and this process's requests."
+        )
 
         flow_a = sub.add_parser("flow-a", help="Feed arrival to signed ExecutionIntent, vs a bare Celery round trip.")
         flow_a.add_argument("--feeds", type=int, default=500)
@@ -136,7 +142,13 @@ class Command(BaseCommand):
         elif name == "relayer":
             from orchestrator.devtools.benchmarks import relayer
 
-            relayer.run(count=options["count"], concurrency=options["concurrency"], out=self.stdout.write)
+            relayer.run(
+                count=options["count"],
+                concurrency=options["concurrency"],
+                repeat=options["repeat"],
+                profile=options["profile"],
+                out=self.stdout.write,
+            )
         elif name == "flow-a":
             from orchestrator.devtools.benchmarks import flow_a
 
