@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 from celery import Celery
-from celery.signals import beat_init, task_prerun, worker_ready
+from celery.signals import beat_init, task_prerun, worker_process_init, worker_ready
 from kombu import Exchange, Queue
 
 from orchestrator.infra.heartbeats import WorkerHeartbeat, worker_registered
@@ -51,3 +52,12 @@ def _drop_broken_connections(**_: object) -> None:
     from orchestrator.infra.dbpool import broken_connections_drop
 
     broken_connections_drop()
+
+
+@worker_process_init.connect
+@beat_init.connect
+def _freeze_startup_objects(**_: object) -> None:
+    # Everything loaded before the first task (Django, the apps, web3: ~175,000 objects) lives as
+    # long as the process. Out of the collector's reach, a full collection no longer walks them:
+    # 100-130 ms measured here, a pause that landed on whichever step was running.
+    gc.freeze()
