@@ -156,7 +156,10 @@ def run(*, count: int, concurrency: int, out: Callable[[str], Any], repeat: int 
     try:
         env = {PROFILE_ENV: str(profile_dir)} if profile_dir else None
         with common.worker(name="relayer", concurrency=concurrency, env=env):
-            relayer_path(chain, w3, signers=1, count=20)  # warm up imports, connections, caches
+            # Warm up imports, connections and caches: in every pool process (a batch of ten
+            # signers spreads over them), and the bare loop's client.
+            relayer_path(chain, w3, signers=10, count=100)
+            bare_loop(w3, signers=1, count=20)
             for round_no in range(1, repeat + 1):
                 for signers in (1, 10):
                     out(f"round {round_no}, {signers} signer(s):")
