@@ -339,9 +339,10 @@ _SENDING_LOCK = 0x72656C6179 << 24
 
 @contextmanager
 def _sending(chain_id: int) -> Iterator[None]:
-    """One batch at a time sends to a chain. Two batches of one signer sent at once reach the
-    node interleaved; anvil (automine) then sometimes accepted a transaction and mined nothing
-    after it until another arrived (measured: 30 s, until the fee bump, in 2 of 6 bench runs).
+    """One batch at a time sends to a chain, so one signer's batches reach the node in turn,
+    not interleaved. Seen with sends that overlapped (bench relayer, 2 runs of 6): anvil
+    (automine) accepted a transaction and mined nothing after it until another arrived, 30 s
+    later with the fee bump; not reproduced in isolation, and not seen since in the runs made.
     A session lock: a worker that dies holding it frees it with its connection."""
     key = _SENDING_LOCK | (chain_id & 0xFFFFFF)
     with connection.cursor() as cursor:
