@@ -112,6 +112,12 @@ class Command(BaseCommand):
         recovery.add_argument("--workers", type=int, default=2, help="Celery workers.")
         recovery.add_argument("--concurrency", type=int, default=2, help="Processes per worker.")
         recovery.add_argument("--every", default="2,4", help="Seconds between kills: min,max (uniform).")
+        recovery.add_argument(
+            "--rpc-stall", type=float, default=15.0, help="Seconds the node's RPC hangs during the fault run (0: none)."
+        )
+        recovery.add_argument(
+            "--rpc-stall-at", type=float, default=20.0, help="When the stall starts, seconds into the fault run."
+        )
 
         soak = sub.add_parser(
             "soak", help="`manage.py up` on the embedded default, used as people would for N minutes."
@@ -205,6 +211,7 @@ class Command(BaseCommand):
                 workers=options["workers"],
                 concurrency=options["concurrency"],
                 every=(low, high),
+                rpc_stall=(options["rpc_stall_at"], options["rpc_stall"]),
                 out=self.stdout.write,
             )
         elif name == "soak":
