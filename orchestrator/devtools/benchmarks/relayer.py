@@ -6,7 +6,10 @@ Everything runs against one anvil started here (automine), in one run. With --re
 cases run N rounds, bare loop and relayer in turn (bare, relayer, bare+receipt for one signer,
 then for ten), so a swing in the machine's speed (other processes on its two cores) hits the
 bare loop and the relayer alike; the ratios are then each round's, summed up by their median
-and their worst."""
+and their worst. Each case runs on the chain as the warm-up left it (an anvil snapshot taken
+then, reverted to after each case): anvil slows down as its chain grows (949 tx/s for its first
+500 raw transactions, 247 for its 3,501st to 4,000th), so without it the case that ran first
+met a younger, faster chain."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from django.conf import settings
 from eth_account import Account
 from hexbytes import HexBytes
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 from orchestrator.devtools import processes
 from orchestrator.devtools.benchmarks import common
@@ -53,13 +57,14 @@ def bare_loop(w3: Web3, *, signers: int, count: int, wait_each: bool = False) ->
     max_fee = 2 * int(fees["baseFeePerGas"][-1]) + 10**9
     nonces = dict.fromkeys(range(signers), 0)
     last: dict[int, HexBytes] = {}
+    chain_id = w3.eth.chain_id  # once: a loop written for speed does not ask it per transaction
     started = time.perf_counter()
     for i in range(count):
         who = i % signers
         signed = accounts[who].sign_transaction(
             {
                 "type": 2,
-                "chainId": w3.eth.chain_id,
+                "chainId": chain_id,
                 "nonce": nonces[who],
                 "to": SINK,
                 "value": 1,
@@ -121,13 +126,37 @@ def relayer_path(
 
 
 def _case(
-    label: str, measure: Callable[[], float], out: Callable[[str], Any], cpu: dict[str, dict[str, float]], count: int
+    label: str,
+    measure: Callable[[], float],
+    out: Callable[[str], Any],
+    cpu: dict[str, dict[str, float]],
+    count: int,
+    chain: SameChain,
 ) -> float:
     with cpu_by_kind() as used:
         rate = measure()
+    chain.reset()
     cpu[label] = {kind: 1000 * seconds / count for kind, seconds in used.items()}
     out(f"  {label}: {rate:.1f} tx/s")
     return rate
+
+
+class SameChain:
+    """Puts anvil back to the snapshot the warm-up left after each case (once everything the
+    case sent is confirmed), so every case meets the same chain. The relayer's keys are new in
+    every case: no nonce it remembers is undone."""
+
+    def __init__(self, w3: Web3) -> None:
+        self.w3 = w3
+        self.snapshot = self._take()
+
+    def _take(self) -> str:
+        return str(self.w3.provider.make_request(RPCEndpoint("evm_snapshot"), [])["result"])
+
+    def reset(self) -> None:
+        if not self.w3.provider.make_request(RPCEndpoint("evm_revert"), [self.snapshot]).get("result"):
+            raise RuntimeError("anvil refused to revert to the warm-up's snapshot")
+        self.snapshot = self._take()  # a snapshot is used up by its revert
 
 
 def run(*, count: int, concurrency: int, out: Callable[[str], Any], repeat: int = 1, profile: bool = False) -> None:
@@ -160,6 +189,7 @@ def run(*, count: int, concurrency: int, out: Callable[[str], Any], repeat: int 
             # signers spreads over them), and the bare loop's client.
             relayer_path(chain, w3, signers=10, count=100)
             bare_loop(w3, signers=1, count=20)
+            same = SameChain(w3)
             for round_no in range(1, repeat + 1):
                 for signers in (1, 10):
                     out(f"round {round_no}, {signers} signer(s):")
@@ -169,6 +199,7 @@ def run(*, count: int, concurrency: int, out: Callable[[str], Any], repeat: int 
                         out,
                         cpu,
                         count,
+                        same,
                     )
                     relayed = _case(
                         "relayer, confirmed",
@@ -176,6 +207,7 @@ def run(*, count: int, concurrency: int, out: Callable[[str], Any], repeat: int 
                         out,
                         cpu,
                         count,
+                        same,
                     )
                     waited = _case(
                         "bare loop, waiting for each receipt",
@@ -183,6 +215,7 @@ def run(*, count: int, concurrency: int, out: Callable[[str], Any], repeat: int 
                         out,
                         cpu,
                         count,
+                        same,
                     )
                     out("    CPU ms per transaction: " + _cpu_line(cpu))
                     rows.append(
