@@ -38,6 +38,26 @@ def test_a_process_killed_in_an_atomic_step_has_the_step_run_again_within_second
     assert done.redeliveries == 0  # reset once the step was recorded
 
 
+def test_a_process_killed_in_a_step_it_kept_after_recording_the_last_has_it_run_again(workers: Workers) -> None:
+    # reserve outlasts the time a delivery may carry steps on in one transaction, so the delivery
+    # keeps no_undo for itself (no message) and runs it after reserve's commit, in a transaction
+    # of its own, where the process dies. The message that comes back is reserve's, recorded;
+    # the run is at no_undo, due now.
+    workers.start(extra_env={"WORKFLOW_INLINE_SECONDS": "0.2"})
+    run, _ = workflow_start(kind="test.effects", input={"kill_at": "no_undo", "slow": {"reserve": 0.5}})
+    started = time.monotonic()
+    done = wait_until(
+        lambda: WorkflowRun.objects.filter(pk=run.id, phase=Phase.COMPLETED).first(),
+        timeout=20,
+        message="the run to complete after its worker process died in a kept step",
+    )
+    assert time.monotonic() - started < 15
+    assert control.count(f"kills:{run.id}") == 1
+    steps = list(done.steps.order_by("id").values_list("name", "status"))
+    assert steps == [(name, StepStatus.DONE) for name in ("reserve", "no_undo", "charge", "send")]
+    assert Effect.objects.filter(run_id=run.id, name="no_undo").count() == 1
+
+
 def test_a_step_that_kills_its_process_every_time_is_dead_lettered_not_redelivered_for_ever(
     workers: Workers,
 ) -> None:

@@ -4,12 +4,13 @@ Inputs steer them: `fail` maps a step name to how many times it raises Retryable
 it succeeds; `terminal_at` names a step that raises TerminalError; `hold` names a step that
 announces itself (Redis key `entered:<run>:<step>`) and waits for `release:<run>`; `kill_at`
 names a step whose process SIGKILLs itself, `kills` times in all (default 1), as the OOM killer
-would: mid-step, before its transaction commits."""
+would: mid-step, before its transaction commits; `slow` maps a step name to seconds it sleeps."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 from orchestrator.engine import (
@@ -29,6 +30,7 @@ FAST_RETRY = RetryPolicy(max_attempts=4, base_delay=0.2, max_delay=0.5)
 
 
 def _behave(ctx: StepContext) -> None:
+    time.sleep(float(ctx.input.get("slow", {}).get(ctx.step, 0)))
     if ctx.input.get("kill_at") == ctx.step and control.count(f"kills:{ctx.run_id}") < int(ctx.input.get("kills", 1)):
         control.bump(f"kills:{ctx.run_id}")  # outside the database: the kill rolls nothing of it back
         os.kill(os.getpid(), signal.SIGKILL)

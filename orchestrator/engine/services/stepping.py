@@ -58,7 +58,8 @@ def step_execute(*, run_id: uuid.UUID, index: int, inline_steps: int | None = No
     budget = settings.WORKFLOW_INLINE_STEPS if inline_steps is None else inline_steps
     give_up_at = time.monotonic() + settings.WORKFLOW_INLINE_SECONDS
     if redelivered:
-        if _redelivery_counted(run_id, index) > settings.WORKFLOW_MAX_REDELIVERIES:
+        index, died = _redelivery_counted(run_id, index)
+        if died > settings.WORKFLOW_MAX_REDELIVERIES:
             return _record_dead_deliveries(run_id, index)
         # The delivery that died may have carried several steps in one transaction: this one
         # runs its step alone, so that if it dies again, the death is counted against the step
@@ -225,22 +226,30 @@ def _journal_raised(run_id: uuid.UUID, index: int, raised: _StepRaised, carry: C
             return record_failure(run, workflow, step, journal, raised.exc, compensating, StepBatch(run, carry))
 
 
-def _redelivery_counted(run_id: uuid.UUID, index: int) -> int:
-    """Counts a delivery of the run's current step that came back unacknowledged: its worker
-    process died during it (or stopped while holding it). Committed on its own, before the step
-    runs again, so that a step which kills its process every time still counts up. Returns the
-    count since the run's last recorded step (0 when `index` is no longer current)."""
+def _redelivery_counted(run_id: uuid.UUID, index: int) -> tuple[int, int]:
+    """Counts a delivery that came back unacknowledged: its worker process died during it (or
+    stopped while holding it). Committed on its own, before the step runs again, so that a step
+    which kills its process every time still counts up.
+
+    Returns (the step to run, deliveries of it that died since the run's last recorded step).
+    The dead delivery may have recorded its step and died in one it kept for itself (due at
+    once, no message of its own, in a transaction of its own): the run's current step, due now,
+    is then the one to run, as the sweep would send it. Otherwise the message's step, or, when
+    the run moved on and nothing is due, nothing counted (0)."""
     with transaction.atomic():
-        counted = (
+        found = (
             WorkflowRun.objects.select_for_update()
-            .filter(pk=run_id, current_step=index, phase__in=[*ACTIVE_PHASES, *WAITING_PHASES])
-            .values_list("redeliveries", flat=True)
+            .filter(pk=run_id, phase__in=[*ACTIVE_PHASES, *WAITING_PHASES])
+            .values_list("current_step", "redeliveries", "due_at")
             .first()
         )
-        if counted is None:
-            return 0
+        if found is None:
+            return index, 0
+        current, counted, due_at = found
+        if current != index and (due_at is None or due_at > timezone.now() + timedelta(seconds=1)):
+            return index, 0
         WorkflowRun.objects.filter(pk=run_id).update(redeliveries=counted + 1)
-    return counted + 1
+    return current, counted + 1
 
 
 def _record_dead_deliveries(run_id: uuid.UUID, index: int) -> str:
