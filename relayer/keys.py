@@ -38,6 +38,7 @@ from eth_account.types import TransactionDictType
 from eth_utils import keccak
 
 from orchestrator.infra.eip712 import typed_data_signable
+from orchestrator.infra.eip1559 import sign_dynamic_fee
 from orchestrator.infra.errors import DomainError
 from orchestrator.infra.sealing import SealedSecret as SealedSecret
 from orchestrator.infra.sealing import resealers
@@ -205,13 +206,12 @@ class LocalKeyManager:
         return _open(sealed, _aad(key.address, key.purpose), what=f"key {key.address}")
 
     def sign_transaction(self, *, key: SigningKey, tx: TransactionDictType) -> SignedTransaction:
-        signed: SignedTransaction = Account.sign_transaction(tx, self._private_key(key))
-        return signed
+        return self._opened(key).sign_transaction(tx)
 
     def sign_transactions(self, *, key: SigningKey, txs: list[TransactionDictType]) -> list[SignedTransaction]:
-        """Signs a relay batch: the key is decrypted once, not once per transaction."""
-        account = Account.from_key(self._private_key(key))
-        return [account.sign_transaction(tx) for tx in txs]
+        """Signs a relay batch with the key opened once."""
+        opened = self._opened(key)
+        return [opened.sign_transaction(tx) for tx in txs]
 
     def sign_typed_data(
         self, *, key: SigningKey, domain: dict[str, Any], types: dict[str, Any], message: dict[str, Any]
@@ -224,13 +224,15 @@ class LocalKeyManager:
 
     def _signature(self, key: SigningKey, signable: SignableMessage) -> str:
         """The 0x-prefixed hex signature of `signable` (EIP-191, or EIP-712 typed data)."""
+        return self._opened(key).sign(signable)
+
+    def _opened(self, key: SigningKey) -> _Signer:
         master = master_keys().keys.get(key.master_key_version)
         if master is None:
             raise KeyManagerError(f"master key version {key.master_key_version} is not configured")
-        opened = _signer(
+        return _signer(
             master, key.address, key.purpose, key.master_key_version, bytes(key.nonce), bytes(key.ciphertext)
         )
-        return opened.sign(signable)
 
     def rotate_master(self) -> int:
         """Re-encrypts every key not under the current master key version. Returns how many."""
@@ -251,11 +253,13 @@ class LocalKeyManager:
 
 
 class _Signer:
-    """A key opened for signing messages: libsecp256k1's key object, its public key derived once.
-    Every hook carries an x-verifying-signature; through eth_account each one decrypted the key
-    and derived its public key again (twice), 0.6 ms of the ~1 ms a hook cost. The signature is
-    eth_account's, byte for byte: the same RFC 6979 deterministic, low-s signature of the same
-    EIP-191 hash, r || s || v with v = 27 + recovery id (tests/relayer/test_keys_signer.py)."""
+    """A key opened for signing: libsecp256k1's key object. Every hook carries an
+    x-verifying-signature; through eth_account each one decrypted the key and derived its public
+    key again (twice), 0.6 ms of the ~1 ms a hook cost. A message signature is eth_account's,
+    byte for byte: the same RFC 6979 deterministic, low-s signature of the same EIP-191 hash,
+    r || s || v with v = 27 + recovery id (tests/relayer/test_keys_signer.py). A relay's type-2
+    transaction is encoded and signed directly (orchestrator/infra/eip1559.py), anything else
+    by eth_account."""
 
     __slots__ = ("_secret", "address")
 
@@ -272,6 +276,12 @@ class _Signer:
         digest = keccak(b"\x19" + signable.version + signable.header + signable.body)
         signature = self._secret.sign_recoverable(digest, hasher=None)
         return "0x" + (signature[:64] + bytes([signature[64] + 27])).hex()
+
+    def sign_transaction(self, tx: TransactionDictType) -> SignedTransaction:
+        signed = sign_dynamic_fee(self._secret, tx)
+        if signed is None:
+            signed = Account.sign_transaction(tx, self._secret.secret)
+        return signed
 
 
 @lru_cache(maxsize=256)

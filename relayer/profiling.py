@@ -29,7 +29,8 @@ def profiling_connect() -> None:
 
 def _start(**_: object) -> None:
     if not _profiler:
-        _profiler.append(cProfile.Profile())
+        # CPU time, not wall: a worker waiting on PostgreSQL or the node is not using a core.
+        _profiler.append(cProfile.Profile(time.process_time))
     _profiler[0].enable()
 
 

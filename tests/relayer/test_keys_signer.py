@@ -1,6 +1,7 @@
-"""relayer/keys.py, the in-process signer behind sign_message and sign_typed_data: a key is
-opened once per process (not once per hook), and what it signs is eth_account's signature, byte
-for byte; the cache never outlives the row's sealed bytes or the master key that opens them."""
+"""relayer/keys.py, the in-process signer behind sign_message, sign_typed_data and the
+transaction signers: a key is opened once per process (not once per hook or batch), and what it
+signs is eth_account's signature or transaction, byte for byte; the cache never outlives the
+row's sealed bytes or the master key that opens them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,16 @@ from eth_account.messages import SignableMessage, encode_defunct, encode_typed_d
 from relayer import keys
 from relayer.keys import KeyManagerError, key_manager
 from relayer.models import SigningKey
-from tests.support.relays import DOMAIN, MESSAGE, TYPES, Configure, assert_no_key_material, b64_key, private_key
+from tests.support.relays import (
+    DOMAIN,
+    MESSAGE,
+    TYPES,
+    Configure,
+    a_transaction,
+    assert_no_key_material,
+    b64_key,
+    private_key,
+)
 
 pytestmark = [pytest.mark.usefixtures("master"), pytest.mark.django_db]
 
@@ -35,6 +45,24 @@ def test_messages_and_typed_data_are_signed_exactly_as_eth_account_signs_them(pu
     assert key_manager().sign_typed_data(key=key, domain=DOMAIN, types=TYPES, message=MESSAGE) == (
         eth_account_signature(secret, typed)
     )
+
+
+def test_transactions_are_signed_exactly_as_eth_account_signs_them() -> None:
+    """A relay's type-2 transaction by the direct encoder, other kinds by eth_account: the same
+    bytes either way, and eth_account's error for a malformed one."""
+    key = SigningKey.objects.get(pk=key_manager().create_key(purpose="relayer").pk)
+    secret = private_key(key)
+    relay = [{**a_transaction(nonce), "data": "0x" + "ab" * nonce} for nonce in range(60)]
+    legacy = {"to": a_transaction()["to"], "value": 1, "gas": 21000, "gasPrice": 10**9, "nonce": 3, "chainId": 31337}
+    listed = {**a_transaction(), "accessList": [{"address": a_transaction()["to"], "storageKeys": []}]}
+    assert key_manager().sign_transactions(key=key, txs=relay) == [Account.sign_transaction(tx, secret) for tx in relay]
+    for tx in (legacy, listed):
+        assert key_manager().sign_transaction(key=key, tx=tx) == Account.sign_transaction(tx, secret)  # type: ignore[arg-type]
+    bad = {**a_transaction(), "to": a_transaction()["to"].lower()}
+    with pytest.raises(TypeError, match="invalid fields"):
+        Account.sign_transaction(bad, secret)
+    with pytest.raises(TypeError, match="invalid fields"):
+        key_manager().sign_transaction(key=key, tx=bad)  # type: ignore[arg-type]
 
 
 def test_a_key_is_opened_once_per_process_and_its_signer_shows_no_key_material() -> None:

@@ -177,7 +177,7 @@ def run(*, count: int, concurrency: int, out: Callable[[str], Any], repeat: int 
         },
     )
     profile_dir = Path(tempfile.mkdtemp(prefix="bench-relayer-profile-")) if profile else None
-    bench_profile = cProfile.Profile() if profile else None
+    bench_profile = cProfile.Profile(time.process_time) if profile else None
     out(f"bench relayer: {count} transfers per case on anvil (automine) at {url}, {repeat} round(s)")
     out(f"relayer: one worker on all queues, prefork concurrency={concurrency}, confirmation depth 1")
     rows: list[dict[str, Any]] = []
