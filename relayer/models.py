@@ -181,7 +181,6 @@ class RelayTransaction(models.Model):
             models.Index(fields=["phase"], name="relay_phase_idx"),
             models.Index(fields=["tx_hash"], name="relay_tx_hash_idx"),
             models.Index(fields=["correlation_id"], name="relay_correlation_idx"),
-            models.Index(fields=["chain", "signer", "nonce"], name="relay_signer_nonce_idx"),
             models.Index(fields=["requested_by_kind", "requested_by_id"], name="relay_requested_by_idx"),
             # A lane kick looks for its chain's requests that no batch has taken yet.
             models.Index(

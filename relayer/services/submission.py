@@ -9,10 +9,12 @@ second, different transaction for one request."""
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from django.db import connection
+from django.db.models import Q
 from django.utils import timezone
 from eth_account.datastructures import SignedTransaction
 from eth_account.types import TransactionDictType
@@ -288,7 +290,9 @@ def relay_broadcast(ctx: StepContext) -> dict[str, int | dict[str, int]]:
     chain = txs[0].chain
     failpoint("relay.before_broadcast")
     with _sending(chain.pk):
-        results = rpc_batch(chain.rpc_url, [("eth_sendRawTransaction", [tx.raw_tx]) for tx in txs])
+        earlier = _unsent_before(ctx.run_id, txs)
+        sends = [("eth_sendRawTransaction", [raw]) for raw in [*earlier, *(tx.raw_tx for tx in txs)]]
+        results = rpc_batch(chain.rpc_url, sends)[len(earlier) :]
     failpoint("relay.after_broadcast")
     outcomes: dict[str, list[RelayTransaction]] = {}
     for tx, result in zip(txs, results, strict=True):
@@ -332,6 +336,29 @@ def relay_broadcast(ctx: StepContext) -> dict[str, int | dict[str, int]]:
     return {"sent": len(txs), "outcomes": summary}
 
 
+def _unsent_before(run_id: uuid.UUID, txs: list[RelayTransaction]) -> list[str]:
+    """The stored bytes of requests of other batches, signed at lower nonces of these signers
+    and not broadcast yet (their batch's broadcast has not run, or its worker died before it):
+    sent first, so the node gets every signer's nonces in order. A batch signs after the one
+    before it, but its broadcast can overtake that one's; the node then holds a nonce it cannot
+    mine yet, and anvil (automine) mined nothing more until another transaction came, 30 s
+    later with the fee bump (bench relayer, 1 case in 4). Their own broadcast sends them again,
+    and the node answers "already known"."""
+    lowest: dict[int, int] = {}
+    for tx in txs:
+        assert tx.nonce is not None  # a broadcast sends signed requests only
+        lowest[tx.signer_id] = min(lowest.get(tx.signer_id, tx.nonce), tx.nonce)
+    below = Q()
+    for signer_id, nonce in lowest.items():
+        below |= Q(signer_id=signer_id, nonce__lt=nonce)
+    return list(
+        RelayTransaction.objects.filter(below, chain_id=txs[0].chain_id, phase=TxPhase.SUBMITTING, nonce__isnull=False)
+        .exclude(workflow_run_id=run_id)
+        .order_by("signer_id", "nonce")
+        .values_list("raw_tx", flat=True)
+    )
+
+
 # The first bytes of the one-bigint advisory lock that serializes a chain's broadcasts: ASCII
 # "relay", then the chain id (its low 24 bits; two chains sharing a key only wait for each other).
 _SENDING_LOCK = 0x72656C6179 << 24
@@ -340,10 +367,9 @@ _SENDING_LOCK = 0x72656C6179 << 24
 @contextmanager
 def _sending(chain_id: int) -> Iterator[None]:
     """One batch at a time sends to a chain, so one signer's batches reach the node in turn,
-    not interleaved. Seen with sends that overlapped (bench relayer, 2 runs of 6): anvil
-    (automine) accepted a transaction and mined nothing after it until another arrived, 30 s
-    later with the fee bump; not reproduced in isolation, and not seen since in the runs made.
-    A session lock: a worker that dies holding it frees it with its connection."""
+    not interleaved, and each sends what is still unsent below its nonces first
+    (_unsent_before). A session lock: a worker that dies holding it frees it with its
+    connection."""
     key = _SENDING_LOCK | (chain_id & 0xFFFFFF)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_lock(%s)", [key])

@@ -68,12 +68,12 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise CommandError(f"benchmark timed out waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 def table(rows: list[dict[str, Any]], out: Callable[[str], Any]) -> None:
