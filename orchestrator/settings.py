@@ -255,6 +255,10 @@ RELAYER_STEP_LEASE_SECONDS = env_float("RELAYER_STEP_LEASE_SECONDS", 60.0, minim
 # Most pending requests of one chain taken into one batch (one nonce lock per signer in it, one
 # JSON-RPC round trip per step). Nodes cap JSON-RPC batches too (geth: 1000 calls); stay well below.
 RELAYER_BATCH_SIZE = env_int("RELAYER_BATCH_SIZE", 100, minimum=1)
+# At most one batch per chain this often (seconds; 0: as often as the lane is free). Under load
+# requests then gather into bigger batches, each costing about the same CPU; a lone request on a
+# quiet lane is batched at once (relayer/services/lanes.py, lane_pace).
+RELAYER_BATCH_INTERVAL_SECONDS = env_float("RELAYER_BATCH_INTERVAL_SECONDS", 0.1, minimum=0)
 # A request no batch took after this long lost its lane kick; the monitor kicks the lane again.
 RELAYER_ORPHAN_SECONDS = env_float("RELAYER_ORPHAN_SECONDS", 5.0, minimum=0.5)
 # A batch that has not broadcast this long after it formed no longer keeps the next one waiting.

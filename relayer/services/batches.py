@@ -40,7 +40,14 @@ from orchestrator.engine.services import step_execute, workflow_start
 from orchestrator.infra.bulk import rows_update
 from orchestrator.infra.observability import correlation
 from relayer.models import RelayTransaction, TxPhase
-from relayer.services.lanes import LANE_TASK, lane_kick, lane_kick_holding, lane_kick_started
+from relayer.services.lanes import (
+    LANE_TASK,
+    lane_kick,
+    lane_kick_holding,
+    lane_kick_later,
+    lane_kick_started,
+    lane_pace,
+)
 from relayer.services.requesters import requester_runs_note
 from relayer.services.requests import FINISH_LISTENERS, RELAY_WORKFLOW
 
@@ -49,12 +56,15 @@ logger = logging.getLogger("relayer")
 OPEN_PHASES = (TxPhase.PENDING, TxPhase.SUBMITTING, TxPhase.CONFIRMING)
 
 
-def relay_batch_form(*, chain_id: int) -> WorkflowRun | None:
+def relay_batch_form(*, chain_id: int, paced: bool = False) -> WorkflowRun | None:
     """Puts the chain's unbatched pending requests, oldest first, into a new batch run.
 
     SKIP LOCKED lets two kicks of one lane run at once: each takes rows the other has not, so
     no request is in two batches. Returns the run, or None when nothing was waiting or the
-    lane is busy (its batch at work kicks again when it has signed)."""
+    lane is busy (its batch at work kicks again when it has signed).
+
+    `paced` (a lane kick): not within RELAYER_BATCH_INTERVAL_SECONDS of the lane's last batch;
+    the kick is sent again for when the interval is over (lanes.lane_pace)."""
     lane_kick_holding(chain_id=chain_id)
     limit = settings.RELAYER_BATCH_SIZE
     unsigned = RelayTransaction.objects.filter(
@@ -71,6 +81,9 @@ def relay_batch_form(*, chain_id: int) -> WorkflowRun | None:
     )
     if at_work.exclude(workflow_run__input__has_key="split").exists():
         return None  # the flag stays set: that batch kicks the lane when it has signed
+    if paced and (wait := lane_pace(chain_id=chain_id)) > 0:
+        lane_kick_later(chain_id=chain_id, seconds=wait)
+        return None  # the flag stays set: the kick sent for later sees the requests
     lane_kick_started(chain_id=chain_id)
     with transaction.atomic():
         taken = list(
@@ -142,7 +155,7 @@ def relay_lane_run(*, chain_id: int) -> WorkflowRun | None:
     """A lane kick: forms the next batch and runs its steps in this worker at once. The step's
     own message, sent when the run started, then finds the step taken and is dropped; if this
     worker dies, that message or the sweep carries the run on like any other."""
-    run = relay_batch_form(chain_id=chain_id)
+    run = relay_batch_form(chain_id=chain_id, paced=True)
     if run is not None:
         step_execute(run_id=run.id, index=0)
     return run

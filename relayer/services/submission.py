@@ -9,12 +9,7 @@ second, different transaction for one request."""
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from django.db import connection
-from django.db.models import Q
 from django.utils import timezone
 from eth_account.datastructures import SignedTransaction
 from eth_account.types import TransactionDictType
@@ -35,7 +30,6 @@ from relayer.rpc import (
     as_hex,
     classify_send_error,
     classify_send_message,
-    rpc_batch,
     suggested_fees,
     web3_for,
 )
@@ -43,6 +37,7 @@ from relayer.services.batches import batch_open, followers_of, relay_batch_split
 from relayer.services.lanes import lane_kick
 from relayer.services.nonces import nonce_cursor_ensure, nonce_resync, nonces_allocate
 from relayer.services.requesters import requester_runs_note
+from relayer.services.sending import send_in_nonce_order, sending_lock, unsent_before
 from relayer.services.simulation import batch_simulate
 
 logger = logging.getLogger("relayer")
@@ -289,10 +284,10 @@ def relay_broadcast(ctx: StepContext) -> dict[str, int | dict[str, int]]:
         return {"sent": 0}
     chain = txs[0].chain
     failpoint("relay.before_broadcast")
-    with _sending(chain.pk):
-        earlier = _unsent_before(ctx.run_id, txs)
-        sends = [("eth_sendRawTransaction", [raw]) for raw in [*earlier, *(tx.raw_tx for tx in txs)]]
-        results = rpc_batch(chain.rpc_url, sends)[len(earlier) :]
+    with sending_lock(chain.pk):
+        earlier = unsent_before(ctx.run_id, txs)
+        sent = send_in_nonce_order(chain.rpc_url, [*earlier, *((tx.signer_id, tx.raw_tx) for tx in txs)])
+        results = sent[len(earlier) :]
     failpoint("relay.after_broadcast")
     outcomes: dict[str, list[RelayTransaction]] = {}
     for tx, result in zip(txs, results, strict=True):
@@ -334,50 +329,6 @@ def relay_broadcast(ctx: StepContext) -> dict[str, int | dict[str, int]]:
     summary = {outcome: len(group) for outcome, group in outcomes.items()}
     logger.info("relay batch %s broadcast %s transactions: %s", ctx.run_id, len(txs), summary)
     return {"sent": len(txs), "outcomes": summary}
-
-
-def _unsent_before(run_id: uuid.UUID, txs: list[RelayTransaction]) -> list[str]:
-    """The stored bytes of requests of other batches, signed at lower nonces of these signers
-    and not broadcast yet (their batch's broadcast has not run, or its worker died before it):
-    sent first, so the node gets every signer's nonces in order. A batch signs after the one
-    before it, but its broadcast can overtake that one's; the node then holds a nonce it cannot
-    mine yet, and anvil (automine) mined nothing more until another transaction came, 30 s
-    later with the fee bump (bench relayer, 1 case in 4). Their own broadcast sends them again,
-    and the node answers "already known"."""
-    lowest: dict[int, int] = {}
-    for tx in txs:
-        assert tx.nonce is not None  # a broadcast sends signed requests only
-        lowest[tx.signer_id] = min(lowest.get(tx.signer_id, tx.nonce), tx.nonce)
-    below = Q()
-    for signer_id, nonce in lowest.items():
-        below |= Q(signer_id=signer_id, nonce__lt=nonce)
-    return list(
-        RelayTransaction.objects.filter(below, chain_id=txs[0].chain_id, phase=TxPhase.SUBMITTING, nonce__isnull=False)
-        .exclude(workflow_run_id=run_id)
-        .order_by("signer_id", "nonce")
-        .values_list("raw_tx", flat=True)
-    )
-
-
-# The first bytes of the one-bigint advisory lock that serializes a chain's broadcasts: ASCII
-# "relay", then the chain id (its low 24 bits; two chains sharing a key only wait for each other).
-_SENDING_LOCK = 0x72656C6179 << 24
-
-
-@contextmanager
-def _sending(chain_id: int) -> Iterator[None]:
-    """One batch at a time sends to a chain, so one signer's batches reach the node in turn,
-    not interleaved, and each sends what is still unsent below its nonces first
-    (_unsent_before). A session lock: a worker that dies holding it frees it with its
-    connection."""
-    key = _SENDING_LOCK | (chain_id & 0xFFFFFF)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock(%s)", [key])
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
 
 
 def _signers(txs: list[RelayTransaction]) -> str:

@@ -1,19 +1,22 @@
 """relayer/services/lanes.py: lane kicks on the broker (Redis) absorb each other until one
-starts. No worker picks them up."""
+starts, and a lane forms one batch per interval. No worker picks them up."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.utils import timezone
 
+from orchestrator.engine.models import WorkflowRun
 from orchestrator.infra.broker import queue_depth, queues_purge
 from relayer.keys import key_manager
 from relayer.models import RelayTransaction
 from relayer.services import lanes
-from relayer.services.batches import relay_batches_orphaned
+from relayer.services.batches import relay_batch_form, relay_batches_orphaned
 from relayer.services.requests import relay_request
 from tests.factories import ChainFactory
 from tests.support.relays import RECEIVER, closed_url, make_chain
@@ -90,4 +93,33 @@ def test_the_orphan_check_kicks_one_lane_per_chain_however_many_requests_wait() 
     finally:
         for chain in chains:
             lanes.lane_kick_started(chain_id=chain.pk)
+        queues_purge()
+
+
+@pytest.mark.django_db
+def test_a_lane_forms_one_batch_per_interval_and_kicks_itself_for_the_end_of_it(settings: Any) -> None:
+    settings.RELAYER_BATCH_INTERVAL_SECONDS = 0.5
+    queues_purge()
+    chain = make_chain(closed_url())
+    signer = key_manager().create_key(purpose="relayer")
+    try:
+        relay_request(signer=signer, chain=chain, to=RECEIVER, idempotency_key="k-1")
+        first = relay_batch_form(chain_id=chain.pk, paced=True)  # a quiet lane: at once
+        assert first is not None
+        WorkflowRun.objects.filter(pk=first.pk).update(attempts=1)  # backing off: the lane is free
+        later = relay_request(signer=signer, chain=chain, to=RECEIVER, idempotency_key="k-2")
+        started = time.monotonic()
+        assert relay_batch_form(chain_id=chain.pk, paced=True) is None  # within the interval
+        assert queue_depth("relay") == 1  # the kick for the interval's end
+        flags = lanes._flags()
+        assert flags is not None and flags.exists(lanes._flag(chain.pk))  # meanwhile requests send no kicks
+        assert 0 < lanes.lane_pace(chain_id=chain.pk) <= 0.5
+        time.sleep(0.5 - (time.monotonic() - started) + 0.05)
+        second = relay_batch_form(chain_id=chain.pk, paced=True)
+        assert second is not None and list(RelayTransaction.objects.filter(workflow_run=second)) == [later]
+        # Unpaced (tests, replays) or with the interval at 0, a lane forms whenever it is free.
+        settings.RELAYER_BATCH_INTERVAL_SECONDS = 0
+        assert lanes.lane_pace(chain_id=chain.pk) == 0 == lanes.lane_pace(chain_id=chain.pk)
+    finally:
+        lanes.lane_kick_started(chain_id=chain.pk)
         queues_purge()

@@ -1,0 +1,78 @@
+"""Getting a batch's signed bytes to the node in nonce order: one batch sends to a chain at a
+time (sending_lock), it sends first whatever other batches signed below its nonces and have not
+sent (unsent_before), and no JSON-RPC batch holds two transactions of one signer
+(send_in_nonce_order)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from django.db import connection
+from django.db.models import Q
+
+from relayer.models import RelayTransaction, TxPhase
+from relayer.rpc import RpcResult, rpc_batch
+
+
+def send_in_nonce_order(rpc_url: str, sends: list[tuple[int, str]]) -> list[RpcResult]:
+    """Sends signed transactions, given as (signer, bytes) in nonce order per signer, and
+    returns the node's answers in that order. A JSON-RPC batch holds at most one transaction
+    per signer (the k-th of each, batch after batch), because JSON-RPC lets a node answer a
+    batch's calls concurrently and in any order: anvil did, and a nonce that arrived while the
+    one before it was being mined was queued as a future one and never mined (seen in bench
+    relayer: 72 queued, its sender's next nonce among them, until the fee bump 30 s later)."""
+    queues: dict[int, list[int]] = {}
+    for i, (signer_id, _) in enumerate(sends):
+        queues.setdefault(signer_id, []).append(i)
+    answers: dict[int, RpcResult] = {}
+    for k in range(max((len(queue) for queue in queues.values()), default=0)):
+        wave = [queue[k] for queue in queues.values() if k < len(queue)]
+        sent = rpc_batch(rpc_url, [("eth_sendRawTransaction", [sends[i][1]]) for i in wave])
+        answers.update(zip(wave, sent, strict=True))
+    return [answers[i] for i in range(len(sends))]
+
+
+def unsent_before(run_id: uuid.UUID, txs: list[RelayTransaction]) -> list[tuple[int, str]]:
+    """The stored bytes of requests of other batches, signed at lower nonces of these signers
+    and not broadcast yet (their batch's broadcast has not run, or its worker died before it):
+    sent first, so the node gets every signer's nonces in order. A batch signs after the one
+    before it, but its broadcast can overtake that one's; the node then holds nonces it cannot
+    mine yet, and this batch waits on a broadcast that has not run
+    (tests/relayer/test_broadcast_order.py). Their own broadcast sends them again, and the
+    node answers "already known"."""
+    lowest: dict[int, int] = {}
+    for tx in txs:
+        assert tx.nonce is not None  # a broadcast sends signed requests only
+        lowest[tx.signer_id] = min(lowest.get(tx.signer_id, tx.nonce), tx.nonce)
+    below = Q()
+    for signer_id, nonce in lowest.items():
+        below |= Q(signer_id=signer_id, nonce__lt=nonce)
+    return list(
+        RelayTransaction.objects.filter(below, chain_id=txs[0].chain_id, phase=TxPhase.SUBMITTING, nonce__isnull=False)
+        .exclude(workflow_run_id=run_id)
+        .order_by("signer_id", "nonce")
+        .values_list("signer_id", "raw_tx")
+    )
+
+
+# The first bytes of the one-bigint advisory lock that serializes a chain's broadcasts: ASCII
+# "relay", then the chain id (its low 24 bits; two chains sharing a key only wait for each other).
+_SENDING_LOCK = 0x72656C6179 << 24
+
+
+@contextmanager
+def sending_lock(chain_id: int) -> Iterator[None]:
+    """One batch at a time sends to a chain, so one signer's batches reach the node in turn,
+    not interleaved, and each sends what is still unsent below its nonces first
+    (unsent_before). A session lock: a worker that dies holding it frees it with its
+    connection."""
+    key = _SENDING_LOCK | (chain_id & 0xFFFFFF)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", [key])
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
