@@ -1,7 +1,6 @@
 """Getting a batch's signed bytes to the node in nonce order: one batch sends to a chain at a
-time (sending_lock), it sends first whatever other batches signed below its nonces and have not
-sent (unsent_before), and no JSON-RPC batch holds two transactions of one signer
-(send_in_nonce_order)."""
+time (sending_lock), and it sends first whatever other batches signed below its nonces and have
+not sent (unsent_before)."""
 
 from __future__ import annotations
 
@@ -13,28 +12,9 @@ from django.db import connection
 from django.db.models import Q
 
 from relayer.models import RelayTransaction, TxPhase
-from relayer.rpc import RpcResult, rpc_batch
 
 
-def send_in_nonce_order(rpc_url: str, sends: list[tuple[int, str]]) -> list[RpcResult]:
-    """Sends signed transactions, given as (signer, bytes) in nonce order per signer, and
-    returns the node's answers in that order. A JSON-RPC batch holds at most one transaction
-    per signer (the k-th of each, batch after batch), because JSON-RPC lets a node answer a
-    batch's calls concurrently and in any order: anvil did, and a nonce that arrived while the
-    one before it was being mined was queued as a future one and never mined (seen in bench
-    relayer: 72 queued, its sender's next nonce among them, until the fee bump 30 s later)."""
-    queues: dict[int, list[int]] = {}
-    for i, (signer_id, _) in enumerate(sends):
-        queues.setdefault(signer_id, []).append(i)
-    answers: dict[int, RpcResult] = {}
-    for k in range(max((len(queue) for queue in queues.values()), default=0)):
-        wave = [queue[k] for queue in queues.values() if k < len(queue)]
-        sent = rpc_batch(rpc_url, [("eth_sendRawTransaction", [sends[i][1]]) for i in wave])
-        answers.update(zip(wave, sent, strict=True))
-    return [answers[i] for i in range(len(sends))]
-
-
-def unsent_before(run_id: uuid.UUID, txs: list[RelayTransaction]) -> list[tuple[int, str]]:
+def unsent_before(run_id: uuid.UUID, txs: list[RelayTransaction]) -> list[str]:
     """The stored bytes of requests of other batches, signed at lower nonces of these signers
     and not broadcast yet (their batch's broadcast has not run, or its worker died before it):
     sent first, so the node gets every signer's nonces in order. A batch signs after the one
@@ -53,7 +33,7 @@ def unsent_before(run_id: uuid.UUID, txs: list[RelayTransaction]) -> list[tuple[
         RelayTransaction.objects.filter(below, chain_id=txs[0].chain_id, phase=TxPhase.SUBMITTING, nonce__isnull=False)
         .exclude(workflow_run_id=run_id)
         .order_by("signer_id", "nonce")
-        .values_list("signer_id", "raw_tx")
+        .values_list("raw_tx", flat=True)
     )
 
 

@@ -30,6 +30,7 @@ from relayer.rpc import (
     as_hex,
     classify_send_error,
     classify_send_message,
+    rpc_batch,
     suggested_fees,
     web3_for,
 )
@@ -37,7 +38,7 @@ from relayer.services.batches import batch_open, followers_of, relay_batch_split
 from relayer.services.lanes import lane_kick
 from relayer.services.nonces import nonce_cursor_ensure, nonce_resync, nonces_allocate
 from relayer.services.requesters import requester_runs_note
-from relayer.services.sending import send_in_nonce_order, sending_lock, unsent_before
+from relayer.services.sending import sending_lock, unsent_before
 from relayer.services.simulation import batch_simulate
 
 logger = logging.getLogger("relayer")
@@ -286,8 +287,8 @@ def relay_broadcast(ctx: StepContext) -> dict[str, int | dict[str, int]]:
     failpoint("relay.before_broadcast")
     with sending_lock(chain.pk):
         earlier = unsent_before(ctx.run_id, txs)
-        sent = send_in_nonce_order(chain.rpc_url, [*earlier, *((tx.signer_id, tx.raw_tx) for tx in txs)])
-        results = sent[len(earlier) :]
+        sends = [("eth_sendRawTransaction", [raw]) for raw in [*earlier, *(tx.raw_tx for tx in txs)]]
+        results = rpc_batch(chain.rpc_url, sends)[len(earlier) :]
     failpoint("relay.after_broadcast")
     outcomes: dict[str, list[RelayTransaction]] = {}
     for tx, result in zip(txs, results, strict=True):

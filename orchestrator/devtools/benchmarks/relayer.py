@@ -33,7 +33,7 @@ from orchestrator.devtools import processes
 from orchestrator.devtools.benchmarks import common
 from orchestrator.devtools.benchmarks.relayer_cpu import KINDS, cpu_by_kind, print_profiles, profiled
 from relayer.keys import key_manager
-from relayer.models import Chain, RelayTransaction, SigningKey, TxPhase
+from relayer.models import Broadcast, BroadcastKind, Chain, RelayTransaction, SigningKey, TxPhase
 from relayer.profiling import ENV as PROFILE_ENV
 from relayer.services.requests import relay_request
 
@@ -83,12 +83,19 @@ def bare_loop(w3: Web3, *, signers: int, count: int, wait_each: bool = False) ->
 
 
 def relayer_path(
-    chain: Chain, w3: Web3, *, signers: int, count: int, profiler: cProfile.Profile | None = None
+    chain: Chain,
+    w3: Web3,
+    *,
+    signers: int,
+    count: int,
+    profiler: cProfile.Profile | None = None,
+    bumps: list[int] | None = None,
 ) -> float:
     """Requests `count` relays round-robin over fresh relayer keys and waits until all are
     confirmed. Returns transactions per second, from the first request to the last confirmation.
     Then counts them on chain: every key's nonce and the sink's balance must have moved by
-    exactly what was requested, or it raises."""
+    exactly what was requested, or it raises. Appends to `bumps` how many fee bumps it took
+    (transactions anvil left unmined)."""
     keys = [key_manager().create_key(purpose="relayer", label="bench") for _ in range(signers)]
     _fund(w3, [k.address for k in keys])
     sink = Web3.to_checksum_address(SINK)
@@ -131,6 +138,8 @@ def relayer_path(
     paid = w3.eth.get_balance(sink) - sink_before
     if sent != count or paid != count:
         raise RuntimeError(f"on chain: {sent} transactions from the relayer keys and {paid} wei paid, for {count}")
+    if bumps is not None:
+        bumps.append(Broadcast.objects.filter(transaction_id__in=ids, kind=BroadcastKind.REPLACEMENT).count())
     return count / elapsed
 
 
@@ -189,7 +198,12 @@ def run(*, count: int, concurrency: int, out: Callable[[str], Any], repeat: int 
             "rpc_url": url,
             "confirmations": 1,
             "poll_interval": 0.1,
-            "stuck_after": 30,
+            # Anvil now and then holds a transaction whose nonce is its sender's next in its
+            # queue, unmined, until another transaction of that sender arrives (txpool_inspect
+            # showed it; foundry-rs/foundry#10122 is alike): the relayer's fee bump is that
+            # transaction. On a chain that mines every transaction at once, one not mined
+            # within a second is stuck; at 30 s, one such case took 31 s for 300 relays.
+            "stuck_after": 1.0,
         },
     )
     profile_dir = Path(tempfile.mkdtemp(prefix="bench-relayer-profile-")) if profile else None
@@ -220,9 +234,12 @@ def run(*, count: int, concurrency: int, out: Callable[[str], Any], repeat: int 
                         count,
                         same,
                     )
+                    bumped: list[int] = []
                     relayed = _case(
                         "relayer, confirmed",
-                        partial(relayer_path, chain, w3, signers=signers, count=count, profiler=bench_profile),
+                        partial(
+                            relayer_path, chain, w3, signers=signers, count=count, profiler=bench_profile, bumps=bumped
+                        ),
                         out,
                         cpu,
                         count,
@@ -246,6 +263,7 @@ def run(*, count: int, concurrency: int, out: Callable[[str], Any], repeat: int 
                             "relayer tx/s": relayed,
                             "ratio": relayed / bare,
                             "ratio vs bare+receipt": relayed / waited,
+                            "fee bumps": bumped[0],
                         }
                     )
     finally:
@@ -280,6 +298,7 @@ def run(*, count: int, concurrency: int, out: Callable[[str], Any], repeat: int 
                 "ten_signers_ratio_median": ten["ratio median"],
                 "ten_signers_ratio_worst": ten["ratio worst"],
                 "rounds": repeat,
+                "fee_bumps": sum(r["fee bumps"] for r in rows),
             },
         )
     )
