@@ -177,24 +177,18 @@ class RelayTransaction(models.Model):
         ordering = ["-created_at"]
         # Plain btrees, without the varchar_pattern_ops twin a db_index CharField gets (for LIKE
         # 'x%', which no query here makes).
-        # No index on phase alone: a request changes phase four times, each change left an entry
-        # in it, and the planner, estimating few rows per phase, combined it with the batch's
-        # workflow_run index (BitmapAnd) and read hundreds of thousands of entries (dead ones
-        # included) to find a batch's 50 requests: 6 ms a query, most of PostgreSQL's CPU in
-        # bench relayer. The two queries by phase that no other index serves have partial
-        # indexes of their own, which hold the few rows in that phase.
+        # No index refers to phase, not even in a condition. A request changes phase four
+        # times; with phase indexed, each of those writes added an entry to every index, and
+        # the index on phase alone, estimated selective, was ANDed with a batch's workflow_run
+        # index and read its dead entries (307,809 on the bench database, 6 ms a query).
+        # Without it, the writes that change no indexed column (priced, sent, finished) are
+        # heap-only (HOT) updates, given room on the page (fillfactor 70, migration 0011).
         indexes = [
-            # A broadcast sends first what other batches signed below its nonces and have not
-            # sent (relayer/services/sending.py, unsent_before).
+            # The monitor fills the nonces of failed requests that never mined: a failed
+            # request has an error, a completed one none.
             models.Index(
                 fields=["chain", "signer", "nonce"],
-                condition=Q(phase=TxPhase.SUBMITTING, nonce__isnull=False),
-                name="relay_signed_unsent_idx",
-            ),
-            # The monitor fills the nonces of failed requests that never mined.
-            models.Index(
-                fields=["chain", "signer", "nonce"],
-                condition=Q(phase=TxPhase.FAILED, nonce__isnull=False, mined_hash=""),
+                condition=~Q(error="") & Q(nonce__isnull=False),
                 name="relay_nonce_gap_idx",
             ),
             models.Index(fields=["tx_hash"], name="relay_tx_hash_idx"),
@@ -243,6 +237,11 @@ class Broadcast(models.Model):
 
     class Meta:
         ordering = ["transaction", "id"]
+        indexes = [
+            # A broadcast sends first what other batches signed and have not sent
+            # (relayer/services/sending.py, unsent_before): the few rows not sent yet.
+            models.Index(fields=["nonce"], condition=Q(sent_at__isnull=True), name="broadcast_unsent_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.tx_hash}"

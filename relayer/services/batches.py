@@ -226,7 +226,9 @@ def relays_finish(
         tx.updated_at = now
         # A node's message may quote revert data as text, NUL bytes and all: PostgreSQL text
         # cannot hold NUL, and the request must fail with its reason, not with the database's.
-        tx.error = "" if phase == TxPhase.COMPLETED else tx.error.replace("\x00", "")
+        # A request that did not complete always says why (the monitor finds the failed ones
+        # that hold a nonce by their error: relay_nonce_gap_idx).
+        tx.error = "" if phase == TxPhase.COMPLETED else (tx.error.replace("\x00", "") or f"relay {phase}")
     with transaction.atomic():
         rows_update(RelayTransaction, txs, ["phase", "error", "updated_at", *fields])
         if note_requesters:

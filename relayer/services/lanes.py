@@ -67,13 +67,21 @@ def _send(chain_id: int) -> None:
     from orchestrator.celery import app
 
     flags = _flags()
+    countdown = None
     if flags is not None:
         try:
             if not flags.set(_flag(chain_id), 1, nx=True, ex=FLAG_SECONDS):
                 return  # a queued kick will see this request
+            # Due when the lane's interval is over: a kick sooner would only send itself again.
+            left = int(flags.pttl(_pace_key(chain_id)))
+            countdown = left / 1000 if left > 0 else None
         except redis.RedisError:
             logger.warning("relayer: lane flags unavailable; kicking chain %s anyway", chain_id)
-    app.send_task(LANE_TASK, kwargs={"chain_id": chain_id}, queue="relay")
+    app.send_task(LANE_TASK, kwargs={"chain_id": chain_id}, queue="relay", countdown=countdown)
+
+
+def _pace_key(chain_id: int) -> str:
+    return f"relayer:lane-formed:{chain_id}"
 
 
 def lane_pace(*, chain_id: int) -> float:
@@ -87,7 +95,7 @@ def lane_pace(*, chain_id: int) -> float:
     flags = _flags()
     if flags is None or interval_ms <= 0:
         return 0.0
-    key = f"relayer:lane-formed:{chain_id}"
+    key = _pace_key(chain_id)
     try:
         if flags.set(key, 1, px=interval_ms, nx=True):
             return 0.0

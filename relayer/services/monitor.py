@@ -40,9 +40,11 @@ def nonce_gaps_fill(*, limit: int = 100) -> MonitorResult:
     before so it also replaces a pending original. The filler is stored (claimed) in one
     transaction and sent after it, so two monitors never sign two fillers for one nonce."""
     filled = resent = 0
-    candidates = RelayTransaction.objects.filter(
-        phase=TxPhase.FAILED, nonce__isnull=False, mined_hash="", chain__enabled=True
-    ).select_related("signer", "chain")[:limit]
+    candidates = (
+        RelayTransaction.objects.filter(phase=TxPhase.FAILED, nonce__isnull=False, mined_hash="", chain__enabled=True)
+        .exclude(error="")  # always true of a failed request; it lets relay_nonce_gap_idx serve this
+        .select_related("signer", "chain")[:limit]
+    )
     for tx in candidates:
         # Logged under the relay's own correlation id: the filler belongs to that execution.
         with correlation(tx.correlation_id or "-"):

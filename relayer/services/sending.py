@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from django.db import connection
 from django.db.models import Q
 
-from relayer.models import RelayTransaction, TxPhase
+from relayer.models import Broadcast, BroadcastKind, RelayTransaction, TxPhase
 
 
 def unsent_before(run_id: uuid.UUID, txs: list[RelayTransaction]) -> list[str]:
@@ -28,11 +28,18 @@ def unsent_before(run_id: uuid.UUID, txs: list[RelayTransaction]) -> list[str]:
         lowest[tx.signer_id] = min(lowest.get(tx.signer_id, tx.nonce), tx.nonce)
     below = Q()
     for signer_id, nonce in lowest.items():
-        below |= Q(signer_id=signer_id, nonce__lt=nonce)
+        below |= Q(transaction__signer_id=signer_id, nonce__lt=nonce)
+    # Broadcasts not sent yet are few, and broadcast_unsent_idx holds just them.
     return list(
-        RelayTransaction.objects.filter(below, chain_id=txs[0].chain_id, phase=TxPhase.SUBMITTING, nonce__isnull=False)
-        .exclude(workflow_run_id=run_id)
-        .order_by("signer_id", "nonce")
+        Broadcast.objects.filter(
+            below,
+            sent_at__isnull=True,
+            kind=BroadcastKind.ORIGINAL,
+            transaction__chain_id=txs[0].chain_id,
+            transaction__phase=TxPhase.SUBMITTING,
+        )
+        .exclude(transaction__workflow_run_id=run_id)
+        .order_by("transaction__signer_id", "nonce")
         .values_list("raw_tx", flat=True)
     )
 
