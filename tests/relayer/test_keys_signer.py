@@ -57,12 +57,12 @@ def test_transactions_are_signed_exactly_as_eth_account_signs_them() -> None:
     listed = {**a_transaction(), "accessList": [{"address": a_transaction()["to"], "storageKeys": []}]}
     assert key_manager().sign_transactions(key=key, txs=relay) == [Account.sign_transaction(tx, secret) for tx in relay]
     for tx in (legacy, listed):
-        assert key_manager().sign_transaction(key=key, tx=tx) == Account.sign_transaction(tx, secret)  # type: ignore[arg-type]
+        assert key_manager().sign_transaction(key=key, tx=tx) == Account.sign_transaction(tx, secret)
     bad = {**a_transaction(), "to": a_transaction()["to"].lower()}
     with pytest.raises(TypeError, match="invalid fields"):
         Account.sign_transaction(bad, secret)
     with pytest.raises(TypeError, match="invalid fields"):
-        key_manager().sign_transaction(key=key, tx=bad)  # type: ignore[arg-type]
+        key_manager().sign_transaction(key=key, tx=bad)
 
 
 def test_a_key_is_opened_once_per_process_and_its_signer_shows_no_key_material() -> None:
