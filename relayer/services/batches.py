@@ -43,6 +43,7 @@ from relayer.models import RelayTransaction, TxPhase
 from relayer.services.lanes import (
     LANE_TASK,
     lane_kick,
+    lane_kick_due_started,
     lane_kick_holding,
     lane_kick_later,
     lane_kick_started,
@@ -83,6 +84,7 @@ def relay_batch_form(*, chain_id: int, paced: bool = False) -> WorkflowRun | Non
         return None  # the flag stays set: that batch kicks the lane when it has signed
     if paced and (wait := lane_pace(chain_id=chain_id)) > 0:
         lane_kick_later(chain_id=chain_id, seconds=wait)
+        logger.debug("relay lane %s: next batch in %.3f s", chain_id, wait)
         return None  # the flag stays set: the kick sent for later sees the requests
     lane_kick_started(chain_id=chain_id)
     with transaction.atomic():
@@ -155,6 +157,7 @@ def relay_lane_run(*, chain_id: int) -> WorkflowRun | None:
     """A lane kick: forms the next batch and runs its steps in this worker at once. The step's
     own message, sent when the run started, then finds the step taken and is dropped; if this
     worker dies, that message or the sweep carries the run on like any other."""
+    lane_kick_due_started(chain_id=chain_id)
     run = relay_batch_form(chain_id=chain_id, paced=True)
     if run is not None:
         step_execute(run_id=run.id, index=0)

@@ -123,3 +123,23 @@ def test_a_lane_forms_one_batch_per_interval_and_kicks_itself_for_the_end_of_it(
     finally:
         lanes.lane_kick_started(chain_id=chain.pk)
         queues_purge()
+
+
+def test_one_kick_is_due_at_the_end_of_a_lanes_interval_however_many_ask(settings: Any) -> None:
+    settings.RELAYER_BATCH_INTERVAL_SECONDS = 0.5
+    queues_purge()
+    chain_id = 10_000 + uuid.uuid4().int % 1000
+    try:
+        assert lanes.lane_pace(chain_id=chain_id) == 0  # a batch forms now: the interval starts
+        lanes._send(chain_id)  # a request's kick, due at the interval's end
+        lanes.lane_kick_started(chain_id=chain_id)  # the mark cleared, as a batch that signed does
+        lanes._send(chain_id)  # that batch's kick: the one due already will do
+        lanes.lane_kick_later(chain_id=chain_id, seconds=0.4)  # a kick that found the lane paced: likewise
+        assert queue_depth("relay") == 1
+        lanes.lane_kick_due_started(chain_id=chain_id)  # that kick runs: another may be sent for later
+        lanes.lane_kick_later(chain_id=chain_id, seconds=0.3)
+        assert queue_depth("relay") == 2
+    finally:
+        lanes.lane_kick_started(chain_id=chain_id)
+        lanes.lane_kick_due_started(chain_id=chain_id)
+        queues_purge()
