@@ -12,7 +12,11 @@ clearing the flag first, so the requests that came meanwhile need no kicks of th
 lost with its flag set blocks no one for longer than the flag's lifetime; the relayer monitor
 kicks lanes whose requests wait too long. So does a batch that backs off into a retry instead of
 signing (it does not kick): requests that came meanwhile wait out the flag, or the monitor.
-Other brokers get a kick per request."""
+Other brokers get a kick per request.
+
+With Redis a lane is also paced: it forms at most one batch per RELAYER_BATCH_INTERVAL_SECONDS
+(lane_pace), a kick sent while the interval runs is due at its end, and only one kick is due at a
+time (_due_later)."""
 
 from __future__ import annotations
 
@@ -93,12 +97,7 @@ def _due_later(flags: redis.Redis, chain_id: int, seconds: float) -> bool:
 
 def lane_kick_due_started(*, chain_id: int) -> None:
     """Called by a kick as it starts: another may be sent for the interval's end."""
-    flags = _flags()
-    if flags is not None:
-        try:
-            flags.delete(_due_key(chain_id))
-        except redis.RedisError:
-            logger.warning("relayer: lane flags unavailable for chain %s", chain_id)
+    _key_delete(_due_key(chain_id), chain_id)
 
 
 def _due_key(chain_id: int) -> str:
@@ -169,9 +168,13 @@ def lane_kick_started(*, chain_id: int) -> None:
 
 
 def _flag_clear(chain_id: int) -> None:
+    _key_delete(_flag(chain_id), chain_id)
+
+
+def _key_delete(key: str, chain_id: int) -> None:
     flags = _flags()
     if flags is not None:
         try:
-            flags.delete(_flag(chain_id))
+            flags.delete(key)
         except redis.RedisError:
             logger.warning("relayer: lane flags unavailable for chain %s", chain_id)
