@@ -109,8 +109,8 @@ def relay_confirm(ctx: StepContext) -> dict[str, int] | Wait:
 
 def _hashes_sent(txs: list[RelayTransaction]) -> dict[uuid.UUID, list[str]]:
     """Every hash broadcast for each request (originals and replacements, not nonce fillers),
-    newest first: as plain strings, not Broadcast objects (measured: building those was a third
-    of a batch's confirmation)."""
+    newest first: as plain strings, not Broadcast objects (measured: 30 requests loaded with
+    their broadcasts as objects took 4-5 ms of CPU, without them 1.5 ms)."""
     sent: dict[uuid.UUID, list[str]] = {}
     # Sorted here: ORDER BY id made PostgreSQL scan the whole table in id order (in parallel)
     # rather than look the requests up by transaction_id.

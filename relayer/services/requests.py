@@ -56,8 +56,8 @@ class RelayConflict(Conflict):
 
 
 def _normalise(to: str, value: int, data: str) -> tuple[str, int, str]:
-    # The address is checksummed once (eth_utils' is_address and is_checksum_address each do it
-    # again: a third of a request's CPU time).
+    # The address is checksummed once (eth_utils' is_address and is_checksum_address each did it
+    # again: a fifth of a request's CPU time).
     if not isinstance(to, str) or not _ADDRESS.fullmatch(to):
         raise InvalidRelayRequest(f"'to' is not an address: {to!r}")
     checksummed = to_checksum_address(to)
