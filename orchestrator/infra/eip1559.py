@@ -6,7 +6,9 @@ in `bench relayer`. The relayer signs one shape only, a type-2 transaction with 
 list, whose encoding is short: 0x02 || rlp([chainId, nonce, maxPriorityFeePerGas, maxFeePerGas,
 gas, to, value, data, accessList]), keccak-hashed and signed with libsecp256k1 (the same
 RFC 6979 deterministic, low-s signature eth_account makes through coincurve), then the same
-list with [yParity, r, s] appended. That takes 0.03 ms.
+list with [yParity, r, s] appended. That takes 0.03 ms. The RLP is written out here rather than
+with the `rlp` package eth_account uses: `rlp.encode` of these nine fields takes 13 µs, these
+few lines 1.7, and a transaction is encoded twice.
 
 `sign_dynamic_fee` answers None for any dict it does not recognise field by field (another
 type, an access list, a contract creation, a value of the wrong kind): the caller then signs
