@@ -1,3 +1,4 @@
+from celery.signals import task_postrun
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
@@ -6,6 +7,12 @@ def _seed_chain(**_: object) -> None:
     from relayer.services.chains import chain_seed_from_env
 
     chain_seed_from_env(overwrite=False)
+
+
+def _kicks_sent(**_: object) -> None:
+    from relayer.services.lanes import lane_kicks_flush
+
+    lane_kicks_flush()
 
 
 class RelayerConfig(AppConfig):
@@ -21,3 +28,6 @@ class RelayerConfig(AppConfig):
         # it seals them with whatever is registered here.
         sealer_register(MasterKeySealer())
         profiling_connect()  # only with RELAYER_PROFILE_DIR set (bench relayer --profile)
+        # A task's relay requests are kicked before the task counts as done: a pool child may
+        # leave with os._exit right after it, and its kick thread with it.
+        task_postrun.connect(_kicks_sent, weak=False)

@@ -14,13 +14,24 @@ kicks lanes whose requests wait too long. So does a batch that backs off into a 
 signing (it does not kick): requests that came meanwhile wait out the flag, or the monitor.
 Other brokers get a kick per request.
 
+A request's kick is sent after its commit by a thread of the requesting process (_KickSender),
+not by the request itself: the broker's round trip was a quarter of a request's time while the
+relayer was busy (bench relayer, requests one after another), and requests that commit while a
+kick is being sent share the next one. A process sends what it still holds before it exits, and a
+Celery pool child after each task (pool children leave with os._exit); a kick lost with a killed
+process is one more lost kick for the relayer monitor.
+
 With Redis a lane is also paced: it forms at most one batch per RELAYER_BATCH_INTERVAL_SECONDS
 (lane_pace), a kick sent while the interval runs is due at its end, and only one kick is due at a
 time (_due_later)."""
 
 from __future__ import annotations
 
+import atexit
+import contextvars
 import logging
+import os
+import threading
 from functools import cache
 
 import redis
@@ -56,7 +67,73 @@ def lane_kick(*, chain_id: int, if_waiting: bool = False) -> None:
     says so: a request that came while it was at work found the lane busy and committed before
     this looks, so it is seen; one that comes later kicks for itself and finds the lane free.
     (Measured: without it, most of those kicks found nothing to do.)"""
-    transaction.on_commit(lambda: _send_if_waiting(chain_id) if if_waiting else _send(chain_id))
+    if if_waiting:
+        transaction.on_commit(lambda: _send_if_waiting(chain_id))
+    else:
+        transaction.on_commit(lambda: _kicks.add(chain_id))
+
+
+def lane_kicks_flush(timeout: float = 5.0) -> bool:
+    """Waits until every kick this process asked for is sent (or found absorbed); False if that
+    took longer than `timeout`. Run at exit and after each Celery task."""
+    return _kicks.flush(timeout)
+
+
+class _KickSender:
+    """Sends the kicks of committed requests from one thread, each chain's at most once per
+    round: every request that committed before a round starts is seen by the kick it sends (or
+    by the queued kick its flag stands for), so the order that makes kicks absorb each other
+    holds (commit, then look at the flag)."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._waiting: dict[int, contextvars.Context] = {}
+        self._sending = False
+        self._thread: threading.Thread | None = None
+
+    def add(self, chain_id: int) -> None:
+        # The kick is sent in the first asking request's context: its correlation id and trace
+        # go with the message, as when the request sent it itself.
+        context = contextvars.copy_context()
+        with self._cond:
+            self._waiting.setdefault(chain_id, context)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="relay-lane-kicks", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._waiting))
+                chains, self._waiting = self._waiting, {}
+                self._sending = True
+            try:
+                for chain_id, context in sorted(chains.items()):
+                    try:
+                        context.run(_send, chain_id)
+                    except Exception:  # the broker is down: the relayer monitor kicks the lane later
+                        logger.exception(
+                            "relayer: could not kick the lane of chain %s; the relayer monitor will", chain_id
+                        )
+            finally:
+                with self._cond:
+                    self._sending = False
+                    self._cond.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._waiting and not self._sending, timeout)
+
+
+_kicks = _KickSender()
+atexit.register(lane_kicks_flush)
+# A forked child (a Celery pool process) starts with no thread and nothing to send: its parent's
+# thread sends what the parent asked for, and a lock held at the fork would never be released.
+os.register_at_fork(after_in_child=_kicks._reset)
 
 
 def _send_if_waiting(chain_id: int) -> None:

@@ -3,6 +3,7 @@ starts, and a lane forms one batch per interval. No worker picks them up."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -143,3 +144,55 @@ def test_one_kick_is_due_at_the_end_of_a_lanes_interval_however_many_ask(setting
         lanes.lane_kick_started(chain_id=chain_id)
         lanes.lane_kick_due_started(chain_id=chain_id)
         queues_purge()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requests_are_kicked_after_commit_by_a_thread_and_share_the_kick(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The broker's round trip is not the request's: the request returns while its kick is
+    # still being sent, and requests committed meanwhile are seen by the next round.
+    queues_purge()
+    chain = make_chain(closed_url())
+    signer = key_manager().create_key(purpose="relayer")
+    sending, release = threading.Event(), threading.Event()
+    send = lanes._send
+    sent: list[int] = []
+
+    def slow_send(chain_id: int) -> None:
+        sending.set()
+        assert release.wait(10)
+        sent.append(chain_id)
+        send(chain_id)
+
+    monkeypatch.setattr(lanes, "_send", slow_send)
+    try:
+        relay_request(signer=signer, chain=chain, to=RECEIVER, idempotency_key="k-0")
+        assert sending.wait(5)  # the thread is in the broker's round trip; the request returned
+        for n in range(1, 20):
+            relay_request(signer=signer, chain=chain, to=RECEIVER, idempotency_key=f"k-{n}")
+        assert not lanes.lane_kicks_flush(timeout=0.2)  # still held
+        release.set()
+        assert lanes.lane_kicks_flush(timeout=10)
+        assert sent == [chain.pk, chain.pk]  # one round for the first, one for the 19 after it
+        assert queue_depth("relay") == 1  # and the second found the first kick queued
+    finally:
+        release.set()
+        lanes.lane_kicks_flush(timeout=10)
+        lanes.lane_kick_started(chain_id=chain.pk)
+        queues_purge()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_kick_that_cannot_be_sent_is_logged_and_the_request_stands(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    chain = make_chain(closed_url())
+    signer = key_manager().create_key(purpose="relayer")
+
+    def broker_down(chain_id: int) -> None:
+        raise ConnectionRefusedError("broker down")
+
+    monkeypatch.setattr(lanes, "_send", broker_down)
+    tx = relay_request(signer=signer, chain=chain, to=RECEIVER, idempotency_key="k-1")
+    assert lanes.lane_kicks_flush(timeout=10)
+    assert RelayTransaction.objects.filter(pk=tx.pk, workflow_run=None).exists()  # for the monitor's orphan check
+    assert f"could not kick the lane of chain {chain.pk}; the relayer monitor will" in caplog.text

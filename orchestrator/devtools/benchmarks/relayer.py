@@ -201,7 +201,7 @@ def run(*, count: int, concurrency: int, out: Callable[[str], Any], repeat: int 
             "name": "bench-anvil",
             "rpc_url": url,
             "confirmations": 1,
-            "poll_interval": 0.1,
+            "poll_interval": 0.05,
             # 50 blocks: a transaction not mined by then is stuck (see the anvil above).
             "stuck_after": 1.0,
         },
