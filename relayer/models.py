@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from decimal import Decimal
 from typing import Literal, overload
 
@@ -10,6 +9,8 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.expressions import Combinable
 from django.db.models.fields import NOT_PROVIDED
+
+from orchestrator.infra.ids import uuid7
 
 # What a wei column accepts (ints, as the relayer computes them, or Decimals) and gives back.
 WeiIn = int | Decimal | str | Combinable
@@ -126,12 +127,14 @@ class TxPhase(models.TextChoices):
 
 
 class RelayTransaction(models.Model):
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Time-ordered: a request's key, and each new version of its row, land near the newest ones
+    # in the primary-key index (orchestrator/infra/ids.py).
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     # Unique by a constraint in Meta, as the other indexes below: every index is written on every
     # update of a row (a relay is updated six times), so those no query uses are left out.
     idempotency_key = models.CharField(max_length=255)
     signer = models.ForeignKey(SigningKey, on_delete=models.PROTECT, related_name="transactions")
-    # Lookups by chain use relay_signer_nonce_idx, which starts with it.
+    # Lookups by chain use one_request_per_nonce, which starts with it.
     chain = models.ForeignKey(Chain, on_delete=models.PROTECT, related_name="transactions", db_index=False)
     to = models.CharField(max_length=42)
     value = wei_field(default=0)
@@ -164,11 +167,13 @@ class RelayTransaction(models.Model):
     # The run that asked for it (a rebalance, an execution, a firing's run), whose status read
     # shows this transaction's hash as its transaction id. `workflow_run` is the relay batch.
     requester_run = models.ForeignKey(
-        "orchestrator.WorkflowRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        "orchestrator.WorkflowRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
     )
     # A request that only makes sense on the state another one leaves (a deposit of the funds a
     # withdrawal frees): same signer, the next nonce, simulated after it, failed if it fails.
-    after = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="followers")
+    after = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="followers", db_index=False
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     confirmed_at = models.DateTimeField(null=True, blank=True)
@@ -194,6 +199,12 @@ class RelayTransaction(models.Model):
             models.Index(fields=["tx_hash"], name="relay_tx_hash_idx"),
             models.Index(fields=["correlation_id"], name="relay_correlation_idx"),
             models.Index(fields=["requested_by_kind", "requested_by_id"], name="relay_requested_by_idx"),
+            # Most requests ask for no run's notice and follow no other request: their empty
+            # keys are left out of these two (and out of the writes to them).
+            models.Index(
+                fields=["requester_run"], condition=Q(requester_run__isnull=False), name="relay_requester_run_idx"
+            ),
+            models.Index(fields=["after"], condition=Q(after__isnull=False), name="relay_after_idx"),
             # A lane kick looks for its chain's requests that no batch has taken yet.
             models.Index(
                 fields=["chain", "created_at"],
@@ -226,7 +237,9 @@ class Broadcast(models.Model):
 
     transaction = models.ForeignKey(RelayTransaction, on_delete=models.CASCADE, related_name="broadcasts")
     kind = models.CharField(max_length=12, choices=BroadcastKind.choices)
-    tx_hash = models.CharField(max_length=66, unique=True)
+    # Unique by a constraint in Meta: a unique CharField also gets a varchar_pattern_ops twin
+    # (for LIKE 'x%', which no query here makes), written with every row.
+    tx_hash = models.CharField(max_length=66)
     raw_tx = models.TextField()
     nonce = models.PositiveBigIntegerField()
     max_fee_per_gas = wei_field()
@@ -242,6 +255,7 @@ class Broadcast(models.Model):
             # (relayer/services/sending.py, unsent_before): the few rows not sent yet.
             models.Index(fields=["nonce"], condition=Q(sent_at__isnull=True), name="broadcast_unsent_idx"),
         ]
+        constraints = [models.UniqueConstraint(fields=["tx_hash"], name="broadcast_tx_hash_unique")]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.tx_hash}"
