@@ -201,6 +201,8 @@ def run(*, count: int, concurrency: int, out: Callable[[str], Any], repeat: int 
             "name": "bench-anvil",
             "rpc_url": url,
             "confirmations": 1,
+            # Receipts looked up every 2.5 blocks. At 0.1 s the last batch of a case, broadcast
+            # between two blocks, waited 0.1 s for its second look: a twentieth of the case.
             "poll_interval": 0.05,
             # 50 blocks: a transaction not mined by then is stuck (see the anvil above).
             "stuck_after": 1.0,
