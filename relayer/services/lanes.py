@@ -61,7 +61,8 @@ def _flag(chain_id: int) -> str:
 def lane_kick(*, chain_id: int, if_waiting: bool = False) -> None:
     """After the current transaction commits, asks a relay worker to batch the chain's pending
     requests, unless a kick is already queued. Kicks are idempotent: one that finds nothing
-    pending, or the lane busy, does nothing.
+    pending, or the lane busy, does nothing. The kick is sent by this process's kick thread
+    (_KickSender); the caller does not wait for the broker.
 
     `if_waiting`: only if a request is waiting for a batch by then. A batch freeing its lane
     says so: a request that came while it was at work found the lane busy and committed before
