@@ -64,9 +64,9 @@ def rows_update(
     db = connections[DEFAULT_DB_ALIAS]
     columns: list[Any] = [meta.pk, *(meta.get_field(name) for name in fields)]
     params: list[Any] = [[field.get_db_prep_save(getattr(obj, field.attname), db) for obj in objs] for field in columns]
-    for name in conditions:
+    for name, value in (only_if or {}).items():  # in the order of `conditions`
         field: Any = meta.get_field(name)
-        params.append(field.get_db_prep_value(only_if[name], db))  # type: ignore[index]
+        params.append(field.get_db_prep_value(value, db))
     db.ensure_connection()
     # Errors as Django's (IntegrityError, OperationalError...), and a broken connection noticed,
     # as through Django's own cursor.
